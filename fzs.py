@@ -1,0 +1,324 @@
+"""Feature visualisations (FZs) of the units of ResNet18's residual stream (METHOD.md section 2).
+
+For every unit (layer, channel) of the 18 In/Pre/Post layers: the image that maximises its center neuron
+(and, when asked, the whole channel), made as in Olah et al. (Distill 2017) with lucent's image
+parameterisation and transforms: Fourier basis, colour decorrelation, sigmoid; pad/jitter/scale/rotate by
+layer; Adam 0.05 for 2,560 steps. Many units are optimised together, one image per unit, each image with its
+own objective, and the network runs only up to the target layer, without weight gradients.
+
+    python fzs.py                                              # all 4,672 units, center neuron
+    python fzs.py --layers 2.1 --channels 0:16 --steps 256 --weights random
+    python fzs.py --layers 2.1 --objectives channel --channels passing
+    torchrun --nproc_per_node=4 fzs.py                         # units split across GPUs
+
+Output: RESULTS/fzs/<layer>/<objective>.pt with images (uint8 N x 3 x 224 x 224), channels, activation
+(the objective on the stored 8-bit image, float32) and config. Interrupt at any time: a rerun resumes.
+"""
+
+import json
+import os
+import shutil
+import time
+import zlib
+
+import kornia
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from tqdm import tqdm
+
+from stream import (BLOCKS, amp_dtype, autocast, center, config_mismatch, configure, die, features,
+                    load_pt, load_resnet18, main_guard, n_channels, normalize, parse_channels, parse_layers,
+                    pick_device, save_pt, to_float, versions, where)
+
+WEIGHTS = "IMAGENET1K_V1"  # IMAGENET1K_V1, a path to a ResNet18 state_dict, or random[:SEED] (smoke runs only)
+LAYERS = "all"  # 'all', layer names (layer2.1.bn2) or blocks (2.1 = its In, Pre and Post), comma-separated
+CHANNELS = ":"  # Python-style ranges for every layer (0:16 or 3,7,10:20), or 'passing' (from RESULTS/criteria.json)
+OBJECTIVES = ["center"]  # center (the center neuron; all analyses) and/or channel (channel mean; figure grids)
+STEPS = 2560  # optimisation steps per image (the author's setting)
+LR = 0.05  # Adam learning rate
+BATCH = 64  # units optimised together, one image each; the transform draw is shared within a batch
+SEED = 0  # base seed: each batch of units derives its own from it, the layer and its channels
+SIZE = 224  # image size (pixels)
+SCALES = [1.0, 0.975, 1.025, 0.95, 1.05]  # lucent random_scale choices
+ANGLES = [-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5]  # lucent random_rotate choices (degrees)
+JITTER = {"layer1.0": 0, "layer1.1": 0, "layer2.0": 0, "layer2.1": 4, "layer3.0": 4, "layer3.1": 16, "layer4.0": 16, "layer4.1": 16}  # pad/jitter by the BasicBlock a layer belongs to
+PRE_AS_RELEASED = False  # True: Pre (bn2) units are optimised through the block output, as lucent's hooks did in the released scripts
+AMP = "auto"  # bf16 autocast for the optimisation: auto (CUDA, or a CPU with native bf16), bf16 or fp32
+COMPILE = False  # torch.compile the truncated network (worth it on CUDA for long sweeps)
+DEVICE = "auto"  # auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)
+RESULTS = "results"  # results folder
+PNG = True  # also write one PNG per unit, RESULTS/fzs/<layer>/<objective>/<channel>.png
+
+FZ_KEYS = ["layer", "objective", "weights", "seed", "steps", "lr", "batch", "size", "scales", "angles", "jitter",
+           "pre_as_released", "amp"]  # config entries that must agree for FZs to share a file
+
+
+# ----------------------------------------------------------------------------------------------------
+# lucent's image parameterisation (lucent.optvis.param.image(SIZE, decorrelate=True, batch=n)), written
+# out so that it lives on any device and draws from a given generator; tests check it equals lucent's.
+
+COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
+COLOR = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
+
+
+def fft_image(n, size, generator, device, sd=0.01):
+    """Spectrum parameters of n images, and a function that maps them to [0, 1] RGB images."""
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.fftfreq(size)[: size // 2 + 1]
+    freqs = np.sqrt(fx * fx + fy * fy)
+    spectrum = (torch.randn(n, 3, *freqs.shape, 2, generator=generator) * sd).to(device).requires_grad_(True)
+    scale = torch.tensor(1.0 / np.maximum(freqs, 1.0 / size), dtype=torch.float32, device=device)[None, None, ..., None]
+    color = COLOR.T.to(device)
+
+    def image():
+        x = torch.fft.irfftn(torch.view_as_complex(scale * spectrum), s=(size, size), norm="ortho") / 4.0
+        x = (x.permute(0, 2, 3, 1) @ color).permute(0, 3, 1, 2)  # colour decorrelation
+        return torch.sigmoid(x)
+    return spectrum, image
+
+
+# ----------------------------------------------------------------------------------------------------
+# lucent's transforms (lucent.optvis.transform), each x, rng -> x, drawing from a numpy RandomState in
+# lucent's order; one draw per step is shared by the batch, as in lucent.
+
+def pad(w):
+    return lambda x, rng: F.pad(x, [w] * 4, mode="reflect")
+
+
+def jitter(d):
+    def inner(x, rng):
+        dx, dy = rng.choice(d), rng.choice(d)
+        return kornia.geometry.transform.translate(x, torch.tensor([[dx, dy]], dtype=x.dtype, device=x.device))
+    return inner
+
+
+def random_scale(scales):
+    def inner(x, rng):
+        s = rng.choice(scales)
+        h, w = x.shape[2:]
+        sh, sw = int(np.ceil(s * h)), int(np.ceil(s * w))
+        pad_x, pad_y = max(0, int(np.ceil((w - sw) / 2))), max(0, int(np.ceil((h - sh) / 2)))
+        return F.pad(F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=True), [pad_y, pad_x] * 2)
+    return inner
+
+
+def random_rotate(angles):
+    def inner(x, rng):
+        b, _, h, w = x.shape
+        angle = torch.full((b,), float(rng.choice(angles)), device=x.device)
+        middle = torch.tensor([[(w - 1) / 2, (h - 1) / 2]], device=x.device).expand(b, 2)
+        M = kornia.get_rotation_matrix2d(middle, angle, torch.ones(b, 2, device=x.device))
+        return kornia.warp_affine(x.float(), M, dsize=(h, w))
+    return inner
+
+
+def center_crop(size):
+    return lambda x, rng: TF.center_crop(x, [size, size])
+
+
+def transforms_for(j, scales, angles, size):
+    """METHOD.md section 2: j = 0: scale, rotate; j > 0: pad(j), jitter(j), scale, rotate, jitter(j // 2), crop."""
+    if j == 0:
+        return [random_scale(scales), random_rotate(angles)]
+    return [pad(j), jitter(j), random_scale(scales), random_rotate(angles), jitter(j // 2), center_crop(size)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The objectives: unit i of the batch is channel channels[i]; image i's loss term depends on image i only.
+
+def objective(fmap, channels, kind):
+    if kind == "center":
+        return center(fmap)[torch.arange(len(channels)), channels]
+    return fmap[torch.arange(len(channels)), channels].mean(dim=(1, 2))
+
+
+def target_layer(layer, pre_as_released):
+    """The layer whose output the optimisation reads. The released scripts' lucent hooks held a reference to
+    bn2's output, which the block's in-place add and ReLU turn into the block output."""
+    return layer[: -len(".bn2")] if pre_as_released and layer.endswith(".bn2") else layer
+
+
+def render(model, layer, channels, kind, cfg, seed, device, amp, forward=None, on_step=None):
+    """Optimise one image per unit (layer, channels[i]) for cfg['steps'] steps; uint8 N x 3 x S x S images."""
+    target = target_layer(layer, cfg["pre_as_released"])
+    forward = forward or (lambda x: features(model, x, [target])[target])
+    steps = transforms_for(cfg["jitter"], cfg["scales"], cfg["angles"], cfg["size"])
+    rng = np.random.RandomState(seed)
+    spectrum, image = fft_image(len(channels), cfg["size"], torch.Generator().manual_seed(seed), device)
+    optimizer = torch.optim.Adam([spectrum], lr=cfg["lr"])
+    idx = torch.as_tensor(channels, device=device)
+    for _ in range(cfg["steps"]):
+        optimizer.zero_grad(set_to_none=True)
+        x = image()
+        for t in steps:
+            x = t(x, rng)
+        with autocast(device, amp):
+            loss = -objective(forward(normalize(x)), idx, kind).float().sum()
+        loss.backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step()
+    with torch.no_grad():
+        return (image() * 255).to(torch.uint8).cpu()  # as lucent's export: floor to 8 bits
+
+
+@torch.no_grad()
+def measure(model, layer, images, channels, kind, device):
+    """The objective of each unit on its stored 8-bit image, untransformed, in float32."""
+    x = normalize(to_float(images).to(device))
+    fmap = features(model, x, [layer])[layer].float()
+    return objective(fmap, torch.as_tensor(channels, device=device), kind).cpu()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files. Each batch of units is a part file; when all parts of a (layer, objective) exist they are merged
+# into RESULTS/fzs/<layer>/<objective>.pt (with what the file already held) and the parts are removed.
+
+def out_path(results, layer, kind):
+    return os.path.join(results, "fzs", layer, f"{kind}.pt")
+
+
+def part_path(results, layer, kind, channels):
+    tag = zlib.crc32(",".join(map(str, channels)).encode()) & 0xFFFFFFFF
+    return os.path.join(results, "fzs", layer, f"{kind}.parts", f"{channels[0]:04d}-{channels[-1]:04d}-{tag:08x}.pt")
+
+
+def batch_seed(seed, layer, kind, channels):
+    return zlib.crc32(f"{seed}|{layer}|{kind}|{','.join(map(str, channels))}".encode()) & 0x7FFFFFFF
+
+
+def check_config(path, cfg, stored):
+    why = config_mismatch(stored, cfg, FZ_KEYS)
+    if why:
+        die(f"{path} was made under another config ({why}); use another --results folder or remove it")
+
+
+def existing(path, cfg):
+    """The FZ file at path (or None), refused if it was made under another config."""
+    if not os.path.exists(path):
+        return None
+    data = load_pt(path, "FZ file")
+    check_config(path, cfg, data["config"])
+    return data
+
+
+def merge(results, layer, kind, cfg, parts):
+    """Merge the part files of (layer, kind) into its final file, with what that file already held."""
+    final = out_path(results, layer, kind)
+    old = existing(final, cfg)
+    pieces = ([old] if old else []) + [load_pt(p, "FZ part file") for p in parts]
+    for p, piece in zip(parts, pieces[len(pieces) - len(parts):]):
+        check_config(p, cfg, piece["config"])
+    channels = torch.cat([p["channels"] for p in pieces])
+    order = channels.argsort(stable=True)
+    keep = order[torch.cat([torch.tensor([True]), channels[order][1:] != channels[order][:-1]])]  # one per channel
+    new = {"images": torch.cat([p["images"] for p in pieces])[keep].contiguous(), "channels": channels[keep],
+           "activation": torch.cat([p["activation"] for p in pieces])[keep], "config": {**cfg, "versions": versions()}}
+    save_pt(new, final)
+    if PNG:
+        write_pngs(results, layer, kind, new, skip=set(old["channels"].tolist()) if old else set())
+    shutil.rmtree(os.path.dirname(parts[0]), ignore_errors=True)
+
+
+def write_pngs(results, layer, kind, data, skip):
+    from PIL import Image
+    folder = os.path.join(results, "fzs", layer, kind)
+    os.makedirs(folder, exist_ok=True)
+    for img, c in zip(data["images"], data["channels"].tolist()):
+        if c not in skip:
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(os.path.join(folder, f"{c:04d}.png"))
+
+
+def passing_channels(results, layer):
+    """Channels of a layer that pass the criteria in any block the layer belongs to (criteria.json)."""
+    path = os.path.join(results, "criteria.json")
+    if not os.path.exists(path):
+        die(f"--channels passing needs {path}: run criteria.py first")
+    with open(path) as f:
+        blocks = json.load(f)["blocks"]
+    return sorted({c for b, names in BLOCKS.items() if layer in names for c in blocks.get(b, {}).get("passing", [])})
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def main():
+    configure(globals())
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if DEVICE == "auto" and world > 1 and torch.cuda.is_available() else DEVICE)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    layers = parse_layers(LAYERS)
+    kinds = OBJECTIVES if isinstance(OBJECTIVES, list) else [OBJECTIVES]
+    for k in kinds:
+        if k not in ("center", "channel"):
+            die(f"unknown objective {k!r}: use center and/or channel")
+    if STEPS < 1 or BATCH < 1:
+        die("--steps and --batch must be at least 1")
+    for block, j in JITTER.items():
+        if j < 0 or j == 1:
+            die(f"jitter of {block} must be 0 or at least 2 (lucent's jitter(d) needs d > 1), not {j}")
+    model, weights_id = load_resnet18(WEIGHTS, device)
+    amp = amp_dtype(AMP, device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    # The plan: per (layer, objective) the channels still to make, in batches of BATCH units.
+    plan, wanted = [], {}
+    for layer in layers:
+        channels = passing_channels(RESULTS, layer) if CHANNELS == "passing" else parse_channels(CHANNELS, n_channels(layer), layer)
+        for kind in kinds:
+            cfg = {"layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
+                   "batch": BATCH, "size": SIZE, "scales": list(SCALES), "angles": list(ANGLES),
+                   "jitter": JITTER[layer[:8]], "pre_as_released": PRE_AS_RELEASED,
+                   "amp": "bf16" if amp is not None else "fp32", "param": "lucent fft, decorrelate, sd 0.01",
+                   "device": device.type}
+            old = existing(out_path(RESULTS, layer, kind), cfg)
+            done = set(old["channels"].tolist()) if old else set()
+            todo = [c for c in channels if c not in done]
+            wanted[layer, kind] = cfg
+            for i in range(0, len(todo), BATCH):
+                plan.append((layer, kind, cfg, todo[i:i + BATCH]))
+    mine = [p for i, p in enumerate(plan) if i % world == rank]
+    todo = [p for p in mine if not os.path.exists(part_path(RESULTS, p[0], p[1], p[3]))]
+    units = sum(len(p[3]) for p in todo)
+    print(f"fzs: {len(layers)} layer(s), objectives {','.join(kinds)}, {units} unit(s) to make in {len(todo)} batch(es) "
+          f"of up to {BATCH} ({sum(len(p[3]) for p in mine) - units} already made), {STEPS} steps, weights {weights_id}, "
+          f"{device}, {'bf16' if amp else 'fp32'}" + (f", rank {rank} of {world}" if world > 1 else ""))
+    parts = {key: [part_path(RESULTS, *key, p[3]) for p in plan if p[:2] == key] for key in wanted}
+
+    def merge_ready():  # one process merges: the only one, or rank 0 once every rank's parts are there
+        for key, paths in parts.items():
+            if paths and all(map(os.path.exists, paths)):
+                merge(RESULTS, *key, wanted[key], paths)
+                paths.clear()
+
+    compiled = {}
+    t0 = time.time()
+    with tqdm(total=units * STEPS, unit="img-step", unit_scale=True, smoothing=0.05, disable=units == 0) as bar:
+        for layer, kind, cfg, channels in todo:
+            bar.set_description(f"{layer} {kind} {channels[0]}..{channels[-1]}")
+            target = target_layer(layer, PRE_AS_RELEASED)
+            if COMPILE and target not in compiled:
+                compiled[target] = torch.compile(lambda x, t=target: features(model, x, [t])[t])
+            images = render(model, layer, channels, kind, cfg, batch_seed(SEED, layer, kind, channels), device, amp,
+                            compiled.get(target), on_step=lambda n=len(channels): bar.update(n))
+            activation = measure(model, layer, images, channels, kind, device)
+            save_pt({"images": images, "channels": torch.tensor(channels, dtype=torch.int64), "activation": activation,
+                     "config": cfg}, part_path(RESULTS, layer, kind, channels))
+            if world == 1:
+                merge_ready()
+    elapsed = time.time() - t0
+    if rank == 0:
+        while any(parts.values()):
+            merge_ready()
+            if any(parts.values()):
+                time.sleep(5)  # waiting for the other ranks' parts
+    if units:
+        print(f"fzs: made {units} FZs in {elapsed:.1f} s ({units * STEPS / max(elapsed, 1e-9):.0f} image-steps/s); "
+              f"results in {os.path.join(RESULTS, 'fzs')}")
+
+
+if __name__ == "__main__":
+    main_guard(main)
