@@ -1,0 +1,415 @@
+"""Scale-invariance criteria (METHOD.md section 3) and the mix ratio of the predecessor paper, per channel.
+
+For every probed block b = (In, Pre, Post) and channel c, with X̂_In and X̂_Pre the stored center-neuron FZs
+of In_c and Pre_c (8-bit images from fzs.py, normalised, untransformed):
+
+    Eq. 1   ReLU(Pre_c(X̂_In)) < Pre_c(S(X̂_In))          S = center-crop 112, bilinear resize to 224
+    Eq. 2   2/3 < Post_c(X̂_In) / Post_c(X̂_Pre) < 3/2    (fails when Post_c(X̂_Pre) <= 0)
+
+A channel passes when both hold. The mix ratio m_c = Post_c(X̂_In) / Post_c(X̂_Pre) is kept for the
+skip / mix / overwrite spectrum, next to |bn2.weight[c]| and mean |conv2.weight[c]|.
+
+Each image set is measured in batched truncated forward passes (one image per channel, the channel's
+activation picked from the batch's diagonal). Several FZ runs with different seeds (--runs) give the
+stability of the passing sets, which the papers do not measure.
+
+    python criteria.py --weights random --results results
+    python criteria.py --runs results_seed0,results_seed1,results_seed2
+"""
+
+import csv
+import hashlib
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import stream
+from stream import (config_mismatch, configure, die, load_pt, load_resnet18, main_guard, n_channels, normalize,
+                    pick_device, read_center, save_json, to_float, versions, zoom)
+
+WEIGHTS = "IMAGENET1K_V1"  # model weights: IMAGENET1K_V1, random[:SEED] (tests and smoke runs only) or a state_dict path
+RESULTS = "results"  # folder holding fzs/ (from fzs.py); criteria.json and criteria.csv are written here
+BLOCKS = ["1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"]  # blocks to measure
+RUNS = []  # results folders of FZ runs made with different seeds, for the stability report (empty: no report)
+DEVICE = "auto"  # auto, cpu, cuda or cuda:N
+BATCH = 64  # images per forward pass
+MIX_IF_PRE_NONPOS = 10.0  # m_c when Post_c(X̂_Pre) <= 0 (released code; its rule comes first, so also when both are <= 0)
+MIX_IF_IN_NONPOS = 0.0  # m_c when Post_c(X̂_In) <= 0 < Post_c(X̂_Pre) (released code)
+
+# Fixed by the paper and by the result-file contract (not command-line options: written as expressions).
+EQ2_LOW = 2 / 3  # Eq. 2 bounds, strict: a ratio of exactly 2/3 or 3/2 fails
+EQ2_HIGH = 3 / 2
+PAPER_COUNTS = dict([("1.1", 6), ("2.0", 2), ("2.1", 23), ("3.0", 0), ("3.1", 46), ("4.0", 0), ("4.1", 0)])  # main paper, section 3
+MATCH_KEYS = tuple("weights seed steps lr amp pre_as_released batch".split())  # In and Pre FZs must agree on these
+CSV_COLUMNS = "block channel pre_in pre_zoom_in post_in post_pre eq1 eq2 passes mix bn2_abs conv2_abs_mean".split()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The criteria, on activations (arrays or tensors of equal shape, one value per channel).
+
+def _f64(x):
+    return x.detach().cpu().double().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
+
+
+def eq1(pre_in, pre_zoom_in):
+    """Eq. 1: ReLU(Pre_c(X̂_In)) < Pre_c(S(X̂_In)), i.e. zooming in raises Pre in the positive domain."""
+    return np.maximum(_f64(pre_in), 0.0) < _f64(pre_zoom_in)
+
+
+def eq2(post_in, post_pre):
+    """Eq. 2: EQ2_LOW < Post_c(X̂_In) / Post_c(X̂_Pre) < EQ2_HIGH, strict; False where the denominator is <= 0."""
+    post_in, post_pre = _f64(post_in), _f64(post_pre)
+    ok = post_pre > 0
+    ratio = post_in / np.where(ok, post_pre, 1.0)
+    return ok & (ratio > EQ2_LOW) & (ratio < EQ2_HIGH)
+
+
+def mix_ratio(post_in, post_pre):
+    """m_c = Post_c(X̂_In) / Post_c(X̂_Pre), with the released conventions, applied in their order:
+    MIX_IF_PRE_NONPOS where Post_c(X̂_Pre) <= 0 (whatever Post_c(X̂_In) is), else MIX_IF_IN_NONPOS where Post_c(X̂_In) <= 0."""
+    post_in, post_pre = _f64(post_in), _f64(post_pre)
+    ratio = post_in / np.where(post_pre > 0, post_pre, 1.0)
+    return np.where(post_pre <= 0, MIX_IF_PRE_NONPOS, np.where(post_in <= 0, MIX_IF_IN_NONPOS, ratio))
+
+
+def jaccard(a, b):
+    """|a & b| / |a | b| of two sets of channels; two empty sets count as identical (1.0)."""
+    a, b = set(a), set(b)
+    return 1.0 if not a and not b else len(a & b) / len(a | b)
+
+
+# ----------------------------------------------------------------------------------------------------
+# FZ files: <results>/fzs/<layer>/center.pt = {images uint8 (N,3,224,224), channels int64 (N,), activation, config}.
+
+def fz_path(results, layer):
+    return os.path.join(results, "fzs", layer, "center.pt")
+
+
+def fz_command(layers, results, weights, like=None):
+    """The fzs.py command that makes the center FZs of these layers for this run; `like`: the config of the
+    block's other FZ file, whose settings the new ones must share."""
+    cmd = f"python fzs.py --layers {','.join(layers)}"
+    for key in MATCH_KEYS if like else ():
+        if key != "weights" and key in like:
+            cmd += f" --{key} {like[key]}"
+    if weights != "IMAGENET1K_V1":
+        cmd += f" --weights {weights}"
+    if results != "results":
+        cmd += f" --results {results}"
+    return cmd
+
+
+def load_fz(path):
+    fz = load_pt(path, "FZ file")
+    if not isinstance(fz, dict) or not all(k in fz for k in ("images", "channels", "config")):
+        die(f"{path} is not an FZ file of fzs.py (a dict with images, channels, activation, config)")
+    images, channels = fz["images"], torch.as_tensor(fz["channels"]).long()
+    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, 224, 224) or len(images) != len(channels):
+        die(f"{path}: expected uint8 images (N,3,224,224) and N channels, found {images.dtype} {tuple(images.shape)} and {len(channels)} channels")
+    n = n_channels(fz["config"].get("layer", os.path.basename(os.path.dirname(path))))
+    if len(channels) and (channels.min() < 0 or channels.max() >= n or len(set(channels.tolist())) != len(channels)):
+        die(f"{path}: channel indices must be distinct and in 0..{n - 1}")
+    return {"images": images, "channels": channels, "activation": fz.get("activation"), "config": fz["config"]}
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pair_problem(cfg_in, cfg_pre, wid):
+    """Why the In and Pre FZs of a block cannot be used together with this model, or None."""
+    for cfg in (cfg_in, cfg_pre):
+        if cfg.get("weights") != wid:
+            return f"{cfg.get('layer')} FZs were made with weights {cfg.get('weights')!r}, the model here is {wid!r}"
+    why = config_mismatch(cfg_in, cfg_pre, MATCH_KEYS)
+    return f"its In and Pre FZs were made under different configs ({why})" if why else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Measurement: one batched pass per image set; image i is the FZ of channel channels[i], so the wanted
+# activation of each layer is entry (i, channels[i]).
+
+@torch.no_grad()
+def measure(model, images, channels, layers, device, batch, transform=None, bar=None):
+    """{layer: (N,) float32} center activation of channel channels[i] on image i (uint8), optionally transformed."""
+    out = {layer: [] for layer in layers}
+    for i in range(0, len(images), batch):
+        x = to_float(images[i:i + batch].to(device))
+        if transform is not None:
+            x = transform(x)
+        acts = read_center(model, normalize(x), layers)
+        rows, cols = torch.arange(len(x), device=device), channels[i:i + batch].to(device)
+        for layer in layers:
+            out[layer].append(acts[layer][rows, cols].cpu())
+        if bar is not None:
+            bar.update(len(x))
+    return {layer: torch.cat(v) if v else torch.zeros(0) for layer, v in out.items()}
+
+
+def weight_magnitudes(model, pre, channels):
+    """|bn2.weight[c]| and mean |conv2.weight[c]| (the output channel's kernel) of the block whose bn2 is `pre`."""
+    bn2, conv2 = model.get_submodule(pre), model.get_submodule(pre.removesuffix("bn2") + "conv2")
+    c = channels.cpu()
+    return bn2.weight.detach().cpu()[c].abs(), conv2.weight.detach().cpu()[c].abs().flatten(1).mean(1)
+
+
+def measure_block(model, block, fz_in, fz_pre, device, batch, bar=None):
+    """All per-channel values of a block, for the channels that have both an In and a Pre FZ."""
+    In, Pre, Post = stream.BLOCKS[block]
+    channels = sorted(set(fz_in["channels"].tolist()) & set(fz_pre["channels"].tolist()))
+    pos_in = {c: i for i, c in enumerate(fz_in["channels"].tolist())}
+    pos_pre = {c: i for i, c in enumerate(fz_pre["channels"].tolist())}
+    ch = torch.tensor(channels, dtype=torch.long)
+    x_in = fz_in["images"][[pos_in[c] for c in channels]]
+    x_pre = fz_pre["images"][[pos_pre[c] for c in channels]]
+    on_in = measure(model, x_in, ch, [In, Pre, Post], device, batch, bar=bar)              # X̂_In
+    on_zoom = measure(model, x_in, ch, [Pre], device, batch, transform=zoom, bar=bar)      # S(X̂_In)
+    on_pre = measure(model, x_pre, ch, [Pre, Post], device, batch, bar=bar)                # X̂_Pre
+    bn2_abs, conv2_abs_mean = weight_magnitudes(model, Pre, ch)
+    v = {"channel": ch, "pre_in": on_in[Pre], "pre_zoom_in": on_zoom[Pre], "post_in": on_in[Post], "post_pre": on_pre[Post],
+         "bn2_abs": bn2_abs, "conv2_abs_mean": conv2_abs_mean}
+    v["eq1"] = torch.from_numpy(eq1(v["pre_in"], v["pre_zoom_in"]))
+    v["eq2"] = torch.from_numpy(eq2(v["post_in"], v["post_pre"]))
+    v["passes"] = v["eq1"] & v["eq2"]
+    v["mix"] = torch.from_numpy(mix_ratio(v["post_in"], v["post_pre"]))
+    # the objectives, re-measured: In_c(X̂_In) and Pre_c(X̂_Pre) should be what fzs.py stored
+    v["objective_in"], v["objective_pre"] = on_in[In], on_pre[Pre]
+    v["stored_in"] = _stored(fz_in, channels, pos_in)
+    v["stored_pre"] = _stored(fz_pre, channels, pos_pre)
+    return v
+
+
+def _stored(fz, channels, pos):
+    a = fz.get("activation")
+    return None if a is None else torch.as_tensor(a).float()[[pos[c] for c in channels]]
+
+
+def objective_warning(block, layer, measured, stored):
+    if stored is None or len(measured) == 0:
+        return None
+    diff = (measured - stored).abs()
+    tol = 1e-2 * (1 + stored.abs())
+    if bool((diff > tol).any()):
+        return (f"warning: block {block}: the activations stored in the {layer} FZ file differ from the ones measured here "
+                f"(largest |diff| {float(diff.max()):.4g}); the file may come from another model or another version of fzs.py")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# One run: every asked block of one results folder.
+
+def run_criteria(model, wid, results, blocks, weights, device, batch, strict_weights=False):
+    """{"blocks": {block: summary}, "values": {block: per-channel values}, "fz_files": {layer: config},
+    "fz_sha256": {layer: hash}, "skipped": {block: reason}} for the FZs under results/fzs."""
+    out = {"blocks": {}, "values": {}, "fz_files": {}, "fz_sha256": {}, "skipped": {}}
+    ready = {}
+    for block in blocks:
+        In, Pre, Post = stream.BLOCKS[block]
+        missing = [layer for layer in (In, Pre) if not os.path.isfile(fz_path(results, layer))]
+        if missing:
+            other = [layer for layer in (In, Pre) if layer not in missing]
+            like = load_fz(fz_path(results, other[0]))["config"] if other else None
+            reason = f"no center FZs for {', '.join(missing)}; make them with: {fz_command(missing, results, weights, like)}"
+            out["skipped"][block] = reason
+            continue
+        fz_in, fz_pre = load_fz(fz_path(results, In)), load_fz(fz_path(results, Pre))
+        if strict_weights:
+            for fz in (fz_in, fz_pre):
+                if fz["config"].get("weights") != wid:
+                    die(f"{fz_path(results, fz['config'].get('layer', '?'))} was made with weights {fz['config'].get('weights')!r}, "
+                        f"not {wid!r}: the stability report compares runs of one model only")
+        problem = pair_problem(fz_in["config"], fz_pre["config"], wid)
+        if problem:
+            out["skipped"][block] = f"refused: {problem}"
+            continue
+        if not set(fz_in["channels"].tolist()) & set(fz_pre["channels"].tolist()):
+            out["skipped"][block] = f"no channel has both an {In} and a {Pre} FZ"
+            continue
+        ready[block] = (fz_in, fz_pre)
+    total = sum(3 * len(set(a["channels"].tolist()) & set(b["channels"].tolist())) for a, b in ready.values())
+    with tqdm(total=total, desc=f"criteria {results}", unit="img", leave=False) as bar:
+        for block, (fz_in, fz_pre) in ready.items():
+            In, Pre, Post = stream.BLOCKS[block]
+            for layer, fz in ((In, fz_in), (Pre, fz_pre)):
+                out["fz_files"][layer] = fz["config"]
+                out["fz_sha256"][layer] = sha256(fz_path(results, layer))
+            v = measure_block(model, block, fz_in, fz_pre, device, batch, bar=bar)
+            for layer, measured, stored in ((In, v["objective_in"], v["stored_in"]), (Pre, v["objective_pre"], v["stored_pre"])):
+                warning = objective_warning(block, layer, measured, stored)
+                if warning:
+                    tqdm.write(warning)
+            n, measured = n_channels(Pre), v["channel"].tolist()
+            passing = v["channel"][v["passes"]].tolist()
+            out["values"][block] = v
+            out["blocks"][block] = {
+                "n_channels": n, "passing": passing, "count": len(passing),
+                "percent": 100.0 * len(passing) / len(measured) if measured else 0.0,
+                "layers": [In, Pre, Post], "measured": measured,
+                "missing": sorted(set(range(n)) - set(measured)),
+                "eq1_count": int(v["eq1"].sum()), "eq2_count": int(v["eq2"].sum()),
+            }
+    return out
+
+
+def csv_rows(values):
+    rows = []
+    for block, v in values.items():
+        for i, c in enumerate(v["channel"].tolist()):
+            rows.append({"block": block, "channel": c,
+                         **{k: f"{float(v[k][i]):.9g}" for k in ("pre_in", "pre_zoom_in", "post_in", "post_pre")},
+                         **{k: int(v[k][i]) for k in ("eq1", "eq2", "passes")},
+                         "mix": repr(float(v["mix"][i])),
+                         **{k: f"{float(v[k][i]):.9g}" for k in ("bn2_abs", "conv2_abs_mean")}})
+    return rows
+
+
+def write_csv(rows, columns, path):
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+    stream.atomic_write(path, write)
+
+
+def print_summary(result, wid):
+    print(f"\nScale-invariance criteria (Eq. 1 and Eq. 2 of METHOD section 3), weights {wid}"
+          + ("  ** RANDOM WEIGHTS: not the paper's model **" if wid.startswith("random") else ""))
+    for block in BLOCKS:
+        if block in result["skipped"]:
+            print(f"  block {block}: not measured: {result['skipped'][block]}")
+            continue
+        s = result["blocks"][block]
+        m = len(s["measured"])
+        of = f"{m} channels" if m == s["n_channels"] else f"{m} measured channels (of {s['n_channels']})"
+        paper = PAPER_COUNTS[block]
+        print(f"  block {block}: {s['count']} of {of} pass ({s['percent']:.1f}%)   "
+              f"[Eq. 1: {s['eq1_count']}, Eq. 2: {s['eq2_count']}]   paper: {paper} ({100 * paper / s['n_channels']:.1f}%)")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Stability across FZ seeds.
+
+def stability(runs):
+    """runs: {folder: run_criteria result}. Per block measured in every run, over the channels measured in every
+    run: pass frequency per channel, pairwise Jaccard of the passing sets, channels passing in every run."""
+    folders = list(runs)
+    out, skipped = {}, {}
+    for block in BLOCKS:
+        lacking = [f for f in folders if block not in runs[f]["blocks"]]
+        if lacking:
+            if len(lacking) < len(folders):
+                skipped[block] = f"not measured in {', '.join(lacking)}"
+            continue
+        channels = sorted(set.intersection(*(set(runs[f]["blocks"][block]["measured"]) for f in folders)))
+        sets = [set(runs[f]["blocks"][block]["passing"]) & set(channels) for f in folders]
+        seeds = [runs[f]["fz_files"][stream.BLOCKS[block][0]].get("seed") for f in folders]
+        out[block] = {
+            "channels": channels,
+            "pass_frequency": [sum(c in s for s in sets) / len(sets) for c in channels],
+            "jaccard": [[jaccard(a, b) for b in sets] for a in sets],
+            "always": sorted(set.intersection(*sets)) if sets else [],
+            "ever": sorted(set.union(*sets)) if sets else [],
+            "counts": [len(s) for s in sets],
+            "seeds": seeds,
+        }
+    return out, skipped
+
+
+def mean_offdiag(m):
+    vals = [m[i][j] for i in range(len(m)) for j in range(len(m)) if i != j]
+    return sum(vals) / len(vals) if vals else 1.0
+
+
+def print_stability(folders, blocks, skipped):
+    print(f"\nStability of the passing channels across {len(folders)} FZ runs: " + ", ".join(folders))
+    print(f"  {'block':<6} {'channels':>8}  {'passing per run':<20} {'in every run':>12} {'in any run':>10}  {'Jaccard mean (min)':<18}")
+    for block, s in blocks.items():
+        j = s["jaccard"]
+        offdiag = [j[a][b] for a in range(len(j)) for b in range(len(j)) if a != b] or [1.0]
+        print(f"  {block:<6} {len(s['channels']):>8}  {','.join(map(str, s['counts'])):<20} {len(s['always']):>12} "
+              f"{len(s['ever']):>10}  {mean_offdiag(j):.2f} ({min(offdiag):.2f})")
+    for block, s in blocks.items():
+        if s["always"]:
+            print(f"  block {block}, passing in every run: {', '.join(map(str, s['always']))}")
+    for block, reason in skipped.items():
+        print(f"  block {block}: left out of the stability report ({reason})")
+    if any(len(set(s["seeds"])) < len(s["seeds"]) for s in blocks.values()):
+        print("  warning: some runs share an FZ seed, so they are not independent draws")
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def main():
+    cfg = configure(globals())
+    for block in BLOCKS:
+        if block not in stream.BLOCKS:
+            die(f"unknown block {block!r}; the blocks are: {', '.join(stream.BLOCKS)}")
+    if BATCH < 1:
+        die("--batch must be at least 1")
+    if RUNS and (len(RUNS) < 2 or len(set(map(os.path.abspath, RUNS))) < len(RUNS)):
+        die("--runs needs at least two different results folders to compare")
+    for folder in RUNS:
+        if not os.path.isdir(os.path.join(folder, "fzs")):
+            die(f"run {folder}: no FZs in {os.path.join(folder, 'fzs')}")
+    single = not RUNS or os.path.isdir(os.path.join(RESULTS, "fzs"))  # with --runs, RESULTS may be just the output folder
+    if single and not os.path.isdir(os.path.join(RESULTS, "fzs")):
+        layers = [layer for b in BLOCKS for layer in stream.BLOCKS[b][:2]]
+        die(f"no FZs in {os.path.join(RESULTS, 'fzs')}; make them with: {fz_command(layers, RESULTS, WEIGHTS)}")
+    device = pick_device(DEVICE)
+    torch.backends.cudnn.allow_tf32 = False  # these are measurements: true float32 convolutions on a GPU too
+    torch.backends.cuda.matmul.allow_tf32 = False
+    t0 = time.time()
+    model, wid = load_resnet18(WEIGHTS, device)
+    config = {**cfg, "weights_id": wid, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": str(device), "versions": versions()}
+    if wid.startswith("random"):
+        print(f"** weights {wid}: random weights, not the paper's model **")
+
+    results = {}
+    if single:
+        result = run_criteria(model, wid, RESULTS, BLOCKS, WEIGHTS, device, BATCH)
+        if not result["blocks"]:
+            die(f"no block could be measured from {os.path.join(RESULTS, 'fzs')} (see the messages above)")
+        results[os.path.abspath(RESULTS)] = result
+        save_json({"config": config, "fz_files": result["fz_files"], "fz_sha256": result["fz_sha256"],
+                   "blocks": result["blocks"], "skipped": result["skipped"]}, os.path.join(RESULTS, "criteria.json"))
+        write_csv(csv_rows(result["values"]), CSV_COLUMNS, os.path.join(RESULTS, "criteria.csv"))
+        print_summary(result, wid)
+        print(f"wrote {os.path.join(RESULTS, 'criteria.json')} and criteria.csv")
+
+    if RUNS:
+        runs = {}
+        for folder in RUNS:
+            key = os.path.abspath(folder)
+            if key not in results:
+                results[key] = run_criteria(model, wid, folder, BLOCKS, WEIGHTS, device, BATCH, strict_weights=True)
+                for block, reason in results[key]["skipped"].items():
+                    print(f"run {folder}, block {block}: not measured: {reason}")
+            runs[folder] = results[key]
+        for folder, r in runs.items():  # the run of RESULTS was not checked strictly
+            for layer, c in r["fz_files"].items():
+                if c.get("weights") != wid:
+                    die(f"run {folder}: {layer} FZs were made with weights {c.get('weights')!r}, not {wid!r}")
+        blocks, skipped = stability(runs)
+        if not blocks:
+            die("no block was measured in every run: nothing to compare")
+        save_json({"runs": list(RUNS), "blocks": blocks, "skipped": skipped, "config": config,
+                   "fz_files": {f: r["fz_files"] for f, r in runs.items()}}, os.path.join(RESULTS, "stability.json"))
+        rows = [{"block": b, "channel": c, "pass_frequency": f"{s['pass_frequency'][i]:.4g}",
+                 **{f: int(c in runs[f]["blocks"][b]["passing"]) for f in RUNS}}
+                for b, s in blocks.items() for i, c in enumerate(s["channels"])]
+        write_csv(rows, ["block", "channel", "pass_frequency", *RUNS], os.path.join(RESULTS, "stability.csv"))
+        print_stability(list(RUNS), blocks, skipped)
+        print(f"wrote {os.path.join(RESULTS, 'stability.json')} and stability.csv")
+    print(f"time: {time.time() - t0:.1f} s on {device}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

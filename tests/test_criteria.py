@@ -1,0 +1,273 @@
+"""criteria.py: the equations on planted activations, S on a hand-made image, the batched measurement against
+one-channel-at-a-time forward hooks, the file checks, the stability report, and fzs.py -> criteria.py end to end."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+import criteria
+import stream
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The equations
+
+def test_eq1_planted():
+    pre_in = [1.0, 2.0, -1.0, -1.0, 1.0, -3.0, -2.0, 0.0]
+    zoom_in = [2.0, 1.0, -0.5, 0.5, 1.0, 0.0, -3.0, 1e-6]
+    # zoom raises; zoom lowers; Pre negative on both images (raised, but not in the positive domain);
+    # negative -> positive; equal (strict); negative -> exactly 0; both negative, lowered; 0 -> tiny positive
+    assert criteria.eq1(pre_in, zoom_in).tolist() == [True, False, False, True, False, False, False, True]
+    assert criteria.eq1(torch.tensor(pre_in), torch.tensor(zoom_in)).tolist() == criteria.eq1(pre_in, zoom_in).tolist()
+
+
+def test_eq2_planted_edges_and_zero_denominators():
+    post_in = [2.0, 3.0, 1.0, 2.0 + 1e-9, 3.0 - 1e-9, 1.0, 0.0, 0.0, 5.0, 1.0, 1.0]
+    post_pre = [3.0, 2.0, 1.0, 3.0, 2.0, 0.0, 0.0, 1.0, 1.0, -1.0, -0.0]
+    # ratio exactly 2/3 and 3/2 fail (strict); 1 passes; just inside both edges pass; Post zero on X̂_Pre fails,
+    # also with Post zero on X̂_In; ratio 0 fails; 5 fails; a negative (planted) or negative-zero denominator fails
+    expected = [False, False, True, True, True, False, False, False, False, False, False]
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        got = criteria.eq2(post_in, post_pre)
+        mix = criteria.mix_ratio(post_in, post_pre)
+    assert got.tolist() == expected
+    assert np.isfinite(mix).all()
+    assert criteria.eq2(torch.tensor(post_in, dtype=torch.float64), torch.tensor(post_pre, dtype=torch.float64)).tolist() == expected
+
+
+def test_mix_ratio_released_conventions():
+    post_in = [2.0, 0.0, 3.0, 0.0, -1.0, 1.0]
+    post_pre = [4.0, 5.0, 0.0, 0.0, 0.0, -2.0]
+    mix = criteria.mix_ratio(post_in, post_pre)
+    assert mix[0] == 0.5
+    assert mix[1] == criteria.MIX_IF_IN_NONPOS == 0.0  # only Post_c(X̂_In) <= 0
+    assert mix[2] == criteria.MIX_IF_PRE_NONPOS == 10.0  # only Post_c(X̂_Pre) <= 0
+    assert mix[3] == mix[4] == mix[5] == criteria.MIX_IF_PRE_NONPOS  # both <= 0: the released order, Pre's rule first
+
+
+def test_jaccard():
+    assert criteria.jaccard([], []) == 1.0
+    assert criteria.jaccard([1, 2], []) == 0.0
+    assert criteria.jaccard([1, 2, 3], [2, 3, 4]) == 0.5
+    assert criteria.jaccard({5}, [5]) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# S: center crop 112, bilinear resize to 224
+
+def test_zoom_on_hand_made_image():
+    x = torch.zeros(1, 3, 224, 224)
+    x[:, 0, 56:168, 56:168] = 1.0  # red square = exactly the 112 px center crop
+    x[:, 1, :56] = 1.0  # green band above it: must vanish
+    x[:, 2, 56:168, 56:112] = 1.0  # blue on the left half of the square: becomes the left half of the image
+    y = stream.zoom(x)
+    assert y.shape == (1, 3, 224, 224)
+    assert torch.equal(y[:, 0], torch.ones(1, 224, 224))
+    assert y[:, 1].abs().max() == 0
+    assert torch.all(y[:, 2, :, :111] == 1) and torch.all(y[:, 2, :, 113:] == 0)  # two blended columns at the edge
+
+    ramp = torch.arange(224.0).view(1, 1, 224, 1).expand(1, 1, 224, 224).contiguous()  # value = row index
+    i = torch.arange(224.0)
+    expected = 56 + (i / 2 - 0.25).clamp(0, 111)  # half-pixel bilinear upsampling by 2 of rows 56..167
+    assert torch.allclose(stream.zoom(ramp)[0, 0, :, 0], expected, atol=1e-5)
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, 224, 224, generator=g)
+    released = TF.resize(TF.center_crop(img, [112, 112]), [224, 224], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    assert torch.allclose(stream.zoom(img), released, atol=1e-5)  # the released scripts' CenterCrop(112), Resize(224)
+    pil = np.asarray(Image.fromarray(img[0, 0].numpy(), mode="F").crop((56, 56, 168, 168)).resize((224, 224), Image.BILINEAR))
+    assert np.allclose(stream.zoom(img)[0, 0].numpy(), pil, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hand-made FZ files (the format of fzs.py), for the in-process tests
+
+WEIGHTS = "random"
+
+
+@pytest.fixture(scope="module")
+def model():
+    m, wid = stream.load_resnet18(WEIGHTS)
+    g = torch.Generator().manual_seed(1)
+    for name in ("layer1.1", "layer2.1"):  # non-trivial bn2 weights (He init sets them all to 1)
+        bn2 = m.get_submodule(name).bn2
+        bn2.weight.copy_(torch.randn(bn2.weight.shape, generator=g))
+        bn2.bias.copy_(0.3 * torch.randn(bn2.bias.shape, generator=g))
+    return m, wid
+
+
+def make_fz(results, layer, channels, model=None, seed=0, **config):
+    g = torch.Generator().manual_seed(zlib.crc32(f"{layer}|{seed}".encode()))
+    images = torch.randint(0, 256, (len(channels), 3, 224, 224), dtype=torch.uint8, generator=g)
+    ch = torch.tensor(channels, dtype=torch.int64)
+    fz = {"images": images, "channels": ch,
+          "config": {"layer": layer, "objective": "center", "weights": "random:0", "seed": seed, "steps": 2, "lr": 0.05,
+                     "batch": 4, "amp": "fp32", "pre_as_released": False, "jitter": 0, **config}}
+    if model is not None:
+        fz["activation"] = stream.read_center(model, stream.normalize(stream.to_float(images)), [layer])[layer][torch.arange(len(ch)), ch]
+    stream.save_pt(fz, os.path.join(results, "fzs", layer, "center.pt"))
+    return fz
+
+
+def hooked(model, layers, x):
+    """The slow path: the full torchvision forward with a hook per layer that clones at hook time."""
+    got, handles = {}, []
+    for layer in layers:
+        handles.append(model.get_submodule(layer).register_forward_hook(lambda m, i, o, layer=layer: got.__setitem__(layer, o.clone())))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return got
+
+
+@pytest.mark.parametrize("block", ["1.1", "2.1"])
+def test_batched_measurement_matches_hooks(tmp_path, model, block):
+    m, wid = model
+    In, Pre, Post = stream.BLOCKS[block]
+    fz_in = make_fz(tmp_path, In, [0, 5, 9, 11], m)
+    fz_pre = make_fz(tmp_path, Pre, [0, 3, 5, 9, 40], m)
+    v = criteria.measure_block(m, block, criteria.load_fz(criteria.fz_path(tmp_path, In)),
+                               criteria.load_fz(criteria.fz_path(tmp_path, Pre)), torch.device("cpu"), batch=2)
+    assert v["channel"].tolist() == [0, 5, 9]  # channels with both FZs only
+    for i, c in enumerate([0, 5, 9]):
+        x_in = fz_in["images"][fz_in["channels"].tolist().index(c)][None].float() / 255
+        x_pre = fz_pre["images"][fz_pre["channels"].tolist().index(c)][None].float() / 255
+        zoomed = TF.resize(TF.center_crop(x_in, [112, 112]), [224, 224], interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
+        a = hooked(m, [In, Pre, Post], stream.normalize(x_in))
+        z = hooked(m, [Pre], stream.normalize(zoomed))
+        p = hooked(m, [Pre, Post], stream.normalize(x_pre))
+        h, w = a[Pre].shape[2] // 2, a[Pre].shape[3] // 2
+        want = {"pre_in": a[Pre][0, c, h, w], "pre_zoom_in": z[Pre][0, c, h, w], "post_in": a[Post][0, c, h, w],
+                "post_pre": p[Post][0, c, h, w], "objective_in": a[In][0, c, h, w], "objective_pre": p[Pre][0, c, h, w]}
+        for k, value in want.items():
+            assert torch.allclose(v[k][i], value, rtol=1e-4, atol=1e-4), (k, c, float(v[k][i]), float(value))
+    bn2, conv2 = m.get_submodule(Pre), m.get_submodule(Pre[:-3] + "conv2")
+    for i, c in enumerate([0, 5, 9]):
+        assert float(v["bn2_abs"][i]) == pytest.approx(abs(float(bn2.weight[c])))
+        assert float(v["conv2_abs_mean"][i]) == pytest.approx(float(np.abs(conv2.weight[c].numpy()).mean()), rel=1e-6)
+    assert v["passes"].tolist() == (criteria.eq1(v["pre_in"], v["pre_zoom_in"]) & criteria.eq2(v["post_in"], v["post_pre"])).tolist()
+
+
+def test_run_refuses_mixed_configs_and_names_the_missing_fzs(tmp_path, model):
+    m, wid = model
+    make_fz(tmp_path, "layer1.0", [0, 1], m, seed=0)
+    make_fz(tmp_path, "layer1.1.bn2", [0, 1], m, seed=1)  # block 1.1: In and Pre from different seeds
+    make_fz(tmp_path, "layer2.0", [0, 1], m, steps=7)  # block 2.1: Pre missing
+    make_fz(tmp_path, "layer3.0", [0], m, weights="IMAGENET1K_V1")  # block 3.1: other weights
+    make_fz(tmp_path, "layer3.1.bn2", [0], m, weights="IMAGENET1K_V1")
+    make_fz(tmp_path, "layer2.0.downsample.1", [0, 1], m)  # block 2.0: measurable
+    make_fz(tmp_path, "layer2.0.bn2", [1, 2], m)
+    out = criteria.run_criteria(m, wid, str(tmp_path), ["1.1", "2.0", "2.1", "3.1", "4.1"], WEIGHTS, torch.device("cpu"), 4)
+    assert list(out["blocks"]) == ["2.0"]
+    s = out["blocks"]["2.0"]
+    assert s["measured"] == [1] and s["n_channels"] == 128 and len(s["missing"]) == 127 and s["count"] == len(s["passing"])
+    assert "seed: 0 vs 1" in out["skipped"]["1.1"]
+    assert "IMAGENET1K_V1" in out["skipped"]["3.1"] and "random:0" in out["skipped"]["3.1"]
+    assert out["skipped"]["2.1"].endswith(f"python fzs.py --layers layer2.1.bn2 --seed 0 --steps 7 --lr 0.05 --amp fp32 "
+                                          f"--pre_as_released False --batch 4 --weights random --results {tmp_path}")
+    assert out["skipped"]["4.1"].endswith(f"python fzs.py --layers layer4.0,layer4.1.bn2 --weights random --results {tmp_path}")
+    assert set(out["fz_files"]) == {"layer2.0.downsample.1", "layer2.0.bn2"}
+
+
+def test_stability_on_planted_runs():
+    def run(passing):
+        return {"blocks": {"2.1": {"measured": list(range(8)), "passing": passing}, "3.1": {"measured": [0, 1, 2], "passing": []}},
+                "fz_files": {"layer2.0": {"seed": len(passing)}, "layer3.0": {"seed": len(passing)}}}
+    runs = {"a": run([1, 2, 3]), "b": run([2, 3, 4, 5]), "c": run([2, 3])}
+    runs["c"]["blocks"].pop("3.1")
+    blocks, skipped = criteria.stability(runs)
+    s = blocks["2.1"]
+    assert s["channels"] == list(range(8))
+    assert s["pass_frequency"] == [0, 1 / 3, 1, 1, 1 / 3, 1 / 3, 0, 0]
+    assert s["always"] == [2, 3] and s["ever"] == [1, 2, 3, 4, 5] and s["counts"] == [3, 4, 2]
+    assert s["jaccard"][0][1] == pytest.approx(2 / 5) and s["jaccard"][1][2] == 0.5 and s["jaccard"][2][2] == 1.0
+    assert "3.1" not in blocks and "c" in skipped["3.1"]
+    two = criteria.stability({"a": run([]), "b": run([])})[0]["2.1"]  # nothing passes in either run: identical sets
+    assert two["jaccard"] == [[1.0, 1.0], [1.0, 1.0]] and two["always"] == []
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end: tiny FZs from fzs.py (random weights, 2 steps), then criteria.py with two seeds
+
+def run_script(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_end_to_end_with_fzs(tmp_path):
+    r0, r1 = str(tmp_path / "seed0"), str(tmp_path / "seed1")
+    for folder, seed in ((r0, 0), (r1, 1)):
+        p = run_script("fzs.py", "--layers", "layer2.0,layer2.1.bn2", "--channels", "0:4", "--steps", "2", "--batch", "4",
+                       "--seed", str(seed), "--weights", WEIGHTS, "--results", folder, "--png", "false")
+        assert p.returncode == 0, p.stderr[-2000:]
+    p = run_script("criteria.py", "--weights", WEIGHTS, "--results", r0, "--blocks", "2.1,3.1", "--runs", f"{r0},{r1}", "--batch", "3")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "block 2.1:" in p.stdout and "of 4 measured channels (of 128) pass" in p.stdout and "time:" in p.stdout
+    assert "python fzs.py --layers layer3.0,layer3.1.bn2 --weights random --results" in p.stdout
+    assert "warning" not in p.stdout + p.stderr.replace("FutureWarning", "")
+
+    result = json.load(open(os.path.join(r0, "criteria.json")))
+    assert set(result["blocks"]) == {"2.1"} and "3.1" in result["skipped"]
+    s = result["blocks"]["2.1"]
+    assert s["layers"] == list(stream.BLOCKS["2.1"]) and s["measured"] == [0, 1, 2, 3] and s["n_channels"] == 128
+    assert result["config"]["weights_id"] == "random:0" and result["fz_files"]["layer2.0"]["seed"] == 0
+    assert set(result["fz_sha256"]) == {"layer2.0", "layer2.1.bn2"}
+    with open(os.path.join(r0, "criteria.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == criteria.CSV_COLUMNS
+    assert [int(r["channel"]) for r in rows] == [0, 1, 2, 3] and {r["block"] for r in rows} == {"2.1"}
+    val = {k: np.array([float(r[k]) for r in rows]) for k in ("pre_in", "pre_zoom_in", "post_in", "post_pre", "mix")}
+    flags = {k: [bool(int(r[k])) for r in rows] for k in ("eq1", "eq2", "passes")}
+    assert flags["eq1"] == criteria.eq1(val["pre_in"], val["pre_zoom_in"]).tolist()
+    assert flags["eq2"] == criteria.eq2(val["post_in"], val["post_pre"]).tolist()
+    assert flags["passes"] == [a and b for a, b in zip(flags["eq1"], flags["eq2"])]
+    assert np.allclose(val["mix"], criteria.mix_ratio(val["post_in"], val["post_pre"]))
+    assert (val["post_in"] >= 0).all() and (val["post_pre"] >= 0).all()  # Post is after the ReLU
+    assert s["passing"] == [int(r["channel"]) for r in rows if r["passes"] == "1"] and s["count"] == len(s["passing"])
+    assert s["percent"] == pytest.approx(100 * s["count"] / 4)
+
+    stab = json.load(open(os.path.join(r0, "stability.json")))
+    assert stab["runs"] == [r0, r1] and set(stab["blocks"]) == {"2.1"}
+    b = stab["blocks"]["2.1"]
+    assert b["counts"][0] == s["count"] and b["seeds"] == [0, 1] and len(b["pass_frequency"]) == 4
+    assert b["always"] == [c for c, f in zip(b["channels"], b["pass_frequency"]) if f == 1]
+    with open(os.path.join(r0, "stability.csv")) as f:
+        srows = list(csv.DictReader(f))
+    assert [int(r[r0]) for r in srows] == [int(c in s["passing"]) for c in range(4)]
+    assert "Stability of the passing channels across 2 FZ runs" in p.stdout
+
+
+CONSTANTS = {name: getattr(criteria, name) for name in ("WEIGHTS", "RESULTS", "BLOCKS", "RUNS", "DEVICE", "BATCH",
+                                                          "MIX_IF_PRE_NONPOS", "MIX_IF_IN_NONPOS")}
+
+
+def run_main(monkeypatch, *argv):
+    """criteria.main() in this process, from the default constants (configure() rewrites them; monkeypatch restores them)."""
+    for name, value in CONSTANTS.items():
+        monkeypatch.setattr(criteria, name, value)
+    monkeypatch.setattr(sys, "argv", ["criteria.py", *argv])
+    criteria.main()
+
+
+def test_bad_input_stops_with_one_line(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match=f"python fzs.py --layers layer2.0,layer2.1.bn2 --weights random --results {tmp_path / 'none'}$"):
+        run_main(monkeypatch, "--weights", WEIGHTS, "--results", str(tmp_path / "none"), "--blocks", "2.1")
+    with pytest.raises(SystemExit, match="unknown block '2.2'"):
+        run_main(monkeypatch, "--weights", WEIGHTS, "--blocks", "2.2")
+    with pytest.raises(SystemExit, match="at least two different results folders"):
+        run_main(monkeypatch, "--weights", WEIGHTS, "--runs", f"{tmp_path},{tmp_path}")
+    assert criteria.BLOCKS == ["1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"]
