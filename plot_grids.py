@@ -1,0 +1,254 @@
+"""The paper's Figures 1, 3 and 4: for each criteria-passing channel of a block, a 3x3 grid. Columns: the block's
+In, Pre and Post layers; rows: the center-neuron FZ, the whole-channel FZ, and a 3x3 montage of the channel's
+top-9 natural images (METHOD.md section 6).
+
+    python plot_grids.py                               # every block with passing channels (criteria.json)
+    python plot_grids.py --channels "2.1:5,17;3.1:40"  # a few channels named by hand (Figure 1 style)
+
+Reads <RESULTS>/criteria.json, fzs/<layer>/{center,channel}.pt and natural/summary.pt; writes
+<RESULTS>/figures/grids_block<B>.png (_p1, _p2, ... for several pages) and .pdf (all pages), or grids_selected.*
+for channels named by hand. Missing channel FZs or natural images leave grey 'missing' panels, and the script
+prints the command that fills them.
+"""
+
+import json
+import math
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+
+from stream import (BLOCKS, ImageError, config_mismatch, configure, decode_rgb, die, eval_views, load_pt, main_guard, n_channels,
+                    parse_channels, save_figure, stamp, weights_of)
+
+RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
+CHANNELS = ""  # channels named by hand, 'block:channels;block:channels' e.g. '2.1:5,17;3.1:40'; empty: the passing channels of criteria.json
+ONLY_BLOCKS = ""  # comma-separated blocks to plot (e.g. 2.1,3.1); empty: every block with passing channels
+PER_ROW = 4  # channel grids per row of a page
+ROWS_PER_PAGE = 4  # rows of channel grids per page (4 x 4 = 16 channels a page)
+GRID_INCHES = 2.1  # width of one channel's grid on the page, inches
+TILE = 112  # pixels per natural image in the top-9 montage (the PDF keeps them at this size)
+NATURAL_ROOT = ""  # folder of the natural images if it moved since ablate.py recorded it (empty: summary.pt's root)
+DPI = 200  # PNG resolution
+
+COLUMNS = ("In", "Pre", "Post")
+ROW_NAMES = ("center FZ", "channel FZ", "top-9 natural")
+COMPARABLE = ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch")  # FZ config keys that must agree
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs
+
+def read_json(path, what):
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        die(f"cannot read {what} {path} ({type(e).__name__})")
+
+
+def read_fzs(results, layer, objective):
+    """{channel: uint8 HxWx3 image} and the file's config, or ({}, None) when the file is not there."""
+    path = os.path.join(results, "fzs", layer, f"{objective}.pt")
+    if not os.path.isfile(path):
+        return {}, None
+    d = load_pt(path, f"{objective} FZ file")
+    images = d["images"].numpy().transpose(0, 2, 3, 1)
+    return {int(c): images[i] for i, c in enumerate(d["channels"].tolist())}, d.get("config", {})
+
+
+def eval_view(path):
+    """The standard eval view of an image file (resize the shorter side to 256, center-crop 224), HxWx3 uint8."""
+    try:
+        return eval_views(decode_rgb(path), [0])[0].permute(1, 2, 0).numpy()
+    except ImageError as e:
+        die(f"{e}; if the natural images moved, pass their folder with --natural_root")
+
+
+def montage(paths, tile):
+    """A 3x3 montage of up to nine images (row by row, best first) with thin white gaps."""
+    gap = max(1, tile // 28)
+    out = np.full((3 * tile + 2 * gap, 3 * tile + 2 * gap, 3), 255, np.uint8)
+    for k, p in enumerate(paths[:9]):
+        r, c = divmod(k, 3)
+        out[r * (tile + gap):r * (tile + gap) + tile, c * (tile + gap):c * (tile + gap) + tile] = \
+            np.asarray(Image.fromarray(eval_view(p)).resize((tile, tile), Image.BILINEAR))
+    return out
+
+
+def which_channels(criteria, spec, only):
+    """[(block, [channels])]: named by hand ('2.1:5,17;3.1:40'), else the passing channels of criteria.json."""
+    if spec:
+        out = []
+        for item in [s.strip() for s in spec.split(";") if s.strip()]:
+            block, sep, chans = item.partition(":")
+            if not sep or block.strip() not in BLOCKS:
+                die(f"--channels: cannot read {item!r}; use block:channels;... e.g. 2.1:5,17;3.1:40 (blocks: {', '.join(BLOCKS)})")
+            block = block.strip()
+            out.append((block, parse_channels(chans, n_channels(BLOCKS[block][2]), f"block {block}")))
+        return out
+    if criteria is None:
+        die("no criteria.json in the results folder: run python criteria.py first, or name channels with --channels 2.1:5,17")
+    blocks = [b.strip() for b in only.split(",") if b.strip()] or list(criteria["blocks"])
+    for b in blocks:
+        if b not in criteria["blocks"]:
+            die(f"block {b} is not in criteria.json (it has {', '.join(criteria['blocks'])})")
+    return [(b, sorted(criteria["blocks"][b]["passing"])) for b in blocks if criteria["blocks"][b]["passing"]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Drawing
+
+def show(ax, image):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if image is None:
+        ax.set_facecolor("0.85")
+        ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=7, color="0.35", transform=ax.transAxes)
+        for s in ax.spines.values():
+            s.set_color("0.7")
+    else:
+        ax.imshow(image, interpolation="antialiased")
+        for s in ax.spines.values():
+            s.set_visible(False)
+
+
+def draw_page(grids, title, weights):
+    """One page: channel grids tiled PER_ROW a row. grids: [(title, 3x3 nested list of images or None)].
+    Everything is placed in inches, so the panels keep their size whatever the number of grids."""
+    ncols = min(PER_ROW, len(grids))
+    nrows = math.ceil(len(grids) / ncols)
+    label, right, gap, name_h, header_h, below = 0.2, 0.08, 0.03, 0.22, 0.15, 0.12  # inches inside one grid's cell
+    panel = (GRID_INCHES - label - right - 2 * gap) / 3
+    cell_h = name_h + header_h + 3 * panel + 2 * gap + below
+    head, foot = 0.3 + 0.18 * title.count("\n"), 0.22  # inches for the page title and the weights line
+    W, H = ncols * GRID_INCHES, nrows * cell_h + head + foot
+    fig = plt.figure(figsize=(W, H))
+    fig.text(0.5, 1 - 0.1 / H, title, fontsize=10, ha="center", va="top")
+    for k, (name, panels) in enumerate(grids):
+        x0, top = (k % ncols) * GRID_INCHES, H - head - (k // ncols) * cell_h  # the cell's top-left corner, inches
+        fig.text((x0 + label + 1.5 * panel + gap) / W, (top - name_h / 2) / H, name, fontsize=8.5, weight="bold",
+                 ha="center", va="center")
+        for r in range(3):
+            for c in range(3):
+                x = x0 + label + c * (panel + gap)
+                y = top - name_h - header_h - (r + 1) * panel - r * gap
+                ax = fig.add_axes((x / W, y / H, panel / W, panel / H))
+                show(ax, panels[r][c])
+                if r == 0:
+                    ax.set_title(COLUMNS[c], fontsize=7.5, pad=2)
+                if c == 0:
+                    ax.set_ylabel(ROW_NAMES[r], fontsize=6.5, labelpad=2)
+    stamp(fig, weights)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def main():
+    cfg = configure(globals())
+    criteria = read_json(os.path.join(RESULTS, "criteria.json"), "criteria file")
+    chosen = which_channels(criteria, CHANNELS, ONLY_BLOCKS)
+    if not chosen:
+        print("no block has passing channels in criteria.json: nothing to plot "
+              "(name channels by hand with --channels 2.1:0,1 to see their grids)")
+        return
+
+    summary_path = os.path.join(RESULTS, "natural", "summary.pt")
+    summary = load_pt(summary_path, "natural-image summary") if os.path.isfile(summary_path) else None
+    configs, missing, grids_by_block, center_config = [], [], {}, {}
+    if criteria is not None:
+        configs.append(criteria.get("config", {}))
+        configs += list(criteria.get("fz_files", {}).values())
+    if summary is not None:
+        configs.append(summary.get("config", {}))
+
+    for block, channels in chosen:
+        layers = BLOCKS[block]
+        fzs = {}
+        for layer in layers:
+            for objective in ("center", "channel"):
+                images, config = read_fzs(RESULTS, layer, objective)
+                fzs[layer, objective] = images
+                if config is None:
+                    continue
+                configs.append(config)
+                if objective == "center":
+                    center_config = center_config or config
+                known = (criteria or {}).get("fz_files", {}).get(layer)
+                if objective == "center" and known is not None and config_mismatch(known, config, COMPARABLE):
+                    die(f"fzs/{layer}/center.pt changed since criteria.py ran ({config_mismatch(known, config, COMPARABLE)}): "
+                        f"run python criteria.py again")
+        grids = []
+        for c in channels:
+            panels = [[fzs[layer, "center"].get(c) for layer in layers],
+                      [fzs[layer, "channel"].get(c) for layer in layers],
+                      [None, None, None]]
+            if summary is not None:
+                root = NATURAL_ROOT or summary["root"]
+                for j, layer in enumerate(layers):
+                    if layer in summary["top9_index"]:
+                        idx = summary["top9_index"][layer][c].tolist()
+                        panels[2][j] = montage([os.path.join(root, summary["paths"][i]) for i in idx], TILE)
+            for r, objective in enumerate(("center", "channel")):
+                for layer, image in zip(layers, panels[r]):
+                    if image is None:
+                        missing.append((objective, block, layer, c))
+            if any(p is None for p in panels[2]):
+                missing.append(("natural", block, None, c))
+            grids.append((f"block {block}, channel {c}" if CHANNELS else f"channel {c}", panels))
+        grids_by_block[block] = grids
+
+    weights = weights_of(*configs)
+    os.makedirs(os.path.join(RESULTS, "figures"), exist_ok=True)
+    page_size = PER_ROW * ROWS_PER_PAGE
+    if CHANNELS:  # one figure of the channels named by hand, in the order given
+        grids = [g for block, _ in chosen for g in grids_by_block[block]]
+        pages = [draw_page(grids[i:i + page_size], "Selected channels: center-neuron FZ, whole-channel FZ, top-9 natural images\n"
+                           f"In = the block's skip input, Pre = its bn2 output, Post = its output; weights {weights}", weights)
+                 for i in range(0, len(grids), page_size)]
+        written = save_figure(pages, os.path.join(RESULTS, "figures", "grids_selected"), dpi=DPI)
+    else:
+        written = []
+        for block, channels in chosen:
+            grids = grids_by_block[block]
+            n = len(criteria["blocks"][block].get("passing", channels))
+            total = criteria["blocks"][block].get("n_channels", n_channels(BLOCKS[block][2]))
+            pages = []
+            for p, i in enumerate(range(0, len(grids), page_size)):
+                page = f", page {p + 1} of {math.ceil(len(grids) / page_size)}" if len(grids) > page_size else ""
+                title = (f"Block {block}: the {n} of {total} channels passing Eq. 1 and Eq. 2{page}\n"
+                         f"In = {BLOCKS[block][0]}, Pre = {BLOCKS[block][1]}, Post = {BLOCKS[block][2]}; weights {weights}")
+                pages.append(draw_page(grids[i:i + page_size], title, weights))
+            written += save_figure(pages, os.path.join(RESULTS, "figures", f"grids_block{block}"), dpi=DPI)
+    for path in written:
+        print(f"wrote {path}")
+    report_missing(missing, weights, center_config)
+
+
+def report_missing(missing, weights, like):
+    """Say which panels are missing and the commands that fill them (one fzs.py command per block and objective,
+    with the settings of the center FZs found, so that both rows come from the same optimisation)."""
+    w = weights if not weights.startswith("file:") else "/path/to/the/checkpoint"
+    same = "".join(f" --{k} {like[k]}" for k in ("steps", "seed") if k in like) + (" --pre_as_released true" if like.get("pre_as_released") else "")
+    for objective in ("center", "channel"):
+        for block in dict.fromkeys(b for o, b, _, _ in missing if o == objective):
+            entries = [(layer, c) for o, b, layer, c in missing if o == objective and b == block]
+            layers = [l for l in BLOCKS[block] if any(l == e[0] for e in entries)]
+            chans = sorted({c for _, c in entries})
+            print(f"missing {objective} FZs of block {block} ({', '.join(layers)}); make them with:\n"
+                  f"  python fzs.py --layers {','.join(layers)} --objectives {objective} --channels {','.join(map(str, chans))} "
+                  f"--weights {w}{same} --results {RESULTS}")
+    blocks = list(dict.fromkeys(b for o, b, _, _ in missing if o == "natural"))
+    if blocks:
+        print(f"missing top-9 natural images (block {', '.join(blocks)}); make them with:\n"
+              f"  python ablate.py --stages natural --data /path/to/imagenet/val --weights {w} --results {RESULTS}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

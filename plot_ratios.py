@@ -1,0 +1,89 @@
+"""The paper's Figure 2: per ablated block, the Eq. 3 accuracy ratio (passing-channel ablation / random-channel
+ablation, mean over the random trials) at each scale 10..50 %, with standard-error bars, and a horizontal blue
+line at the ratio without scaling (METHOD.md sections 5 and 6).
+
+    python plot_ratios.py
+
+Reads <RESULTS>/ablation/<block>.json (written by ablate.py); writes <RESULTS>/figures/ratios.png and .pdf and
+prints the table it plots.
+"""
+
+import json
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from stream import configure, die, main_guard, save_figure, stamp, weights_of
+
+RESULTS = "results"  # results folder: reads ablation/<block>.json, writes figures/ratios.*
+ABLATED = ["2.1", "3.1"]  # blocks to plot, one panel each (those without an ablation file are skipped, with a note)
+DPI = 200  # PNG resolution
+
+
+def read_ablation(path):
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        die(f"cannot read ablation file {path} ({type(e).__name__})")
+    for key in ("scales", "ratio", "sem", "accuracy", "random_sets", "passing"):
+        if key not in d:
+            die(f"ablation file {path} has no {key!r}: is it from an older ablate.py? run python ablate.py again")
+    if not (len(d["scales"]) == len(d["ratio"]) == len(d["sem"])) or d["scales"][0] != 0:
+        die(f"ablation file {path}: scales, ratio and sem must have one entry per scale, starting with 0 (no scale)")
+    return d
+
+
+def draw(ax, block, d):
+    scales, ratio, sem = np.array(d["scales"]), np.array(d["ratio"], float), np.array(d["sem"], float)
+    n_trials = len(d["random_sets"])
+    ax.axhline(ratio[0], color="tab:blue", lw=1.5, label=f"no scale ({ratio[0]:.3f})")
+    ax.errorbar(scales[1:], ratio[1:], yerr=sem[1:], fmt="o", color="black", ms=5, capsize=4, lw=1.2,
+                label=f"scaled: mean \u00b1 SEM, N = {n_trials} trials")
+    ax.set_xticks(scales[1:])
+    ax.set_xlim(scales[1] - 0.6 * (scales[2] - scales[1]), scales[-1] + 0.6 * (scales[2] - scales[1]))
+    ax.set_xlabel("scale (%)")
+    ax.set_ylabel("accuracy ratio (passing / random)")
+    ax.set_title(f"Block {block}: {len(d['passing'])} channels ablated, {d.get('n_images', '?'):,} images"
+                 if isinstance(d.get("n_images"), int) else f"Block {block}: {len(d['passing'])} channels ablated")
+    lo, hi = min(ratio[0], (ratio[1:] - sem[1:]).min()), max(ratio[0], (ratio[1:] + sem[1:]).max())
+    pad = max(0.15 * (hi - lo), 0.005)
+    ax.set_ylim(lo - pad, hi + 2.5 * pad)  # room for the legend above the data
+    ax.grid(axis="y", color="0.9", lw=0.6)
+    ax.set_axisbelow(True)
+    ax.legend(fontsize=8, loc="upper right", frameon=False)
+
+
+def main():
+    cfg = configure(globals())
+    found = {}
+    for block in ABLATED:
+        path = os.path.join(RESULTS, "ablation", f"{block}.json")
+        if os.path.isfile(path):
+            found[block] = read_ablation(path)
+        else:
+            print(f"note: no {path}: block {block} is left out (make it with python ablate.py --ablate_blocks {block} --data /path/to/imagenet/val)")
+    if not found:
+        die(f"no ablation results under {os.path.join(RESULTS, 'ablation')}: run python ablate.py --data /path/to/imagenet/val first")
+    weights = weights_of(*[d.get("config", {}) for d in found.values()])
+
+    print(f"Eq. 3 ratio (mean over random trials) \u00b1 SEM, weights {weights}")
+    for block, d in found.items():
+        cells = "  ".join(f"{s:>3}%: {r:.4f} \u00b1 {e:.4f}" if s else f"none: {r:.4f}" for s, r, e in zip(d["scales"], d["ratio"], d["sem"]))
+        print(f"  block {block}: {cells}")
+
+    fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.6), squeeze=False)
+    for ax, (block, d) in zip(axes[0], found.items()):
+        draw(ax, block, d)
+    fig.suptitle("Accuracy ratio of passing-channel to random-channel mean ablation (Eq. 3)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    stamp(fig, weights)
+    for path in save_figure(fig, os.path.join(RESULTS, "figures", "ratios"), dpi=DPI):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

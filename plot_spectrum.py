@@ -1,0 +1,225 @@
+"""The predecessor paper's skip / mix / overwrite spectrum (METHOD.md section 3), from criteria.py's table:
+
+- mix_hist:      per block, the histogram of the mix ratio m = Post_c(FZ_In) / Post_c(FZ_Pre) (clipped at MIX_CLIP),
+                 with the overwrite / mix / skip regions shaded and the criteria-passing channels stacked on top;
+- mix_vs_bn2:    per block, m against |bn2.weight[c]|, with Spearman's rank correlation;
+- mix_vs_conv2:  per block, m against the mean |conv2.weight[c]|, with Spearman's rank correlation;
+- pass_frequency (when several FZ seeds were run, stability.json): how often each channel passed, per block.
+
+    python plot_spectrum.py
+
+Reads <RESULTS>/criteria.csv, criteria.json and stability.json; writes <RESULTS>/figures/<name>.png and .pdf.
+"""
+
+import csv
+import json
+import math
+import os
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from stream import BLOCKS, configure, die, main_guard, save_figure, stamp, weights_of
+
+RESULTS = "results"  # results folder: reads criteria.csv/json and stability.json, writes figures/
+MIX_CLIP = 5.0  # m is clipped here in the plots (the released code's convention; m = 10 marks Post_c(FZ_Pre) <= 0)
+MIX_LOW = 0.6667  # m below this: the block overwrites the input (Eq. 2's lower bound, 2/3)
+MIX_HIGH = 1.5  # m above this: the input skips through the block (Eq. 2's upper bound, 3/2)
+BINS = 25  # histogram bins over [0, MIX_CLIP]
+PANELS_PER_ROW = 4  # block panels per row
+DPI = 200  # PNG resolution
+
+REGIONS = (("overwrite", "tab:red"), ("mix", "tab:green"), ("skip", "tab:blue"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Spearman's rank correlation: average ranks for ties, then Pearson's correlation of the ranks.
+
+def ranks(x):
+    """Ranks 1..n of x; tied values share the mean of the ranks they span."""
+    x = np.asarray(x, float)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(1, len(x) + 1)
+    _, group = np.unique(x, return_inverse=True)
+    return (np.bincount(group, weights=r) / np.bincount(group))[group]
+
+
+def spearman(a, b):
+    """Spearman's rho of two equally long sequences; nan when one of them is constant or n < 2."""
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / math.sqrt((ra * ra).sum() * (rb * rb).sum()))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Inputs
+
+def read_json(path, what):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        die(f"cannot read {what} {path} ({type(e).__name__})")
+
+
+def truth(text):
+    return str(text).strip().lower() in ("1", "true", "yes")
+
+
+def read_table(path):
+    """{block: {'channel', 'mix', 'bn2_abs', 'conv2_abs_mean': float arrays, 'passes': bool array}}, in block order."""
+    if not os.path.isfile(path):
+        die(f"no {path}: run python criteria.py first")
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error) as e:
+        die(f"cannot read {path} ({type(e).__name__})")
+    need = ("block", "channel", "mix", "passes", "bn2_abs", "conv2_abs_mean")
+    if not rows or any(k not in rows[0] for k in need):
+        die(f"{path} has no rows or lacks one of the columns {', '.join(need)}: run python criteria.py again")
+    table = {}
+    for row in rows:
+        table.setdefault(row["block"], []).append(row)
+    out = {}
+    for block in sorted(table, key=lambda b: list(BLOCKS).index(b) if b in BLOCKS else 99):
+        rows = sorted(table[block], key=lambda r: int(r["channel"]))
+        try:
+            out[block] = {k: np.array([float(r[k]) for r in rows]) for k in ("channel", "mix", "bn2_abs", "conv2_abs_mean")}
+        except ValueError as e:
+            die(f"{path}: a non-number in block {block} ({e})")
+        out[block]["passes"] = np.array([truth(r["passes"]) for r in rows])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures
+
+def panel_grid(n, width=3.3, height=2.6):
+    ncols = min(PANELS_PER_ROW, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.6), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def region_counts(m):
+    return ((m < MIX_LOW).sum(), ((m >= MIX_LOW) & (m <= MIX_HIGH)).sum(), (m > MIX_HIGH).sum())
+
+
+def mix_histogram(table, weights):
+    fig, axes = panel_grid(len(table))
+    edges = np.linspace(0, MIX_CLIP, BINS + 1)
+    for ax, (block, t) in zip(axes, table.items()):
+        m = np.clip(t["mix"], 0, MIX_CLIP)
+        for (lo, hi), (name, color) in zip(((0, MIX_LOW), (MIX_LOW, MIX_HIGH), (MIX_HIGH, MIX_CLIP)), REGIONS):
+            ax.axvspan(lo, hi, color=color, alpha=0.08, lw=0)
+        ax.hist([m[~t["passes"]], m[t["passes"]]], bins=edges, stacked=True, color=["0.45", "tab:orange"],
+                label=["other channels", "passing Eq. 1 & 2"])
+        counts = region_counts(t["mix"])
+        ax.set_title(f"Block {block} ({len(m)} channels)", fontsize=9)
+        ax.text(0.97, 0.95, "\n".join(f"{name}: {k}" for (name, _), k in zip(REGIONS, counts)), transform=ax.transAxes,
+                ha="right", va="top", fontsize=7.5, linespacing=1.3)
+        ax.set_xlim(0, MIX_CLIP)
+        ax.set_xlabel(f"mix ratio m (clipped at {MIX_CLIP:g})", fontsize=8)
+        ax.set_ylabel("channels", fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25) for _, c in REGIONS] + \
+              [plt.Rectangle((0, 0), 1, 1, color="0.45"), plt.Rectangle((0, 0), 1, 1, color="tab:orange")]
+    labels = [f"overwrite: m < {MIX_LOW:.3g}", f"mix: {MIX_LOW:.3g} \u2264 m \u2264 {MIX_HIGH:.3g}", f"skip: m > {MIX_HIGH:.3g}",
+              "other channels", "passing Eq. 1 & 2"]
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle("Mix ratio m = Post(FZ of In) / Post(FZ of Pre) per channel: overwrite / mix / skip", fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    stamp(fig, weights)
+    return fig
+
+
+def mix_scatter(table, key, xlabel, title, weights):
+    fig, axes = panel_grid(len(table))
+    for ax, (block, t) in zip(axes, table.items()):
+        x, m = t[key], np.clip(t["mix"], 0, MIX_CLIP)
+        ax.axhspan(MIX_LOW, MIX_HIGH, color="tab:green", alpha=0.08, lw=0)
+        ax.scatter(x[~t["passes"]], m[~t["passes"]], s=8, color="0.4", alpha=0.7, lw=0, label="other channels")
+        ax.scatter(x[t["passes"]], m[t["passes"]], s=12, color="tab:orange", lw=0, label="passing Eq. 1 & 2")
+        rho = spearman(x, t["mix"])
+        ax.text(0.97, 0.95, f"Spearman \u03c1 = {rho:+.2f}" if rho == rho else "Spearman \u03c1 = n/a", transform=ax.transAxes,
+                ha="right", va="top", fontsize=8.5, weight="bold", bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1.5))
+        ax.set_title(f"Block {block} ({len(m)} channels)", fontsize=9)
+        ax.set_ylim(-0.15, MIX_CLIP + 0.15)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(f"mix ratio m (clipped at {MIX_CLIP:g})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False, markerscale=1.5)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    stamp(fig, weights)
+    return fig
+
+
+def pass_frequency(stability, weights):
+    blocks = {b: s for b, s in stability["blocks"].items() if len(s.get("pass_frequency", []))}
+    n_runs = len(stability.get("runs", [])) or "?"
+    fig, axes = panel_grid(len(blocks), width=4.2, height=2.4)
+    for ax, (block, s) in zip(axes, blocks.items()):
+        f = np.array(s["pass_frequency"], float)
+        ax.bar(np.arange(len(f)), f, width=1.0, color="tab:orange", lw=0)
+        jac = np.array(s.get("jaccard", [[1.0]]), float)
+        off = jac[~np.eye(len(jac), dtype=bool)]
+        mean_j = f"{np.nanmean(off):.2f}" if off.size else "n/a"
+        counts = s.get("counts", [])
+        ax.set_title(f"Block {block}: passing per run {'/'.join(map(str, counts))}\nin every run {len(s.get('always', []))}, "
+                     f"mean Jaccard {mean_j}", fontsize=8.5)
+        ax.set_xlim(-0.5, len(f) - 0.5)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("channel", fontsize=8)
+        ax.set_ylabel("pass frequency", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"How often each channel passes Eq. 1 & 2 over {n_runs} FZ runs (seeds)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    stamp(fig, weights)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def main():
+    cfg = configure(globals())
+    table = read_table(os.path.join(RESULTS, "criteria.csv"))
+    criteria_path = os.path.join(RESULTS, "criteria.json")
+    criteria = read_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else {}
+    weights = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}))
+    figures_dir = os.path.join(RESULTS, "figures")
+    written = []
+    written += save_figure(mix_histogram(table, weights), os.path.join(figures_dir, "mix_hist"), dpi=DPI)
+    written += save_figure(mix_scatter(table, "bn2_abs", "|bn2 weight| of the channel",
+                                       "Mix ratio against the block's |bn2 weight| per channel", weights),
+                           os.path.join(figures_dir, "mix_vs_bn2"), dpi=DPI)
+    written += save_figure(mix_scatter(table, "conv2_abs_mean", "mean |conv2 weight| of the channel",
+                                       "Mix ratio against the mean |conv2 weight| feeding the channel", weights),
+                           os.path.join(figures_dir, "mix_vs_conv2"), dpi=DPI)
+    print("Spearman rank correlation of the mix ratio with  |bn2 weight|  mean |conv2 weight|")
+    for block, t in table.items():
+        print(f"  block {block:>4} ({len(t['mix'])} channels): {spearman(t['bn2_abs'], t['mix']):+18.3f}  "
+              f"{spearman(t['conv2_abs_mean'], t['mix']):+20.3f}")
+
+    stability_path = os.path.join(RESULTS, "stability.json")
+    if os.path.isfile(stability_path):
+        stability = read_json(stability_path, "stability file")
+        w = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}), stability)
+        written += save_figure(pass_frequency(stability, w), os.path.join(figures_dir, "pass_frequency"), dpi=DPI)
+    else:
+        print(f"note: no {stability_path}, so no pass-frequency plot (make one with python criteria.py --runs DIR1,DIR2,... over FZ runs of different seeds)")
+    for path in written:
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

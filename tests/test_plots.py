@@ -1,0 +1,256 @@
+"""The figure scripts (plot_grids.py, plot_ratios.py, plot_spectrum.py) on tiny results in the contract's format,
+and the small pieces they rely on (Spearman's rho, the weights stamp, atomic PNG + PDF pages)."""
+
+import contextlib
+import csv
+import importlib
+import io
+import json
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import stream
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tiny results of exactly the contract's format
+
+def pattern(seed, size=224):
+    """A smooth coloured grating, so that a look at the figure shows where each image went."""
+    g = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    k = g.uniform(3, 12, 3)
+    img = np.stack([np.sin(2 * np.pi * (k[i] * (xx * np.cos(i + seed) + yy * np.sin(i + seed)))) for i in range(3)])
+    return torch.from_numpy(((img + 1) * 127.5).astype(np.uint8))
+
+
+def fz_file(layer, objective, channels, weights="random:0", seed=0):
+    channels = torch.tensor(sorted(channels), dtype=torch.int64)
+    return {"images": torch.stack([pattern(1000 * hash(layer) % 997 + int(c)) for c in channels]),
+            "channels": channels, "activation": torch.rand(len(channels)),
+            "config": {"layer": layer, "objective": objective, "weights": weights, "seed": seed, "steps": 2, "lr": 0.05,
+                       "batch": 4, "amp": "fp32", "jitter": 0, "pre_as_released": False, "versions": stream.versions()}}
+
+
+def make_results(root, weights="random:0", channel_fzs=True, natural=True, passing=None):
+    """Blocks 2.1 and 3.1: center FZs of channels 0..5 (channel FZs for In and Pre of 2.1 only), criteria.json/.csv,
+    stability.json, natural/summary.pt over 12 generated JPEGs, ablation/<block>.json."""
+    root = str(root)
+    passing = passing or {"2.1": [1, 3, 4], "3.1": [0, 2, 5]}
+    n_fz = max(c for p in passing.values() for c in p) + 1
+    for block in passing:
+        for layer in stream.BLOCKS[block]:
+            stream.save_pt(fz_file(layer, "center", range(n_fz), weights), os.path.join(root, "fzs", layer, "center.pt"))
+    if channel_fzs:
+        for layer in stream.BLOCKS["2.1"][:2]:
+            stream.save_pt(fz_file(layer, "channel", range(n_fz), weights), os.path.join(root, "fzs", layer, "channel.pt"))
+    fz_configs = {layer: stream.load_pt(os.path.join(root, "fzs", layer, "center.pt"))["config"]
+                  for block in passing for layer in stream.BLOCKS[block]}
+    stream.save_json({"config": {"weights": weights, "results": root}, "fz_files": fz_configs,
+                      "blocks": {b: {"n_channels": stream.n_channels(stream.BLOCKS[b][2]), "passing": p, "count": len(p),
+                                     "percent": 100 * len(p) / stream.n_channels(stream.BLOCKS[b][2]), "layers": list(stream.BLOCKS[b])}
+                                 for b, p in passing.items()}}, os.path.join(root, "criteria.json"))
+    g = np.random.default_rng(0)
+    with open(os.path.join(root, "criteria.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["block", "channel", "pre_in", "pre_zoom_in", "post_in", "post_pre", "eq1", "eq2", "passes", "mix",
+                    "bn2_abs", "conv2_abs_mean"])
+        for block in ("1.1", "2.1", "3.1"):
+            n = stream.n_channels(stream.BLOCKS[block][2])
+            bn2 = g.uniform(0.05, 1, n)
+            mix = np.where(g.random(n) < 0.1, 10.0, np.exp(g.normal(0, 1, n)) / bn2 / 3)  # some m = 10 sentinels
+            for c in range(n):
+                ok = c in passing.get(block, [])
+                w.writerow([block, c, *g.normal(size=4).round(4), ok, ok, ok, mix[c], bn2[c], g.uniform(0.01, 0.05)])
+    stream.save_json({"runs": [os.path.join(root, "seed0"), os.path.join(root, "seed1")],
+                      "blocks": {b: {"pass_frequency": [1.0 if c in p else 0.5 * (c % 7 == 0) for c in range(stream.n_channels(stream.BLOCKS[b][2]))],
+                                     "jaccard": [[1.0, 0.6], [0.6, 1.0]], "always": p, "counts": [len(p), len(p) + 2]}
+                                 for b, p in passing.items()}}, os.path.join(root, "stability.json"))
+    if natural:
+        images = os.path.join(root, "images")
+        paths = []
+        for i in range(12):
+            rel = os.path.join(f"n0{i % 3}", f"img{i}.JPEG")
+            os.makedirs(os.path.join(images, os.path.dirname(rel)), exist_ok=True)
+            Image.fromarray(pattern(i, 300).numpy().transpose(1, 2, 0)[:, :260 + 10 * i]).save(os.path.join(images, rel))
+            paths.append(rel)
+        layers = [l for b in passing for l in stream.BLOCKS[b]]
+        top9 = {l: torch.from_numpy(np.stack([g.permutation(12)[:9] for _ in range(stream.n_channels(l))])) for l in layers}
+        stream.save_pt({"root": images, "paths": paths, "labels": torch.arange(12) % 3, "top9_index": top9,
+                        "top9_activation": {l: torch.rand(stream.n_channels(l), 9) for l in layers},
+                        "mean": {l: torch.rand(stream.n_channels(l)) for l in layers}, "count": 12,
+                        "config": {"weights": weights}}, os.path.join(root, "natural", "summary.pt"))
+    for block, p in passing.items():
+        scales = [0, 10, 20, 30, 40, 50]
+        random_acc = (0.5 + 0.1 * g.random((10, 6))).tolist()
+        passing_acc = (0.45 + 0.1 * g.random(6)).tolist()
+        ratio = [(passing_acc[s] / np.array(random_acc)[:, s]) for s in range(6)]
+        stream.save_json({"block": block, "passing": p, "random_sets": [[7, 8, 9]] * 10, "scales": scales,
+                          "accuracy": {"none": [0.7] * 6, "passing": passing_acc, "random": random_acc},
+                          "ratio": [float(r.mean()) for r in ratio], "sem": [float(r.std(ddof=1) / np.sqrt(10)) for r in ratio],
+                          "n_images": 12, "config": {"weights": weights}}, os.path.join(root, "ablation", f"{block}.json"))
+    return root
+
+
+def run(script, *args):
+    """Run a script's main() in this process (fresh constants: the module is reloaded), as the command line would."""
+    module = importlib.reload(importlib.import_module(script.removesuffix(".py")))
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = [script, *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out):
+            module.main()
+        rc, err = 0, ""
+    except SystemExit as e:
+        rc, err = e.code if isinstance(e.code, int) else 1, str(e.code)
+    finally:
+        sys.argv = argv
+    return types.SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err)
+
+
+def run_process(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "MPLBACKEND": "Agg"})
+
+
+def png_size(path):
+    with Image.open(path) as im:
+        return im.size
+
+
+def red_pixels(path):
+    """How many strongly red pixels the PNG has (the random-weights stamp is red)."""
+    a = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int(((a[..., 0] > 150) & (a[..., 1] < 120) & (a[..., 2] < 120)).sum())
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end
+
+def test_all_figures_from_tiny_results(tmp_path):
+    results = make_results(tmp_path / "results")
+    figures = tmp_path / "results" / "figures"
+
+    r = run("plot_grids.py", "--results", results, "--per_row", "2", "--rows_per_page", "1")
+    assert r.returncode == 0, r.stderr
+    for block in ("2.1", "3.1"):  # 3 passing channels, 2 a page -> 2 pages
+        assert (figures / f"grids_block{block}_p1.png").is_file() and (figures / f"grids_block{block}_p2.png").is_file()
+        assert not (figures / f"grids_block{block}_p3.png").exists() and (figures / f"grids_block{block}.pdf").stat().st_size > 10_000
+        assert (figures / f"grids_block{block}.pdf").read_bytes().count(b"/Type /Page\n") + \
+            (figures / f"grids_block{block}.pdf").read_bytes().count(b"/Type /Page ") >= 2
+    w, h = png_size(figures / "grids_block2.1_p1.png")
+    assert w >= 2 * 2.1 * 200 * 0.95 and h > 400
+    # channel FZs exist only for In and Pre of block 2.1: the script names what is missing and how to make it
+    assert "python fzs.py --layers layer2.1 --objectives channel --channels 1,3,4 --weights random:0 --steps 2 --seed 0" in r.stdout
+    assert "python fzs.py --layers layer3.0,layer3.1.bn2,layer3.1 --objectives channel --channels 0,2,5" in r.stdout
+    assert "ablate.py --stages natural" not in r.stdout  # natural images are all there
+
+    # a rerun with more channels per page replaces the pages by one figure (no stale _p2)
+    r = run("plot_grids.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    assert (figures / "grids_block2.1.png").is_file() and not (figures / "grids_block2.1_p1.png").exists()
+
+    r = run("plot_grids.py", "--results", results, "--channels", "2.1:0,5;3.1:4")
+    assert r.returncode == 0, r.stderr
+    assert (figures / "grids_selected.png").is_file() and (figures / "grids_selected.pdf").is_file()
+
+    r = run("plot_ratios.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    assert "block 2.1" in r.stdout and "block 3.1" in r.stdout
+    w, h = png_size(figures / "ratios.png")
+    assert w > 1200 and h > 500 and red_pixels(figures / "ratios.png") > 1000
+
+    r = run("plot_spectrum.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    for name in ("mix_hist", "mix_vs_bn2", "mix_vs_conv2", "pass_frequency"):
+        assert (figures / f"{name}.png").stat().st_size > 20_000 and (figures / f"{name}.pdf").is_file()
+        assert red_pixels(figures / f"{name}.png") > 1000
+    assert "block  2.1" in r.stdout
+
+
+def test_missing_rows_and_pretrained_weights(tmp_path):
+    """No channel FZs, no natural images, pretrained weights id: the grids are still drawn, the missing rows are named
+    with the commands that fill them, and no random-weights stamp appears (red pixels come only from the stamp
+    in the other figures; in the grids the FZs have red too, so compare with the same grids from random weights)."""
+    stamped = make_results(tmp_path / "random", weights="random:0", channel_fzs=False, natural=False)
+    r = run("plot_grids.py", "--results", stamped, "--only_blocks", "2.1")
+    assert r.returncode == 0, r.stderr
+    results = make_results(tmp_path / "results", weights="IMAGENET1K_V1", channel_fzs=False, natural=False)
+    r = run("plot_grids.py", "--results", results, "--only_blocks", "2.1")
+    assert r.returncode == 0, r.stderr
+    assert "--objectives channel --channels 1,3,4 --weights IMAGENET1K_V1 --steps 2 --seed 0" in r.stdout
+    assert "python ablate.py --stages natural" in r.stdout
+    png = tmp_path / "results" / "figures" / "grids_block2.1.png"
+    assert png.is_file() and not (tmp_path / "results" / "figures" / "grids_block3.1.png").exists()
+    assert red_pixels(png) + 2000 < red_pixels(tmp_path / "random" / "figures" / "grids_block2.1.png")
+    r = run("plot_ratios.py", "--results", results)
+    assert r.returncode == 0 and red_pixels(tmp_path / "results" / "figures" / "ratios.png") == 0
+
+
+def test_bad_inputs_end_in_one_line(tmp_path):
+    results = make_results(tmp_path / "results", natural=False)
+    r = run("plot_grids.py", "--results", results, "--channels", "2.1:200")
+    assert r.returncode != 0 and "out of range" in r.stderr and "Traceback" not in r.stderr
+    r = run("plot_grids.py", "--results", results, "--only_blocks", "4.1")
+    assert r.returncode != 0 and "not in criteria.json" in r.stderr and "Traceback" not in r.stderr
+    r = run("plot_ratios.py", "--results", str(tmp_path / "nothing"))
+    assert r.returncode != 0 and "ablate.py" in r.stderr and "Traceback" not in r.stderr
+    r = run_process("plot_spectrum.py", "--results", str(tmp_path / "nothing"))  # once as a real process
+    assert r.returncode != 0 and "criteria.py" in r.stderr and "Traceback" not in r.stderr
+    # inputs from different weights are not mixed
+    ablation = json.loads((tmp_path / "results" / "ablation" / "3.1.json").read_text())
+    ablation["config"]["weights"] = "IMAGENET1K_V1"
+    (tmp_path / "results" / "ablation" / "3.1.json").write_text(json.dumps(ablation))
+    r = run("plot_ratios.py", "--results", results)
+    assert r.returncode != 0 and "different weights" in r.stderr and "Traceback" not in r.stderr
+    # center FZs remade after criteria.py ran: say so instead of drawing FZs the criteria were not computed on
+    d = stream.load_pt(os.path.join(results, "fzs", "layer2.0", "center.pt"))
+    d["config"]["steps"] = 99
+    stream.save_pt(d, os.path.join(results, "fzs", "layer2.0", "center.pt"))
+    r = run("plot_grids.py", "--results", results)
+    assert r.returncode != 0 and "criteria.py" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pieces
+
+def test_spearman_by_hand():
+    from plot_spectrum import ranks, spearman
+    # x = 1, 2, 2, 4  -> ranks 1, 2.5, 2.5, 4;  y = 10, 30, 20, 40 -> ranks 1, 3, 2, 4
+    assert ranks([1, 2, 2, 4]).tolist() == [1, 2.5, 2.5, 4]
+    assert ranks([3, 1, 3, 3]).tolist() == [3, 1, 3, 3]
+    # rank deviations: x: -1.5, 0, 0, 1.5; y: -1.5, 0.5, -0.5, 1.5 -> sum xy = 4.5; sum xx = 4.5, sum yy = 5
+    assert spearman([1, 2, 2, 4], [10, 30, 20, 40]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1)
+    assert spearman(np.exp([1, 2, 3, 4.0]), [1, 2, 3, 4]) == pytest.approx(1)  # invariant to monotone maps
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_weights_of_and_stamp(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    assert stream.weights_of({"weights": "random"}, {"fz_files": {"layer2.0": {"weights": "random:0"}}}) == "random:0"
+    assert stream.weights_of({}, {"a": 1}) == "unknown"
+    with pytest.raises(SystemExit, match="different weights"):
+        stream.weights_of({"weights": "random:0"}, {"x": {"weights": "IMAGENET1K_V1"}})
+    for weights, red in (("random:3", True), ("IMAGENET1K_V1", False)):
+        fig = plt.figure(figsize=(4, 3))
+        stamp_texts = len(fig.texts)
+        stream.stamp(fig, weights)
+        texts = [t.get_text() for t in fig.texts[stamp_texts:]]
+        assert any(weights in t for t in texts)
+        assert any("RANDOM WEIGHTS (random:3)" in t for t in texts) == red
+        paths = stream.save_figure([fig, plt.figure()], str(tmp_path / weights.replace(":", "_")))
+        assert [os.path.basename(p) for p in paths][-1].endswith(".pdf") and all(os.path.isfile(p) for p in paths)
+        assert (red_pixels(paths[0]) > 100) == red
+        assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
