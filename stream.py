@@ -400,3 +400,60 @@ def config_mismatch(a, b, keys):
         if a.get(k) != b.get(k):
             return f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
     return None
+
+# ----------------------------------------------------------------------------------------------------
+# Figures (plot_grids.py, plot_ratios.py, plot_spectrum.py): which weights a figure was made from, a stamp
+# that says so on every figure (loud when they are random), and PNG + PDF written atomically.
+
+def weights_of(*configs):
+    """The one weights id recorded ('weights', at any depth) in the configs of a figure's inputs; dies when they
+    disagree, 'unknown' when none records one. 'random' is read as 'random:0', as load_resnet18 does."""
+    found = set()
+
+    def walk(d):
+        if isinstance(d, dict):
+            for k, v in d.items():
+                if k == "weights" and isinstance(v, str):
+                    found.add("random:0" if v == "random" else v)
+                else:
+                    walk(v)
+    for config in configs:
+        walk(config)
+    if len(found) > 1:
+        die(f"the inputs were made with different weights ({', '.join(sorted(found))}): remake them with one --weights")
+    return found.pop() if found else "unknown"
+
+
+def stamp(fig, weights):
+    """The weights id in small print in the bottom-left corner; across the figure a red warning when they are random."""
+    fig.text(0.003, 0.003, f"weights: {weights}", fontsize=6, color="0.3", ha="left", va="bottom")
+    if str(weights).startswith("random"):
+        text = f"RANDOM WEIGHTS ({weights}) \u2014 not a result"
+        width = fig.get_figwidth() * 72  # points
+        fig.text(0.5, 0.5, text, fontsize=min(60, 1.4 * width / len(text)), color="red", alpha=0.3, weight="bold",
+                 rotation=20, ha="center", va="center", zorder=100)
+        fig.text(0.997, 0.003, text, fontsize=7, color="red", weight="bold", ha="right", va="bottom")
+
+
+def save_figure(figs, path, dpi=200):
+    """One figure, or a list of pages: path.png (path_p1.png, path_p2.png, ... when several; stale pages from an earlier
+    run are removed) and path.pdf (all pages), each written atomically. Closes the figures; returns the paths written."""
+    import glob
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+    figs = list(figs) if isinstance(figs, (list, tuple)) else [figs]
+    pngs = [path + ".png"] if len(figs) == 1 else [f"{path}_p{i + 1}.png" for i in range(len(figs))]
+    for old in glob.glob(glob.escape(path) + ".png") + glob.glob(glob.escape(path) + "_p*.png"):
+        if old not in pngs and re.fullmatch(r"(_p\d+)?\.png", old[len(path):]):
+            os.remove(old)
+    for fig, png in zip(figs, pngs):
+        atomic_write(png, lambda tmp, fig=fig: fig.savefig(tmp, format="png", dpi=dpi))
+
+    def write_pdf(tmp):
+        with PdfPages(tmp) as pdf:
+            for fig in figs:
+                pdf.savefig(fig)
+    atomic_write(path + ".pdf", write_pdf)
+    for fig in figs:
+        plt.close(fig)
+    return pngs + [path + ".pdf"]
