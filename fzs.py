@@ -19,9 +19,12 @@ import json
 import os
 import shutil
 import time
+import warnings
 import zlib
 
-import kornia
+with warnings.catch_warnings():  # kornia 0.4 (lucent's pin) calls the deprecated torch.jit.script at import
+    warnings.simplefilter("ignore", FutureWarning)
+    import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -259,6 +262,8 @@ def main():
     for block, j in JITTER.items():
         if j < 0 or j == 1:
             die(f"jitter of {block} must be 0 or at least 2 (lucent's jitter(d) needs d > 1), not {j}")
+    channels_of = {layer: passing_channels(RESULTS, layer) if CHANNELS == "passing" else
+                   parse_channels(CHANNELS, n_channels(layer), layer) for layer in layers}
     model, weights_id = load_resnet18(WEIGHTS, device)
     amp = amp_dtype(AMP, device)
     if device.type == "cuda":
@@ -266,8 +271,7 @@ def main():
 
     # The plan: per (layer, objective) the channels still to make, in batches of BATCH units.
     plan, wanted = [], {}
-    for layer in layers:
-        channels = passing_channels(RESULTS, layer) if CHANNELS == "passing" else parse_channels(CHANNELS, n_channels(layer), layer)
+    for layer, channels in channels_of.items():
         for kind in kinds:
             cfg = {"layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
                    "batch": BATCH, "size": SIZE, "scales": list(SCALES), "angles": list(ANGLES),

@@ -1,0 +1,166 @@
+"""The shared module: layer table, center index, the truncated reader against plain forward hooks, weights
+loading errors and the command-line constants (METHOD.md section 1)."""
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+import stream
+
+
+@pytest.fixture(scope="module")
+def model():
+    return stream.load_resnet18("random")[0]
+
+
+def test_layer_table_is_methods():
+    assert stream.LAYERS == [
+        "layer1.0", "layer1.1.bn2", "layer1.1",
+        "layer2.0.downsample.1", "layer2.0.bn2", "layer2.0", "layer2.1.bn2", "layer2.1",
+        "layer3.0.downsample.1", "layer3.0.bn2", "layer3.0", "layer3.1.bn2", "layer3.1",
+        "layer4.0.downsample.1", "layer4.0.bn2", "layer4.0", "layer4.1.bn2", "layer4.1"]
+    assert sum(stream.n_channels(n) for n in stream.LAYERS) == 4672
+    # In of X.1 is the output of X.0; In of X.0 (X > 1) is the downsample's BatchNorm; In of 1.1 is layer1.0.
+    assert stream.BLOCKS["2.1"] == ("layer2.0", "layer2.1.bn2", "layer2.1")
+    assert stream.BLOCKS["3.0"] == ("layer3.0.downsample.1", "layer3.0.bn2", "layer3.0")
+    assert stream.BLOCKS["1.1"][0] == "layer1.0"
+    assert stream.where("layer2.0.downsample.1") == (2, "in")
+    assert stream.where("layer3.1.bn2") == (5, "pre")
+    assert stream.where("layer4.1") == (7, "post")
+
+
+@pytest.mark.parametrize("bad", ["layer2.1.downsample.1", "layer5.0", "layer1.0.bn2", "conv1", "layer2.1.bn1"])
+def test_unknown_layer_is_one_line_error(bad):
+    with pytest.raises(SystemExit, match="unknown layer"):
+        stream.where(bad)
+
+
+def test_center_index_matches_lucent():
+    from lucent.optvis.objectives import _extract_act_pos
+    for h in (7, 14, 28, 56, 5, 6):
+        fmap = torch.randn(2, 3, h, h)
+        i = h // 2  # for even sizes the bottom-right of the middle 2x2
+        assert torch.equal(stream.center(fmap), fmap[:, :, i, i])
+        assert torch.equal(stream.center(fmap), _extract_act_pos(fmap)[:, :, 0, 0])
+    fmap = torch.zeros(1, 1, 4, 4)
+    fmap[0, 0, 2, 2] = 1.0
+    assert stream.center(fmap).item() == 1.0
+
+
+def hooked(model, x, copy=True):
+    """The independent slow path: the full torchvision forward with plain hooks on every layer."""
+    out, handles = {}, []
+    for name in stream.LAYERS:
+        def hook(module, inp, output, name=name):
+            out[name] = output.detach().clone() if copy else output
+        handles.append(model.get_submodule(name).register_forward_hook(hook))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return out
+
+
+def test_truncated_reader_equals_forward_hooks(model):
+    x = torch.randn(2, 3, 224, 224)
+    ref = hooked(model, x)
+    for block, names in stream.BLOCKS.items():
+        got = stream.features(model, x, list(names))
+        for name in names:
+            assert torch.allclose(got[name], ref[name], atol=1e-5), (block, name)
+    # one pass for a set of layers that stops at the deepest one asked for
+    centers = stream.read_center(model, x, ["layer1.0", "layer3.0.downsample.1", "layer2.1.bn2"])
+    for name, c in centers.items():
+        assert c.shape == (2, stream.n_channels(name))
+        assert torch.allclose(c, stream.center(ref[name]), atol=1e-5)
+
+
+def test_pre_is_bn2_not_the_post_sum(model):
+    x = torch.randn(1, 3, 224, 224)
+    referenced = hooked(model, x, copy=False)   # what lucent's hooks hold: the tensor after in-place add/ReLU
+    copied = hooked(model, x, copy=True)        # bn2's true output
+    for block, (_, pre, post) in stream.BLOCKS.items():
+        ours = stream.features(model, x, [pre])[pre]
+        assert torch.allclose(ours, copied[pre], atol=1e-5)
+        assert torch.equal(referenced[pre], referenced[post])  # the aliasing METHOD.md warns about
+        assert not torch.allclose(ours, copied[post], atol=1e-3)
+        assert (ours < 0).any()  # Pre can be negative; Post cannot
+
+
+def test_random_weights_are_deterministic_and_labelled():
+    a, wid = stream.load_resnet18("random")
+    b, _ = stream.load_resnet18("random")
+    c, wid3 = stream.load_resnet18("random:3")
+    assert wid == "random:0" and wid3 == "random:3"
+    assert torch.equal(a.conv1.weight, b.conv1.weight) and not torch.equal(a.conv1.weight, c.conv1.weight)
+    assert not any(p.requires_grad for p in a.parameters()) and not a.training
+
+
+def test_checkpoint_path_and_bad_files(tmp_path):
+    src = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
+    model, wid = stream.load_resnet18(str(path))
+    assert torch.equal(model.fc.weight, src.fc.weight) and wid.startswith("file:resnet18.pth:sha256=")
+    with pytest.raises(SystemExit, match="no such file"):
+        stream.load_resnet18(str(tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="cannot read"):
+        stream.load_resnet18(str(tmp_path / "junk.pth"))
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(SystemExit, match="not a torchvision ResNet18"):
+        stream.load_resnet18(str(tmp_path / "other.pth"))
+
+
+def test_offline_imagenet_weights_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
+    with pytest.raises(SystemExit) as e:
+        stream.load_resnet18("IMAGENET1K_V1")
+    msg = str(e.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg
+    assert "--weights" in msg and "\n" not in msg
+
+
+def test_zoom_is_center_crop_half_then_bilinear_resize():
+    x = torch.zeros(1, 3, 224, 224)
+    x[..., 56:168, 56:168] = 1.0  # the central 112 x 112 square
+    z = stream.zoom(x)
+    assert z.shape == (1, 3, 224, 224) and torch.all(z == 1.0)
+    ramp = torch.arange(224.0).view(1, 1, 1, 224).expand(1, 3, 224, 224)
+    z = stream.zoom(ramp)
+    expect = torch.nn.functional.interpolate(ramp[..., 56:168, 56:168], size=(224, 224), mode="bilinear", align_corners=False)
+    assert torch.equal(z, expect) and z.min() >= 56 and z.max() <= 167
+
+
+def test_parse_channels_and_layers():
+    assert stream.parse_channels(":", 64) == list(range(64))
+    assert stream.parse_channels("0:4,10,60:64:2", 64) == [0, 1, 2, 3, 10, 60, 62]
+    for bad in ("64", "0:65", "a", "5:2"):
+        with pytest.raises(SystemExit):
+            stream.parse_channels(bad, 64)
+    assert stream.parse_layers("2.1,layer1.0") == ["layer1.0", "layer2.0", "layer2.1.bn2", "layer2.1"]
+    assert stream.parse_layers("all") == stream.LAYERS
+
+
+def test_configure_overrides_constants(tmp_path):
+    script = tmp_path / "script.py"
+    script.write_text('STEPS = 10  # steps\nNAMES = ["a"]  # names\nFLAG = False  # flag\nTABLE = {"x": 1, "y": 2}  # table\nRATE = 0.5  # rate\n')
+    g = {"__file__": str(script), "STEPS": 10, "NAMES": ["a"], "FLAG": False, "TABLE": {"x": 1, "y": 2}, "RATE": 0.5}
+    cfg = stream.configure(g, ["--steps", "3", "--names", "b,c", "--flag", "true", "--table", "y:5", "--rate", "1e-3"])
+    assert cfg == {"STEPS": 3, "NAMES": ["b", "c"], "FLAG": True, "TABLE": {"x": 1, "y": 5}, "RATE": 1e-3}
+    with pytest.raises(SystemExit):
+        stream.configure(dict(g), ["--steps", "many"])
+
+
+def test_atomic_save_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "a" / "x.pt"
+    stream.save_pt({"v": 1}, str(path))
+    stream.save_json({"v": 2}, str(tmp_path / "x.json"))
+    assert torch.load(path)["v"] == 1
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "x.json", "x.pt"]
