@@ -144,7 +144,7 @@ def measure(model, images, channels, layers, device, batch, transform=None, bar=
         x = to_float(images[i:i + batch].to(device))
         if transform is not None:
             x = transform(x)
-        acts = read_center(model, normalize(x), layers)
+        acts = read_center(model, normalize(x).contiguous(memory_format=torch.channels_last), layers)
         rows, cols = torch.arange(len(x), device=device), channels[i:i + batch].to(device)
         for layer in layers:
             out[layer].append(acts[layer][rows, cols].cpu())
@@ -305,8 +305,7 @@ def stability(runs):
     for block in BLOCKS:
         lacking = [f for f in folders if block not in runs[f]["blocks"]]
         if lacking:
-            if len(lacking) < len(folders):
-                skipped[block] = f"not measured in {', '.join(lacking)}"
+            skipped[block] = f"not measured in {', '.join(lacking)}" if len(lacking) < len(folders) else "not measured in any run"
             continue
         channels = sorted(set.intersection(*(set(runs[f]["blocks"][block]["measured"]) for f in folders)))
         sets = [set(runs[f]["blocks"][block]["passing"]) & set(channels) for f in folders]
@@ -368,6 +367,7 @@ def main():
     torch.backends.cuda.matmul.allow_tf32 = False
     t0 = time.time()
     model, wid = load_resnet18(WEIGHTS, device)
+    model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and GPUs alike, still float32
     config = {**cfg, "weights_id": wid, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": str(device), "versions": versions()}
     if wid.startswith("random"):
         print(f"** weights {wid}: random weights, not the paper's model **")
