@@ -54,8 +54,8 @@ DEVICE = "auto"  # auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)
 RESULTS = "results"  # results folder
 PNG = True  # also write one PNG per unit, RESULTS/fzs/<layer>/<objective>/<channel>.png
 
-FZ_KEYS = ["layer", "objective", "weights", "seed", "steps", "lr", "batch", "size", "scales", "angles", "jitter",
-           "pre_as_released", "amp"]  # config entries that must agree for FZs to share a file
+# config entries that must agree for FZs to share a file (not an option: written as an expression)
+FZ_KEYS = tuple("layer objective weights seed steps lr batch size scales angles jitter pre_as_released amp".split())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -157,8 +157,11 @@ def render(model, layer, channels, kind, cfg, seed, device, amp, forward=None, o
         x = image()
         for t in steps:
             x = t(x, rng)
+        x = normalize(x)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            loss = -objective(forward(normalize(x)), idx, kind).float().sum()
+            loss = -objective(forward(x), idx, kind).float().sum()
         loss.backward()
         optimizer.step()
         if on_step is not None:
@@ -169,10 +172,15 @@ def render(model, layer, channels, kind, cfg, seed, device, amp, forward=None, o
 
 @torch.no_grad()
 def measure(model, layer, images, channels, kind, device):
-    """The objective of each unit on its stored 8-bit image, untransformed, in float32."""
-    x = normalize(to_float(images).to(device))
-    fmap = features(model, x, [layer])[layer].float()
-    return objective(fmap, torch.as_tensor(channels, device=device), kind).cpu()
+    """The objective of each unit on its stored 8-bit image, untransformed, in float32 (no TF32 on GPUs)."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        x = normalize(to_float(images).to(device))
+        fmap = features(model, x, [layer])[layer].float()
+        return objective(fmap, torch.as_tensor(channels, device=device), kind).cpu()
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 # ----------------------------------------------------------------------------------------------------

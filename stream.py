@@ -304,6 +304,15 @@ def _parse_value(text, default, name):
     if isinstance(default, (list, tuple)):
         kind = type(default[0]) if default else str
         return [_parse_value(t.strip(), kind(), name) for t in text.split(",") if t.strip()]
+    if isinstance(default, dict):  # 'key:value,key:value' updates the named entries
+        kind = type(next(iter(default.values()))) if default else str
+        out = dict(default)
+        for item in [t.strip() for t in text.split(",") if t.strip()]:
+            key, sep, value = item.partition(":")
+            if not sep or key.strip() not in default:
+                die(f"--{name.lower()} takes key:value pairs with keys from {', '.join(map(str, default))}; got {item!r}")
+            out[key.strip()] = _parse_value(value.strip(), kind(), name)
+        return out
     return None if default is None and text.lower() == "none" else text
 
 
@@ -315,8 +324,10 @@ def configure(g, argv=None, description=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, comment in consts.items():
         default = g[name]
-        shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        parser.add_argument(f"--{name.lower()}", f"--{name.lower().replace('_', '-')}", dest=name, metavar=type(default).__name__.upper(),
+        shown = (",".join(map(str, default)) if isinstance(default, (list, tuple)) else
+                 ",".join(f"{k}:{v}" for k, v in default.items()) if isinstance(default, dict) else default)
+        flags = dict.fromkeys([f"--{name.lower()}", f"--{name.lower().replace('_', '-')}"])  # --pre_as_released, --pre-as-released
+        parser.add_argument(*flags, dest=name, metavar=type(default).__name__.upper(),
                             help=f"{comment} (default: {shown})".replace("%", "%%"))
     args = parser.parse_args(argv)
     for name in consts:
@@ -401,19 +412,20 @@ def config_mismatch(a, b, keys):
             return f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
     return None
 
+
 # ----------------------------------------------------------------------------------------------------
 # Figures (plot_grids.py, plot_ratios.py, plot_spectrum.py): which weights a figure was made from, a stamp
 # that says so on every figure (loud when they are random), and PNG + PDF written atomically.
 
 def weights_of(*configs):
-    """The one weights id recorded ('weights', at any depth) in the configs of a figure's inputs; dies when they
-    disagree, 'unknown' when none records one. 'random' is read as 'random:0', as load_resnet18 does."""
+    """The one weights id recorded ('weights' or 'weights_id', at any depth) in the configs of a figure's inputs; dies
+    when they disagree, 'unknown' when none records one. 'random' is read as 'random:0', as load_resnet18 does."""
     found = set()
 
     def walk(d):
         if isinstance(d, dict):
             for k, v in d.items():
-                if k == "weights" and isinstance(v, str):
+                if k in ("weights", "weights_id") and isinstance(v, str):
                     found.add("random:0" if v == "random" else v)
                 else:
                     walk(v)
@@ -425,14 +437,15 @@ def weights_of(*configs):
 
 
 def stamp(fig, weights):
-    """The weights id in small print in the bottom-left corner; across the figure a red warning when they are random."""
-    fig.text(0.003, 0.003, f"weights: {weights}", fontsize=6, color="0.3", ha="left", va="bottom")
-    if str(weights).startswith("random"):
-        text = f"RANDOM WEIGHTS ({weights}) \u2014 not a result"
-        width = fig.get_figwidth() * 72  # points
-        fig.text(0.5, 0.5, text, fontsize=min(60, 1.4 * width / len(text)), color="red", alpha=0.3, weight="bold",
-                 rotation=20, ha="center", va="center", zorder=100)
-        fig.text(0.997, 0.003, text, fontsize=7, color="red", weight="bold", ha="right", va="bottom")
+    """The weights id in small print along the bottom edge (keep the bottom 0.2 inches free for it); when they are
+    random, that line is red and a large translucent red warning runs across the figure."""
+    if not str(weights).startswith("random"):
+        fig.text(0.003, 0.003, f"weights: {weights}", fontsize=6, color="0.3", ha="left", va="bottom")
+        return
+    text = f"RANDOM WEIGHTS ({weights}) \u2014 not a result"
+    fig.text(0.003, 0.003, text, fontsize=7, color="red", weight="bold", ha="left", va="bottom")
+    fig.text(0.5, 0.5, text, fontsize=min(60, 1.4 * fig.get_figwidth() * 72 / len(text)), color="red", alpha=0.3,
+             weight="bold", rotation=20, ha="center", va="center", zorder=100)
 
 
 def save_figure(figs, path, dpi=200):
@@ -657,7 +670,7 @@ def image_loader(dataset, batch, workers=-1, device="cpu", start=0):
         dataset = torch.utils.data.Subset(dataset, range(start, len(dataset)))
     return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers,
                                        pin_memory=torch.device(device).type == "cuda",
-                                       prefetch_factor=4 if workers else None)
+                                       prefetch_factor=2 if workers else None)
 
 
 def guarded(loader):
