@@ -34,9 +34,6 @@ TILE = 112  # pixels per natural image in the top-9 montage (the PDF keeps them 
 NATURAL_ROOT = ""  # folder of the natural images if it moved since ablate.py recorded it (empty: summary.pt's root)
 DPI = 200  # PNG resolution
 
-COLUMNS = ("In", "Pre", "Post")
-ROW_NAMES = ("center FZ", "channel FZ", "top-9 natural")
-COMPARABLE = ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch")  # FZ config keys that must agree
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,9 +138,9 @@ def draw_page(grids, title, weights):
                 ax = fig.add_axes((x / W, y / H, panel / W, panel / H))
                 show(ax, panels[r][c])
                 if r == 0:
-                    ax.set_title(COLUMNS[c], fontsize=7.5, pad=2)
+                    ax.set_title(("In", "Pre", "Post")[c], fontsize=7.5, pad=2)
                 if c == 0:
-                    ax.set_ylabel(ROW_NAMES[r], fontsize=6.5, labelpad=2)
+                    ax.set_ylabel(("center FZ", "channel FZ", "top-9 natural")[r], fontsize=6.5, labelpad=2)
     stamp(fig, weights)
     return fig
 
@@ -181,9 +178,9 @@ def main():
                 if objective == "center":
                     center_config = center_config or config
                 known = (criteria or {}).get("fz_files", {}).get(layer)
-                if objective == "center" and known is not None and config_mismatch(known, config, COMPARABLE):
-                    die(f"fzs/{layer}/center.pt changed since criteria.py ran ({config_mismatch(known, config, COMPARABLE)}): "
-                        f"run python criteria.py again")
+                why = known and objective == "center" and config_mismatch(known, config, ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch"))
+                if why:
+                    die(f"fzs/{layer}/center.pt changed since criteria.py ran ({why}): run python criteria.py again")
         grids = []
         for c in channels:
             panels = [[fzs[layer, "center"].get(c) for layer in layers],

@@ -40,7 +40,8 @@ def read_ablation(path):
 def draw(ax, block, d):
     scales, ratio, sem = np.array(d["scales"]), np.array(d["ratio"], float), np.array(d["sem"], float)
     n_trials = len(d["random_sets"])
-    ax.axhline(ratio[0], color="tab:blue", lw=1.5, label=f"no scale ({ratio[0]:.3f})")
+    if np.isfinite(ratio[0]):
+        ax.axhline(ratio[0], color="tab:blue", lw=1.5, label=f"no scale ({ratio[0]:.3f})")
     ax.errorbar(scales[1:], ratio[1:], yerr=sem[1:], fmt="o", color="black", ms=5, capsize=4, lw=1.2,
                 label=f"scaled: mean \u00b1 SEM, N = {n_trials} trials")
     ax.set_xticks(scales[1:])
@@ -49,9 +50,14 @@ def draw(ax, block, d):
     ax.set_ylabel("accuracy ratio (passing / random)")
     ax.set_title(f"Block {block}: {len(d['passing'])} channels ablated, {d.get('n_images', '?'):,} images"
                  if isinstance(d.get("n_images"), int) else f"Block {block}: {len(d['passing'])} channels ablated")
-    lo, hi = min(ratio[0], (ratio[1:] - sem[1:]).min()), max(ratio[0], (ratio[1:] + sem[1:]).max())
-    pad = max(0.15 * (hi - lo), 0.005)
-    ax.set_ylim(lo - pad, hi + 2.5 * pad)  # room for the legend above the data
+    ends = np.concatenate([ratio, ratio[1:] - np.nan_to_num(sem[1:]), ratio[1:] + np.nan_to_num(sem[1:])])
+    ends = ends[np.isfinite(ends)]  # a ratio is null (NaN) where a random set scored 0
+    if ends.size:
+        lo, hi = ends.min(), ends.max()
+        pad = max(0.15 * (hi - lo), 0.005)
+        ax.set_ylim(lo - pad, hi + 2.5 * pad)  # room for the legend above the data
+    if not np.isfinite(ratio).all():
+        ax.text(0.03, 0.03, "no ratio where a random set scored 0", transform=ax.transAxes, fontsize=7.5, color="0.3")
     ax.grid(axis="y", color="0.9", lw=0.6)
     ax.set_axisbelow(True)
     ax.legend(fontsize=8, loc="upper right", frameon=False)
@@ -72,14 +78,15 @@ def main():
 
     print(f"Eq. 3 ratio (mean over random trials) \u00b1 SEM, weights {weights}")
     for block, d in found.items():
-        cells = "  ".join(f"{s:>3}%: {r:.4f} \u00b1 {e:.4f}" if s else f"none: {r:.4f}" for s, r, e in zip(d["scales"], d["ratio"], d["sem"]))
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731 (null: a random set scored 0)
+        cells = "  ".join(f"{s:>3}%: {fmt(r)} \u00b1 {fmt(e)}" if s else f"none: {fmt(r)}" for s, r, e in zip(d["scales"], d["ratio"], d["sem"]))
         print(f"  block {block}: {cells}")
 
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.6), squeeze=False)
     for ax, (block, d) in zip(axes[0], found.items()):
         draw(ax, block, d)
     fig.suptitle("Accuracy ratio of passing-channel to random-channel mean ablation (Eq. 3)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.22 / fig.get_figheight(), 1, 1))  # the bottom strip holds the weights stamp
     stamp(fig, weights)
     for path in save_figure(fig, os.path.join(RESULTS, "figures", "ratios"), dpi=DPI):
         print(f"wrote {path}")

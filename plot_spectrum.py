@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import os
+import textwrap
 
 import matplotlib
 matplotlib.use("Agg")
@@ -30,8 +31,6 @@ MIX_HIGH = 1.5  # m above this: the input skips through the block (Eq. 2's upper
 BINS = 25  # histogram bins over [0, MIX_CLIP]
 PANELS_PER_ROW = 4  # block panels per row
 DPI = 200  # PNG resolution
-
-REGIONS = (("overwrite", "tab:red"), ("mix", "tab:green"), ("skip", "tab:blue"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -109,34 +108,48 @@ def panel_grid(n, width=3.3, height=2.6):
     return fig, axes.flat
 
 
+def finish(fig, title, handles=None, labels=None, item_inches=1.9):
+    """Title wrapped to the figure's width, the legend above the bottom strip that the weights stamp uses, the
+    panels tightly in between, and the stamp."""
+    W, H = fig.get_figwidth(), fig.get_figheight()
+    fig.suptitle("\n".join(textwrap.wrap(title, int(W * 72 / (11 * 0.55)))), fontsize=11)
+    bottom = 0.22 / H
+    if handles:
+        ncol = max(1, min(len(labels), int(W / item_inches)))
+        fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, bottom), ncol=ncol, fontsize=8, frameon=False)
+        bottom += (0.2 * math.ceil(len(labels) / ncol) + 0.1) / H
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+
+
 def region_counts(m):
     return ((m < MIX_LOW).sum(), ((m >= MIX_LOW) & (m <= MIX_HIGH)).sum(), (m > MIX_HIGH).sum())
 
 
 def mix_histogram(table, weights):
+    regions = (("overwrite", "tab:red"), ("mix", "tab:green"), ("skip", "tab:blue"))
     fig, axes = panel_grid(len(table))
     edges = np.linspace(0, MIX_CLIP, BINS + 1)
     for ax, (block, t) in zip(axes, table.items()):
         m = np.clip(t["mix"], 0, MIX_CLIP)
-        for (lo, hi), (name, color) in zip(((0, MIX_LOW), (MIX_LOW, MIX_HIGH), (MIX_HIGH, MIX_CLIP)), REGIONS):
+        for (lo, hi), (name, color) in zip(((0, MIX_LOW), (MIX_LOW, MIX_HIGH), (MIX_HIGH, MIX_CLIP)), regions):
             ax.axvspan(lo, hi, color=color, alpha=0.08, lw=0)
         ax.hist([m[~t["passes"]], m[t["passes"]]], bins=edges, stacked=True, color=["0.45", "tab:orange"],
                 label=["other channels", "passing Eq. 1 & 2"])
         counts = region_counts(t["mix"])
         ax.set_title(f"Block {block} ({len(m)} channels)", fontsize=9)
-        ax.text(0.97, 0.95, "\n".join(f"{name}: {k}" for (name, _), k in zip(REGIONS, counts)), transform=ax.transAxes,
+        ax.text(0.97, 0.95, "\n".join(f"{name}: {k}" for (name, _), k in zip(regions, counts)), transform=ax.transAxes,
                 ha="right", va="top", fontsize=7.5, linespacing=1.3)
         ax.set_xlim(0, MIX_CLIP)
+        ticks = ax.get_xticks()
+        ax.set_xticks(ticks, [f"\u2265{t:g}" if t == MIX_CLIP else f"{t:g}" for t in ticks])
         ax.set_xlabel(f"mix ratio m (clipped at {MIX_CLIP:g})", fontsize=8)
         ax.set_ylabel("channels", fontsize=8)
         ax.tick_params(labelsize=7)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25) for _, c in REGIONS] + \
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25) for _, c in regions] + \
               [plt.Rectangle((0, 0), 1, 1, color="0.45"), plt.Rectangle((0, 0), 1, 1, color="tab:orange")]
     labels = [f"overwrite: m < {MIX_LOW:.3g}", f"mix: {MIX_LOW:.3g} \u2264 m \u2264 {MIX_HIGH:.3g}", f"skip: m > {MIX_HIGH:.3g}",
               "other channels", "passing Eq. 1 & 2"]
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.suptitle("Mix ratio m = Post(FZ of In) / Post(FZ of Pre) per channel: overwrite / mix / skip", fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    finish(fig, "Mix ratio m = Post(FZ of In) / Post(FZ of Pre) per channel: overwrite / mix / skip", handles, labels)
     stamp(fig, weights)
     return fig
 
@@ -153,13 +166,13 @@ def mix_scatter(table, key, xlabel, title, weights):
                 ha="right", va="top", fontsize=8.5, weight="bold", bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1.5))
         ax.set_title(f"Block {block} ({len(m)} channels)", fontsize=9)
         ax.set_ylim(-0.15, MIX_CLIP + 0.15)
+        ticks = ax.get_yticks()
+        ax.set_yticks(ticks, [f"\u2265{t:g}" if t == MIX_CLIP else f"{t:g}" for t in ticks])
+        ax.set_ylim(-0.15, MIX_CLIP + 0.15)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(f"mix ratio m (clipped at {MIX_CLIP:g})", fontsize=8)
         ax.tick_params(labelsize=7)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False, markerscale=1.5)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    finish(fig, title, *axes[0].get_legend_handles_labels(), item_inches=1.6)
     stamp(fig, weights)
     return fig
 
@@ -182,8 +195,7 @@ def pass_frequency(stability, weights):
         ax.set_xlabel("channel", fontsize=8)
         ax.set_ylabel("pass frequency", fontsize=8)
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"How often each channel passes Eq. 1 & 2 over {n_runs} FZ runs (seeds)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    finish(fig, f"How often each channel passes Eq. 1 & 2 over {n_runs} FZ runs (seeds)")
     stamp(fig, weights)
     return fig
 

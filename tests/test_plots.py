@@ -177,6 +177,40 @@ def test_all_figures_from_tiny_results(tmp_path):
     assert "block  2.1" in r.stdout
 
 
+def test_figures_from_the_real_pipeline(tmp_path):
+    """fzs.py -> criteria.py -> ablate.py (natural stage, on generated JPEGs) -> the plots, all on random weights and
+    tiny settings; only the ablation results (a full sweep) are synthetic, in the contract's format."""
+    results = str(tmp_path / "results")
+    figures = tmp_path / "results" / "figures"
+    images = tmp_path / "val"
+    for i, wnid in enumerate(stream.WNIDS[:3]):
+        os.makedirs(images / wnid)
+        for k in range(4):
+            Image.fromarray(pattern(10 * i + k, 300).numpy().transpose(1, 2, 0)[:, :250 + 20 * k]).save(images / wnid / f"{k}.JPEG")
+    r = run("fzs.py", "--layers", "2.1", "--channels", "0:2", "--steps", "2", "--batch", "2", "--objectives", "center,channel",
+            "--weights", "random", "--png", "false", "--results", results)
+    assert r.returncode == 0, r.stderr
+    for script, *args in (("criteria.py", "--blocks", "2.1"), ("ablate.py", "--stages", "natural", "--data", images, "--workers", "0")):
+        r = run(script, *args, "--weights", "random", "--results", results)
+        assert r.returncode == 0, r.stderr
+    synthetic = make_results(tmp_path / "synthetic")
+    os.makedirs(os.path.join(results, "ablation"))
+    for block in ("2.1", "3.1"):
+        os.replace(os.path.join(synthetic, "ablation", f"{block}.json"), os.path.join(results, "ablation", f"{block}.json"))
+
+    r = run("plot_grids.py", "--results", results, "--channels", "2.1:0,1")  # random weights: likely none passes
+    assert r.returncode == 0, r.stderr
+    assert "missing" not in r.stdout  # center and channel FZs and natural images are all there
+    assert (figures / "grids_selected.png").is_file() and (figures / "grids_selected.pdf").is_file()
+    r = run("plot_spectrum.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    for name in ("mix_hist", "mix_vs_bn2", "mix_vs_conv2"):
+        assert red_pixels(figures / f"{name}.png") > 1000
+    r = run("plot_ratios.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    assert red_pixels(figures / "ratios.png") > 1000
+
+
 def test_missing_rows_and_pretrained_weights(tmp_path):
     """No channel FZs, no natural images, pretrained weights id: the grids are still drawn, the missing rows are named
     with the commands that fill them, and no random-weights stamp appears (red pixels come only from the stamp
@@ -194,6 +228,14 @@ def test_missing_rows_and_pretrained_weights(tmp_path):
     assert red_pixels(png) + 2000 < red_pixels(tmp_path / "random" / "figures" / "grids_block2.1.png")
     r = run("plot_ratios.py", "--results", results)
     assert r.returncode == 0 and red_pixels(tmp_path / "results" / "figures" / "ratios.png") == 0
+    # ablate.py writes null where a random set scored 0 (no ratio): drawn without it, printed as n/a
+    path = tmp_path / "results" / "ablation" / "2.1.json"
+    d = json.loads(path.read_text())
+    d["ratio"][0] = d["ratio"][3] = d["sem"][3] = None
+    path.write_text(json.dumps(d))
+    r = run("plot_ratios.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    assert "none: n/a" in r.stdout and "30%: n/a \u00b1 n/a" in r.stdout
 
 
 def test_bad_inputs_end_in_one_line(tmp_path):
