@@ -37,7 +37,7 @@ STAGES = ["natural", "sweep"]  # stages to run, in order: natural (activations, 
 WEIGHTS = "IMAGENET1K_V1"  # IMAGENET1K_V1, random[:SEED] (tests and smoke runs only) or a state_dict path
 RESULTS = "results"  # output folder
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
-AMP = "auto"  # sweep precision: auto = bf16 + channels_last on CUDA and fp32 on CPU, or bf16 / fp32 (natural stage: always fp32)
+AMP = "auto"  # sweep precision: auto = bf16 autocast on CUDA and fp32 on CPU, or bf16 / fp32 (natural stage: always fp32)
 BATCH = 128  # images per batch
 SUFFIX_BATCH = 0  # images x conditions per forward after the ablated block (0 = auto: 512 on CPU, 4096 on CUDA)
 WORKERS = -1  # DataLoader worker processes decoding JPEGs (-1 = one per CPU core, at most 16)
@@ -163,9 +163,9 @@ def predictions(model, x, plan, suffix_batch):
     return torch.cat(rows)
 
 
-def reference_predictions(model, loader, block, channels, mean, device):
+def reference_logits(model, loader, block, channels, mean, device):
     """The released way: one pass over a DataLoader per condition, the whole network, a forward hook on the
-    block that overwrites the channels. Returns the top-1 predictions in dataset order."""
+    block that overwrites the channels. Returns the logits (N, 1000) in dataset order."""
     module = model.get_submodule(RESIDUAL_BLOCKS[where(BLOCKS[block][2])[0]])
     chans = torch.as_tensor(list(channels), dtype=torch.long, device=device)
 
@@ -178,7 +178,7 @@ def reference_predictions(model, loader, block, channels, mean, device):
         preds = []
         with torch.inference_mode():
             for views, _labels, _index in guarded(loader):
-                preds.append(model(normalize(to_float(views[:, 0].to(device)))).argmax(1).cpu())
+                preds.append(model(normalize(to_float(views[:, 0].to(device)))).float().cpu())
         return torch.cat(preds)
     finally:
         if handle is not None:
@@ -214,7 +214,6 @@ def run_pass(name, model, dataset, scales, plan, device, dtype, suffix_batch, fo
     plan_dev = [(idx, mean.to(device), masks.to(device)) for idx, mean, masks in plan]
     correct = state["correct"].to(device)
     done, last_save = state["done"], time.time()
-    memory = torch.channels_last if dtype is not None else torch.contiguous_format
     loader = image_loader(dataset, BATCH, WORKERS, device, start=done)
     bar = tqdm(total=len(dataset), initial=done, unit="img", desc=f"{name}: {len(scales)} view(s) x {n_cond} conditions", dynamic_ncols=True)
     try:
@@ -223,7 +222,7 @@ def run_pass(name, model, dataset, scales, plan, device, dtype, suffix_batch, fo
                 views, labels = views.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 batch = torch.zeros_like(correct)
                 for v in range(len(scales)):
-                    x = normalize(to_float(views[:, v])).contiguous(memory_format=memory)
+                    x = normalize(to_float(views[:, v])).contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                         batch[v] = (predictions(model, x, plan_dev, suffix_batch) == labels[None]).sum(1)
                 correct, done = correct + batch, done + len(labels)  # one assignment: a Ctrl-C never leaves half a batch
@@ -290,7 +289,8 @@ def natural_stage(model, wid, dataset, root, device):
             for views, _labels, index in guarded(loader):
                 first = state["done"]
                 assert int(index[0]) == first
-                acts = read_center(model, normalize(to_float(views[:, 0].to(device, non_blocking=True))), LAYERS)
+                x = normalize(to_float(views[:, 0].to(device, non_blocking=True))).contiguous(memory_format=torch.channels_last)
+                acts = read_center(model, x, LAYERS)
                 new = {"config": config, "done": first + len(index), "top9": {}, "sum": {}}
                 for layer, a in acts.items():
                     a = a.cpu()
@@ -333,7 +333,8 @@ def passing_sets(wid):
             die(f"no passing set for block(s) {', '.join(missing)}: run criteria.py first ({path} is missing) or name them with --sets")
         with open(path) as f:
             crit = json.load(f)
-        made = crit.get("config", {}).get("weights")
+        made = crit.get("config", {}).get("weights_id", crit.get("config", {}).get("weights"))
+        made = "random:0" if made == "random" else made
         if made is not None and made != wid:
             die(f"{path} was made with weights {made!r}, this run uses {wid!r}: rerun criteria.py or name the sets with --sets")
         for b in missing:
@@ -518,16 +519,15 @@ def main():
     paths, labels = imagenet_folder(root, LIMIT)
     dataset = ImageNetFolder(root, paths, labels)
     model, wid = load_resnet18(WEIGHTS, device)
+    model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU, same fp32 arithmetic
     if device.type == "cuda":  # fp32 means fp32 (no TF32): the natural stage measures, the fp32 sweep equals the reference
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     print(f"{len(paths)} images from {root} ({len(set(labels.tolist()))} classes), weights {wid}, device {device}, "
-          f"sweep precision {'bf16 + channels_last' if dtype is not None else 'fp32'}")
+          f"sweep precision {'bf16 autocast' if dtype is not None else 'fp32'}, channels_last")
     if "natural" in STAGES:
         natural_stage(model, wid, dataset, root, device)
     if "sweep" in STAGES:
-        if dtype is not None:
-            model = model.to(memory_format=torch.channels_last)
         suffix_batch = SUFFIX_BATCH or (4096 if device.type == "cuda" else 512)
         sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch)
     return cfg

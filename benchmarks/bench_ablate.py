@@ -1,0 +1,142 @@
+"""Time the ablation sweep of both blocks two ways on the same images and the same channel sets:
+
+- released: the released scripts' way, one standard DataLoader pass per (block, scale, condition)
+  (2 x 6 x 11 = 132 passes), each decoding every JPEG again and running the whole network with a forward hook
+  that overwrites the ablated channels;
+- ours: ablate.py's run_pass, one pass that decodes each image once into all six views, runs the network up
+  to the block once per (batch, view) and every condition from there, batched (plus the unablated baseline).
+
+It also checks that both give the same correct count in every cell, and prints both times and their ratio.
+
+    python benchmarks/bench_ablate.py --data ../shared/data/imagenet-sample-1000 --limit 200
+    python benchmarks/bench_ablate.py --fake 50000 --limit 0 --reference false      # GPU: the full-size sweep, ours only
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ablate  # noqa: E402
+from stream import (BLOCKS, ImageNetFolder, WNIDS, configure, die, guarded, image_loader, imagenet_folder, load_resnet18,  # noqa: E402
+                    main_guard, n_channels, pick_device, where)
+
+DATA = ""  # image folder in the prepared layout (one sub-folder per wnid); empty: generate one with FAKE
+FAKE = 0  # no DATA: write this many ImageNet-sized (500 x 375) generated JPEGs into FAKE_DIR first (kept for reruns)
+FAKE_DIR = "/tmp/bench_ablate_jpegs"  # where generated JPEGs go
+LIMIT = 200  # images used, evenly spaced (0 = all)
+WEIGHTS = "random"  # model weights (the timing does not depend on them)
+DEVICE = "auto"  # auto, cpu, cuda
+AMP = "auto"  # our path: auto = bf16 autocast on CUDA, fp32 on CPU; ours is channels_last (the released way: fp32, contiguous)
+BATCH = 64  # images per batch, both ways
+SUFFIX_BATCH = 0  # our path: images x conditions per forward after the block (0 = auto: 512 CPU, 4096 CUDA)
+WORKERS = -1  # DataLoader workers, both ways (-1 = one per CPU core, at most 16)
+PASSING = [12, 25]  # size of the 'passing' set of blocks 2.1 and 3.1 (the channels are drawn at random here)
+N_TRIALS = 10  # random sets per block
+SCALES = [10, 20, 30, 40, 50]  # scales besides no scale
+REFERENCE = True  # also time the released way (132 passes over the images)
+REF_PASSES = 0  # time only this many of the released way's passes, evenly spread, and scale up (0 = all)
+SEED = 0  # seeds the sets and the means
+
+
+def make_fake(folder, n):
+    """n smooth-plus-noise 500 x 375 JPEGs (about ImageNet's mean size and file size), round-robin over the wnids."""
+    from multiprocessing import Pool
+    done = sum(len(files) for _, _, files in os.walk(folder)) if os.path.isdir(folder) else 0
+    if done >= n:
+        return
+    print(f"writing {n} generated JPEGs into {folder} ...")
+    with Pool(max(1, min(16, os.cpu_count() or 1))) as pool:
+        pool.map(_fake_one, [(folder, i) for i in range(n)], chunksize=64)
+
+
+def _fake_one(args):
+    from PIL import Image
+    folder, i = args
+    rng = np.random.default_rng(i)
+    path = os.path.join(folder, WNIDS[i % 1000], f"fake_{i:08d}.JPEG")
+    if os.path.exists(path):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    low = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+    pixels = np.asarray(low, dtype=np.float32) + rng.normal(0, 10, (375, 500, 3))
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
+
+
+def main():
+    configure(globals())
+    root = DATA
+    if not root:
+        if not FAKE:
+            die("pass --data FOLDER (prepared layout) or --fake N to generate N JPEGs")
+        make_fake(FAKE_DIR, FAKE)
+        root = FAKE_DIR
+    device = pick_device(DEVICE)
+    dtype = (torch.bfloat16 if device.type == "cuda" else None) if AMP == "auto" else (torch.bfloat16 if AMP == "bf16" else None)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    paths, labels = imagenet_folder(root, LIMIT)
+    n = len(paths)
+    scales = [0] + list(SCALES)
+    rng = np.random.default_rng(SEED)
+    blocks = ["2.1", "3.1"]
+    sets, means = {}, {}
+    for b, k in zip(blocks, PASSING):
+        c = n_channels(BLOCKS[b][2])
+        passing = sorted(rng.choice(c, size=k, replace=False).tolist())
+        others = sorted(set(range(c)) - set(passing))
+        sets[b] = [passing] + ablate.draw_sets(rng, others, k, N_TRIALS)
+        means[b] = torch.from_numpy(rng.random(c).astype(np.float32))
+    n_cells = len(blocks) * len(scales) * (1 + N_TRIALS)
+    print(f"{n} images from {root}, device {device}, batch {BATCH}, workers {WORKERS}, threads {torch.get_num_threads()}; "
+          f"{len(blocks)} blocks x {len(scales)} scales x {1 + N_TRIALS} conditions = {n_cells} cells")
+
+    # Ours: one pass, every cell (and the unablated baseline).
+    model = load_resnet18(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
+    ablate.BATCH, ablate.WORKERS, ablate.CHECKPOINT_SECONDS = BATCH, WORKERS, 10 ** 9
+    plan = [(where(BLOCKS[b][2])[0], means[b], ablate.masks_for(sets[b], len(means[b]))) for b in blocks]
+    suffix_batch = SUFFIX_BATCH or (4096 if device.type == "cuda" else 512)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        ours = ablate.run_pass("ours", model, ImageNetFolder(root, paths, labels), scales, plan, device, dtype, suffix_batch, tmp, {"bench": 1})
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t_ours = time.perf_counter() - t0
+    print(f"ours: {t_ours:.1f} s ({n * len(scales) / t_ours:.1f} image-views/s)")
+    if not REFERENCE:
+        print(f"for 50,000 images: about {t_ours * 50000 / n / 60:.1f} min")
+        return
+
+    # The released way: one DataLoader pass per (block, scale, condition), the whole network, a hook.
+    ref_model, _ = load_resnet18(WEIGHTS, device)
+    todo = [(b, v, k) for b in blocks for v in range(len(scales)) for k in range(1 + N_TRIALS)]
+    if REF_PASSES:
+        todo = [todo[i] for i in np.unique(np.linspace(0, len(todo) - 1, REF_PASSES).round().astype(int))]
+    t0 = time.perf_counter()
+    equal = 0
+    for done, (b, v, k) in enumerate(todo):
+        loader = image_loader(ImageNetFolder(root, paths, labels, [scales[v]]), BATCH, WORKERS, device)
+        preds = ablate.reference_logits(ref_model, loader, b, sets[b][k], means[b], device).argmax(1)
+        correct = int((preds == torch.as_tensor(labels)).sum())
+        col = 1 + blocks.index(b) * (1 + N_TRIALS) + k
+        equal += correct == int(ours[v, col])
+        print(f"\rreleased: pass {done + 1}/{len(todo)} ({time.perf_counter() - t0:.0f} s)", end="", file=sys.stderr, flush=True)
+    t_ref = (time.perf_counter() - t0) * n_cells / len(todo)
+    print(file=sys.stderr)
+    t0 = time.perf_counter()
+    for _ in guarded(image_loader(ImageNetFolder(root, paths, labels, [0]), BATCH, WORKERS, device)):
+        pass
+    t_decode = time.perf_counter() - t0
+    print(f"released: {t_ref:.1f} s ({len(todo)} of {n_cells} passes timed{'' if len(todo) == n_cells else ', scaled up'}); "
+          f"of it decoding about {t_decode * n_cells:.1f} s ({t_decode:.2f} s per pass)")
+    print(f"ours: {t_ours:.1f} s   released: {t_ref:.1f} s   speed-up: {t_ref / t_ours:.2f}x   "
+          f"cells with equal correct counts: {equal} of {len(todo)}{' (ours in bf16: near-tie predictions may flip)' if dtype is not None else ''}")
+
+
+if __name__ == "__main__":
+    main_guard(main)
