@@ -1,6 +1,7 @@
 """The shared module: layer table, center index, the truncated reader against plain forward hooks, weights
 loading errors and the command-line constants (METHOD.md section 1)."""
 
+import os
 import urllib.error
 
 import pytest
@@ -164,3 +165,6 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
     stream.save_json({"v": 2}, str(tmp_path / "x.json"))
     assert torch.load(path)["v"] == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "x.json", "x.pt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
