@@ -55,12 +55,13 @@ def lucent_render(model, layer, c, j, steps, seed):
     return (torch.from_numpy(out[-1]).permute(0, 3, 1, 2) * 255).to(torch.uint8)
 
 
-@pytest.mark.parametrize("layer,j", [("layer2.1", 4), ("layer1.0", 0), ("layer4.0.downsample.1", 16)])
-def test_engine_equals_lucent_render_vis(model, layer, j):
-    ours = fzs.render(model, layer, [3], "center", cfg(j), seed=11, device=CPU, amp=None)
-    start = fzs.render(model, layer, [3], "center", cfg(j, steps=0), seed=11, device=CPU, amp=None)
+# channels whose center is active on the initial image with these random weights (a dead unit would not move)
+@pytest.mark.parametrize("layer,j,c", [("layer2.1", 4, 3), ("layer1.0", 0, 2), ("layer4.0.downsample.1", 16, 3)])
+def test_engine_equals_lucent_render_vis(model, layer, j, c):
+    ours = fzs.render(model, layer, [c], "center", cfg(j), seed=11, device=CPU, amp=None)
+    start = fzs.render(model, layer, [c], "center", cfg(j, steps=0), seed=11, device=CPU, amp=None)
     assert (ours.float() - start.float()).abs().mean() > 1.0  # the images moved: the comparison means something
-    assert torch.equal(ours, lucent_render(model, layer, 3, j, 6, 11))
+    assert torch.equal(ours, lucent_render(model, layer, c, j, 6, 11))
 
 
 def test_released_pre_option_reproduces_lucents_hooks(model):
