@@ -15,6 +15,7 @@ Output: RESULTS/fzs/<layer>/<objective>.pt with images (uint8 N x 3 x 224 x 224)
 (the objective on the stored 8-bit image, float32) and config. Interrupt at any time: a rerun resumes.
 """
 
+import copy
 import json
 import os
 import shutil
@@ -49,13 +50,14 @@ ANGLES = [-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5]  # lucent random_rotate choices 
 JITTER = {"layer1.0": 0, "layer1.1": 0, "layer2.0": 0, "layer2.1": 4, "layer3.0": 4, "layer3.1": 16, "layer4.0": 16, "layer4.1": 16}  # pad/jitter by the BasicBlock a layer belongs to
 PRE_AS_RELEASED = False  # True: Pre (bn2) units are optimised through the block output, as lucent's hooks did in the released scripts
 AMP = "auto"  # bf16 autocast for the optimisation: auto (CUDA, or a CPU with native bf16), bf16 or fp32
+FOLD_BN = True  # fold eval-mode BatchNorm into the convolutions for the optimisation (the same function, faster)
 COMPILE = False  # torch.compile the truncated network (worth it on CUDA for long sweeps)
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)
 RESULTS = "results"  # results folder
 PNG = True  # also write one PNG per unit, RESULTS/fzs/<layer>/<objective>/<channel>.png
 
 # config entries that must agree for FZs to share a file (not an option: written as an expression)
-FZ_KEYS = tuple("layer objective weights seed steps lr batch size scales angles jitter pre_as_released amp".split())
+FZ_KEYS = tuple("layer objective weights seed steps lr batch size scales angles jitter pre_as_released fold_bn amp".split())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -128,6 +130,21 @@ def transforms_for(j, scales, angles, size):
     return [pad(j), jitter(j), random_scale(scales), random_rotate(angles), jitter(j // 2), center_crop(size)]
 
 
+def fold_batchnorm(model):
+    """A copy of the eval-mode model with every BatchNorm folded into the convolution before it. Each layer
+    computes the same function (bn2 folded into conv2 still outputs Pre); only rounding differs."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    m = copy.deepcopy(model)
+    m.conv1, m.bn1 = fuse_conv_bn_eval(m.conv1, m.bn1), torch.nn.Identity()
+    for block in (m.layer1, m.layer2, m.layer3, m.layer4):
+        for b in block:
+            b.conv1, b.bn1 = fuse_conv_bn_eval(b.conv1, b.bn1), torch.nn.Identity()
+            b.conv2, b.bn2 = fuse_conv_bn_eval(b.conv2, b.bn2), torch.nn.Identity()
+            if b.downsample is not None:
+                b.downsample = torch.nn.Sequential(fuse_conv_bn_eval(b.downsample[0], b.downsample[1]), torch.nn.Identity())
+    return m.requires_grad_(False)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The objectives: unit i of the batch is channel channels[i]; image i's loss term depends on image i only.
 
@@ -152,14 +169,14 @@ def render(model, layer, channels, kind, cfg, seed, device, amp, forward=None, o
     spectrum, image = fft_image(len(channels), cfg["size"], torch.Generator().manual_seed(seed), device)
     optimizer = torch.optim.Adam([spectrum], lr=cfg["lr"])
     idx = torch.as_tensor(channels, device=device)
+    # inputs in the model's memory layout (fzs.py runs it channels_last: faster convolutions on CPUs and GPUs)
+    layout = torch.channels_last if model.conv1.weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     for _ in range(cfg["steps"]):
         optimizer.zero_grad(set_to_none=True)
         x = image()
         for t in steps:
             x = t(x, rng)
-        x = normalize(x)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = normalize(x).contiguous(memory_format=layout)
         with autocast(device, amp):
             loss = -objective(forward(x), idx, kind).float().sum()
         loss.backward()
@@ -273,9 +290,9 @@ def main():
     channels_of = {layer: passing_channels(RESULTS, layer) if CHANNELS == "passing" else
                    parse_channels(CHANNELS, n_channels(layer), layer) for layer in layers}
     model, weights_id = load_resnet18(WEIGHTS, device)
+    model = model.to(memory_format=torch.channels_last)  # measures the stored images
+    optimised = fold_batchnorm(model) if FOLD_BN else model  # runs the optimisation
     amp = amp_dtype(AMP, device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
 
     # The plan: per (layer, objective) the channels still to make, in batches of BATCH units.
     plan, wanted = [], {}
@@ -313,8 +330,8 @@ def main():
             bar.set_description(f"{layer} {kind} {channels[0]}..{channels[-1]}")
             target = target_layer(layer, PRE_AS_RELEASED)
             if COMPILE and target not in compiled:
-                compiled[target] = torch.compile(lambda x, t=target: features(model, x, [t])[t])
-            images = render(model, layer, channels, kind, cfg, batch_seed(SEED, layer, kind, channels), device, amp,
+                compiled[target] = torch.compile(lambda x, t=target: features(optimised, x, [t])[t])
+            images = render(optimised, layer, channels, kind, cfg, batch_seed(SEED, layer, kind, channels), device, amp,
                             compiled.get(target), on_step=lambda n=len(channels): bar.update(n))
             activation = measure(model, layer, images, channels, kind, device)
             save_pt({"images": images, "channels": torch.tensor(channels, dtype=torch.int64), "activation": activation,

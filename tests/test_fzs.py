@@ -93,6 +93,15 @@ def test_batched_objectives_are_independent(model):
             assert norms[i] > 0 and all(norms[k] == 0 for k in range(3) if k != i), (kind, i, norms)
 
 
+def test_folded_batchnorm_computes_the_same_layers(model):
+    folded = fzs.fold_batchnorm(model)
+    x = torch.randn(2, 3, 224, 224)
+    ref, got = stream.features(model, x, stream.LAYERS), stream.features(folded, x, stream.LAYERS)
+    for name in stream.LAYERS:  # Pre included: bn2 folded into conv2 still outputs the true bn2 values
+        assert torch.allclose(got[name], ref[name], atol=1e-4, rtol=1e-4), name
+    assert model.layer2[1].bn2.__class__.__name__ == "BatchNorm2d"  # the model itself is untouched
+
+
 def test_transform_table_follows_method():
     assert fzs.JITTER == {"layer1.0": 0, "layer1.1": 0, "layer2.0": 0, "layer2.1": 4, "layer3.0": 4,
                           "layer3.1": 16, "layer4.0": 16, "layer4.1": 16}
