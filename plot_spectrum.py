@@ -102,7 +102,8 @@ def read_table(path):
 def panel_grid(n, width=3.3, height=2.6):
     ncols = min(PANELS_PER_ROW, n)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows + 0.6), squeeze=False)
+    # at least 6.6 in wide, so that a one-block figure's title and legend stay on few lines; 1.6 in for them
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(width * ncols, 6.6), height * nrows + 1.6), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, axes.flat
