@@ -112,9 +112,9 @@ def random_scale(scales):
 def random_rotate(angles):
     def inner(x, rng):
         b, _, h, w = x.shape
-        angle = torch.full((b,), float(rng.choice(angles)), device=x.device)
-        middle = torch.tensor([[(w - 1) / 2, (h - 1) / 2]], device=x.device).expand(b, 2)
-        M = kornia.get_rotation_matrix2d(middle, angle, torch.ones(b, 2, device=x.device))
+        angle = torch.full((b,), float(rng.choice(angles)))
+        middle = torch.tensor([[(w - 1) / 2, (h - 1) / 2]]).expand(b, 2)
+        M = kornia.get_rotation_matrix2d(middle, angle, torch.ones(b, 2)).to(x.device)  # on the CPU, as lucent
         return kornia.warp_affine(x.float(), M, dsize=(h, w))
     return inner
 
@@ -149,9 +149,10 @@ def fold_batchnorm(model):
 # The objectives: unit i of the batch is channel channels[i]; image i's loss term depends on image i only.
 
 def objective(fmap, channels, kind):
+    rows = torch.arange(len(channels), device=fmap.device)
     if kind == "center":
-        return center(fmap)[torch.arange(len(channels)), channels]
-    return fmap[torch.arange(len(channels)), channels].mean(dim=(1, 2))
+        return center(fmap)[rows, channels]
+    return fmap[rows, channels].mean(dim=(1, 2))
 
 
 def target_layer(layer, pre_as_released):
