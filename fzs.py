@@ -301,7 +301,7 @@ def main():
         for kind in kinds:
             cfg = {"layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
                    "batch": BATCH, "size": SIZE, "scales": list(SCALES), "angles": list(ANGLES),
-                   "jitter": JITTER[layer[:8]], "pre_as_released": PRE_AS_RELEASED,
+                   "jitter": JITTER[layer[:8]], "pre_as_released": PRE_AS_RELEASED, "fold_bn": FOLD_BN,
                    "amp": "bf16" if amp is not None else "fp32", "param": "lucent fft, decorrelate, sd 0.01",
                    "device": device.type}
             old = existing(out_path(RESULTS, layer, kind), cfg)

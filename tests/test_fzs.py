@@ -128,6 +128,7 @@ def test_end_to_end_file(tmp_path, model):
             assert d["activation"].dtype == torch.float32
             c = d["config"]
             assert (c["weights"], c["steps"], c["layer"], c["objective"], c["jitter"]) == ("random:0", 3, layer, kind, 0)
+            assert all(k in c for k in fzs.FZ_KEYS) and c["fold_bn"] is True and c["seed"] == 0
             assert c["versions"]["torch"] == torch.__version__
             # the stored activation is the objective on the stored 8-bit image, untransformed, in float32
             fmap = stream.features(model, stream.normalize(stream.to_float(d["images"])), [layer])[layer]
