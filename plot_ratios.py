@@ -48,8 +48,8 @@ def draw(ax, block, d):
     ax.set_xlim(scales[1] - 0.6 * (scales[2] - scales[1]), scales[-1] + 0.6 * (scales[2] - scales[1]))
     ax.set_xlabel("scale (%)")
     ax.set_ylabel("accuracy ratio (passing / random)")
-    ax.set_title(f"Block {block}: {len(d['passing'])} channels ablated, {d.get('n_images', '?'):,} images"
-                 if isinstance(d.get("n_images"), int) else f"Block {block}: {len(d['passing'])} channels ablated")
+    ax.set_title(f"Block {block}: {len(d['passing'])} channels ablated\n{d['n_images']:,} images"
+                 if isinstance(d.get("n_images"), int) else f"Block {block}: {len(d['passing'])} channels ablated", fontsize=10)
     ends = np.concatenate([ratio, ratio[1:] - np.nan_to_num(sem[1:]), ratio[1:] + np.nan_to_num(sem[1:])])
     ends = ends[np.isfinite(ends)]  # a ratio is null (NaN) where a random set scored 0
     if ends.size:
