@@ -1,6 +1,6 @@
 """ImageNet folder reading (stream.py), the natural-image stage and the ablation sweep (ablate.py).
 
-CPU, random weights, a tiny folder of generated JPEGs in tmp_path; nothing from ../shared."""
+CPU, random weights, a tiny folder of generated JPEGs in tmp_path; no data from outside the test."""
 
 import copy
 import json
