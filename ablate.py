@@ -18,7 +18,6 @@ per image batch and view the network runs once up to the ablated block, and ever
 """
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stream import (BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, config_mismatch, configure, die, guarded,
+from stream import (BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, config_mismatch, configure, die, guarded, load_json,
                     head, image_loader, imagenet_folder, load_pt, load_resnet18, main_guard, n_channels, normalize,
                     parse_channels, pick_device, read_center, save_json, save_pt, stem, to_float, versions, where)
 
@@ -331,8 +330,7 @@ def passing_sets(wid):
         path = os.path.join(RESULTS, "criteria.json")
         if not os.path.isfile(path):
             die(f"no passing set for block(s) {', '.join(missing)}: run criteria.py first ({path} is missing) or name them with --sets")
-        with open(path) as f:
-            crit = json.load(f)
+        crit = load_json(path, "criteria file")
         made = crit.get("config", {}).get("weights_id", crit.get("config", {}).get("weights"))
         made = "random:0" if made == "random" else made
         if made is not None and made != wid:
@@ -353,8 +351,7 @@ def read_cell(block, condition, scale, channels, key):
     path = cell_path(block, condition, scale)
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
-        cell = json.load(f)
+    cell = load_json(path, "ablation cell")
     if cell.get("run") != key or cell.get("channels") != list(channels):
         why = "channels differ" if cell.get("run") == key else config_mismatch(cell.get("run", {}), key, list(key))
         die(f"{path} was made under another config ({why}); use another --results or delete {os.path.dirname(path)}")

@@ -16,7 +16,6 @@ Output: RESULTS/fzs/<layer>/<objective>.pt with images (uint8 N x 3 x 224 x 224)
 """
 
 import copy
-import json
 import os
 import shutil
 import time
@@ -32,9 +31,9 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from tqdm import tqdm
 
-from stream import (BLOCKS, amp_dtype, autocast, center, config_mismatch, configure, die, features,
+from stream import (BLOCKS, amp_dtype, autocast, center, config_mismatch, configure, die, features, load_json,
                     load_pt, load_resnet18, main_guard, n_channels, normalize, parse_channels, parse_layers,
-                    pick_device, save_pt, to_float, versions, where)
+                    pick_device, save_pt, to_float, versions)
 
 WEIGHTS = "IMAGENET1K_V1"  # IMAGENET1K_V1, a path to a ResNet18 state_dict, or random[:SEED] (smoke runs only)
 LAYERS = "all"  # 'all', layer names (layer2.1.bn2) or blocks (2.1 = its In, Pre and Post), comma-separated
@@ -265,8 +264,7 @@ def passing_channels(results, layer):
     path = os.path.join(results, "criteria.json")
     if not os.path.exists(path):
         die(f"--channels passing needs {path}: run criteria.py first")
-    with open(path) as f:
-        blocks = json.load(f)["blocks"]
+    blocks = load_json(path, "criteria file").get("blocks", {})
     return sorted({c for b, names in BLOCKS.items() if layer in names for c in blocks.get(b, {}).get("passing", [])})
 
 

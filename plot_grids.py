@@ -11,7 +11,6 @@ for channels named by hand. Missing channel FZs or natural images leave grey 'mi
 prints the command that fills them.
 """
 
-import json
 import math
 import os
 
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from stream import (BLOCKS, ImageError, config_mismatch, configure, decode_rgb, die, eval_views, load_pt, main_guard, n_channels,
+from stream import (BLOCKS, ImageError, config_mismatch, configure, decode_rgb, die, eval_views, load_json, load_pt, main_guard, n_channels,
                     parse_channels, save_figure, stamp, weights_of)
 
 RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
@@ -38,15 +37,6 @@ DPI = 200  # PNG resolution
 
 # ----------------------------------------------------------------------------------------------------
 # Inputs
-
-def read_json(path, what):
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        die(f"cannot read {what} {path} ({type(e).__name__})")
 
 
 def read_fzs(results, layer, objective):
@@ -149,7 +139,8 @@ def draw_page(grids, title, weights):
 
 def main():
     cfg = configure(globals())
-    criteria = read_json(os.path.join(RESULTS, "criteria.json"), "criteria file")
+    criteria_path = os.path.join(RESULTS, "criteria.json")
+    criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else None
     chosen = which_channels(criteria, CHANNELS, ONLY_BLOCKS)
     if not chosen:
         print("no block has passing channels in criteria.json: nothing to plot "

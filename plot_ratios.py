@@ -8,7 +8,6 @@ Reads <RESULTS>/ablation/<block>.json (written by ablate.py); writes <RESULTS>/f
 prints the table it plots.
 """
 
-import json
 import os
 
 import matplotlib
@@ -16,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import configure, die, main_guard, save_figure, stamp, weights_of
+from stream import configure, die, load_json, main_guard, save_figure, stamp, weights_of
 
 RESULTS = "results"  # results folder: reads ablation/<block>.json, writes figures/ratios.*
 ABLATED = ["2.1", "3.1"]  # blocks to plot, one panel each (those without an ablation file are skipped, with a note)
@@ -24,11 +23,7 @@ DPI = 200  # PNG resolution
 
 
 def read_ablation(path):
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError) as e:
-        die(f"cannot read ablation file {path} ({type(e).__name__})")
+    d = load_json(path, "ablation file")
     for key in ("scales", "ratio", "sem", "accuracy", "random_sets", "passing"):
         if key not in d:
             die(f"ablation file {path} has no {key!r}: is it from an older ablate.py? run python ablate.py again")

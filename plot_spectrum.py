@@ -12,7 +12,6 @@ Reads <RESULTS>/criteria.csv, criteria.json and stability.json; writes <RESULTS>
 """
 
 import csv
-import json
 import math
 import os
 import textwrap
@@ -22,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import BLOCKS, configure, die, main_guard, save_figure, stamp, weights_of
+from stream import BLOCKS, configure, die, load_json, main_guard, save_figure, stamp, weights_of
 
 RESULTS = "results"  # results folder: reads criteria.csv/json and stability.json, writes figures/
 MIX_CLIP = 5.0  # m is clipped here in the plots (the released code's convention; m = 10 marks Post_c(FZ_Pre) <= 0)
@@ -57,13 +56,6 @@ def spearman(a, b):
 
 # ----------------------------------------------------------------------------------------------------
 # Inputs
-
-def read_json(path, what):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        die(f"cannot read {what} {path} ({type(e).__name__})")
 
 
 def truth(text):
@@ -207,7 +199,7 @@ def main():
     cfg = configure(globals())
     table = read_table(os.path.join(RESULTS, "criteria.csv"))
     criteria_path = os.path.join(RESULTS, "criteria.json")
-    criteria = read_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else {}
+    criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else {}
     weights = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}))
     figures_dir = os.path.join(RESULTS, "figures")
     written = []
@@ -225,7 +217,7 @@ def main():
 
     stability_path = os.path.join(RESULTS, "stability.json")
     if os.path.isfile(stability_path):
-        stability = read_json(stability_path, "stability file")
+        stability = load_json(stability_path, "stability file")
         w = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}), stability)
         written += save_figure(pass_frequency(stability, w), os.path.join(figures_dir, "pass_frequency"), dpi=DPI)
     else:

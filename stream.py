@@ -408,6 +408,17 @@ def load_pt(path, what="result file"):
         die(f"cannot read {what} {path} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
 
 
+def load_json(path, what="result file"):
+    """A JSON result file; a missing or unreadable one ends the script with one line."""
+    if not os.path.isfile(path):
+        die(f"missing {what} {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        die(f"cannot read {what} {path} ({type(e).__name__})")
+
+
 def config_mismatch(a, b, keys):
     """The first key on which two configs differ, as 'key: a vs b', or None."""
     for k in keys:
