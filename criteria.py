@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 import stream
-from stream import (config_mismatch, configure, die, load_pt, load_resnet18, main_guard, n_channels, normalize,
+from stream import (EQ2_HIGH, EQ2_LOW, config_mismatch, configure, die, fzs_command, load_pt, load_resnet18, main_guard, n_channels, normalize,
                     pick_device, read_center, save_json, to_float, versions, zoom)
 
 WEIGHTS = "IMAGENET1K_V1"  # model weights: IMAGENET1K_V1, random[:SEED] (tests and smoke runs only) or a state_dict path
@@ -40,10 +40,7 @@ MIX_IF_PRE_NONPOS = 10.0  # m_c when Post_c(X̂_Pre) <= 0 (released code; its ru
 MIX_IF_IN_NONPOS = 0.0  # m_c when Post_c(X̂_In) <= 0 < Post_c(X̂_Pre) (released code)
 
 # Fixed by the paper and by the result-file contract (not command-line options: written as expressions).
-EQ2_LOW = 2 / 3  # Eq. 2 bounds, strict: a ratio of exactly 2/3 or 3/2 fails
-EQ2_HIGH = 3 / 2
 PAPER_COUNTS = dict([("1.1", 6), ("2.0", 2), ("2.1", 23), ("3.0", 0), ("3.1", 46), ("4.0", 0), ("4.1", 0)])  # main paper, section 3
-MATCH_KEYS = tuple("weights seed steps lr amp pre_as_released batch".split())  # In and Pre FZs must agree on these
 CSV_COLUMNS = "block channel pre_in pre_zoom_in post_in post_pre eq1 eq2 passes mix bn2_abs conv2_abs_mean".split()
 
 
@@ -88,20 +85,6 @@ def fz_path(results, layer):
     return os.path.join(results, "fzs", layer, "center.pt")
 
 
-def fz_command(layers, results, weights, like=None):
-    """The fzs.py command that makes the center FZs of these layers for this run; `like`: the config of the
-    block's other FZ file, whose settings the new ones must share."""
-    cmd = f"python fzs.py --layers {','.join(layers)}"
-    for key in MATCH_KEYS if like else ():
-        if key != "weights" and key in like:
-            cmd += f" --{key} {like[key]}"
-    if weights != "IMAGENET1K_V1":
-        cmd += f" --weights {weights}"
-    if results != "results":
-        cmd += f" --results {results}"
-    return cmd
-
-
 def load_fz(path):
     fz = load_pt(path, "FZ file")
     if not isinstance(fz, dict) or not all(k in fz for k in ("images", "channels", "config")):
@@ -128,7 +111,7 @@ def pair_problem(cfg_in, cfg_pre, wid):
     for cfg in (cfg_in, cfg_pre):
         if cfg.get("weights") != wid:
             return f"{cfg.get('layer')} FZs were made with weights {cfg.get('weights')!r}, the model here is {wid!r}"
-    why = config_mismatch(cfg_in, cfg_pre, MATCH_KEYS)
+    why = config_mismatch(cfg_in, cfg_pre, stream.FZ_MATCH_KEYS)
     return f"its In and Pre FZs were made under different configs ({why})" if why else None
 
 
@@ -216,7 +199,7 @@ def run_criteria(model, wid, results, blocks, weights, device, batch, strict_wei
         if missing:
             other = [layer for layer in (In, Pre) if layer not in missing]
             like = load_fz(fz_path(results, other[0]))["config"] if other else None
-            reason = f"no center FZs for {', '.join(missing)}; make them with: {fz_command(missing, results, weights, like)}"
+            reason = f"no center FZs for {', '.join(missing)}; make them with: {fzs_command(missing, results, weights, like)}"
             out["skipped"][block] = reason
             continue
         fz_in, fz_pre = load_fz(fz_path(results, In)), load_fz(fz_path(results, Pre))
@@ -361,7 +344,7 @@ def main():
     single = not RUNS or os.path.isdir(os.path.join(RESULTS, "fzs"))  # with --runs, RESULTS may be just the output folder
     if single and not os.path.isdir(os.path.join(RESULTS, "fzs")):
         layers = [layer for b in BLOCKS for layer in stream.BLOCKS[b][:2]]
-        die(f"no FZs in {os.path.join(RESULTS, 'fzs')}; make them with: {fz_command(layers, RESULTS, WEIGHTS)}")
+        die(f"no FZs in {os.path.join(RESULTS, 'fzs')}; make them with: {fzs_command(layers, RESULTS, WEIGHTS)}")
     device = pick_device(DEVICE)
     torch.backends.cudnn.allow_tf32 = False  # these are measurements: true float32 convolutions on a GPU too
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -21,6 +21,15 @@ import torchvision
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation, METHOD.md section 1
 STD = (0.229, 0.224, 0.225)
+EQ2_LOW, EQ2_HIGH = 2 / 3, 3 / 2  # Eq. 2's bounds on the mix ratio (METHOD.md section 3), strict at both ends
+
+
+def mix_regions(m):
+    """The predecessor's spectrum with Eq. 2's bounds and strictness, elementwise: (overwrite m <= 2/3,
+    mix 2/3 < m < 3/2 (Eq. 2 holds), skip m >= 3/2) as three boolean arrays."""
+    m = np.asarray(m, dtype=np.float64)
+    mix = (m > EQ2_LOW) & (m < EQ2_HIGH)
+    return m <= EQ2_LOW, mix, m >= EQ2_HIGH
 
 # ----------------------------------------------------------------------------------------------------
 # The probed blocks and their three layers (METHOD.md section 1), by torchvision module name.
@@ -94,6 +103,43 @@ def parse_channels(spec, n, what="layer"):
         except ValueError:
             die(f"cannot read channels {item!r}: use Python-style ranges such as 0:16 or 3,7,10:20")
     return sorted(set(out))
+
+
+def channel_ranges(channels):
+    """Channels in the --channels syntax, runs of three or more as ranges: [0, 1, 2, 3, 7, 9, 10] -> '0:4,7,9,10'."""
+    out, channels = [], sorted(set(int(c) for c in channels))
+    i = 0
+    while i < len(channels):
+        j = i
+        while j + 1 < len(channels) and channels[j + 1] == channels[j] + 1:
+            j += 1
+        out.append(str(channels[i]) if j - i < 2 else f"{channels[i]}:{channels[j] + 1}")
+        out += [str(channels[k]) for k in range(i + 1, j + 1)] if 0 < j - i < 2 else []
+        i = j + 1
+    return ",".join(out)
+
+
+FZ_MATCH_KEYS = ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch")  # FZs used together agree on these
+
+
+def fzs_command(layers, results="results", weights="IMAGENET1K_V1", like=None, channels=None, objective="center"):
+    """The fzs.py command that makes the FZs of these layers (and channels); `like`: the config of FZs the new ones
+    must match (their seed, steps, lr, amp, pre_as_released and batch are copied)."""
+    cmd = f"python fzs.py --layers {','.join(layers)}"
+    if objective != "center":
+        cmd += f" --objectives {objective}"
+    if channels is not None:
+        cmd += f" --channels {channel_ranges(channels)}"
+    for key in FZ_MATCH_KEYS[1:]:
+        if like and key in like:
+            cmd += f" --{key} {like[key]}"
+    if str(weights).startswith("file:"):  # a weights id, not the path: name the flag
+        weights = "/path/to/the/checkpoint"
+    if weights != "IMAGENET1K_V1":
+        cmd += f" --weights {weights}"
+    if results != "results":
+        cmd += f" --results {results}"
+    return cmd
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,7 +1,147 @@
+"""Fixtures with teeth, shared by the tests.
+
+He-initialised ResNets have identity BatchNorms (weight 1, bias 0, mean 0, var 1) and predict one or two classes
+for every image, so a test on them passes with a wrong BatchNorm fold, wrong labels or errors counted as hits.
+These fixtures make such mistakes change the numbers:
+
+- `fixture_weights` / `fixture_model`: a ResNet18 state_dict saved as a file (pass it with --weights PATH) whose
+  BatchNorms all have non-trivial weight, bias, running mean and running variance (running statistics measured on
+  generated images, then perturbed; some bn2 weights negative), and whose head spreads its top-1 predictions over
+  CLASSES (ten classes, all of index >= 10, so that labels by folder order are never right);
+- `fixture_folder`: a tiny ImageNet folder, root/<wnid>/*.JPEG, with grayscale and CMYK files among them, labelled
+  with what that model predicts on the standard eval view (torchvision transforms on PIL). Unablated top-1 is 100%
+  by construction (every kept image is predicted with a clear margin), ablations change some counts, and a
+  labelling by folder order scores 0.
+
+Tests never read ../shared: everything here is generated.
+"""
+
 import os
 import sys
 
-# The scripts are top-level files of the repository: make them importable from the tests.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, ROOT)  # the scripts are top-level files of the repository
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+import torchvision.transforms as T  # noqa: E402
+from PIL import Image  # noqa: E402
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLASSES = [23, 97, 150, 281, 340, 417, 562, 700, 818, 951]  # the classes the fixture head can predict
+EVAL = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])  # the independent eval view
+MARGIN = 0.5  # kept images have top-1 logit at least this far above the second (no near-ties between fp32 paths)
+
+
+def natural_like(rng, h, w):
+    """A generated 'photo': a smooth colour field, an oriented grating and a few discs, so channels differ."""
+    small = rng.integers(0, 256, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)), 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    theta, freq = rng.uniform(0, np.pi), rng.uniform(0.02, 0.2)
+    grating = np.sin(2 * np.pi * freq * (xx * np.cos(theta) + yy * np.sin(theta)) + rng.uniform(0, 2 * np.pi))
+    img = img + grating[..., None] * rng.uniform(-80, 80, 3)
+    for _ in range(int(rng.integers(1, 4))):
+        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(10, min(h, w) / 3)
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def build_fixture_model(seed=0):
+    """torchvision's ResNet18 with non-trivial BatchNorms and a head that spreads predictions over CLASSES."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None)
+    rng = np.random.default_rng(seed)
+    calib = torch.stack([EVAL(natural_like(rng, 256, 256)) for _ in range(24)])
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:  # running statistics = the statistics of the calibration batch (cumulative average, one pass)
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(calib)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in bns:
+            n = bn.num_features
+            sign = torch.where(torch.rand(n, generator=g) < 0.1, -1.0, 1.0)
+            bn.weight.copy_(sign * (0.5 + torch.rand(n, generator=g)))
+            bn.bias.copy_(0.2 * torch.randn(n, generator=g))
+            bn.running_mean.add_(0.2 * torch.randn(n, generator=g) * bn.running_var.sqrt())
+            bn.running_var.mul_(0.6 + torch.rand(n, generator=g))
+            bn.momentum = 0.1
+        model.eval()
+        # the head: standardised pooled features, projected on one random direction per class of CLASSES; the other
+        # 990 classes are never predicted
+        feats = torch.flatten(model.avgpool(torch.nn.Sequential(*list(model.children())[:-2])(calib)), 1)
+        mu, sd = feats.mean(0), feats.std(0) + 1e-3
+        w = torch.randn(len(CLASSES), feats.shape[1], generator=g) / feats.shape[1] ** 0.5 * 4
+        model.fc.weight.zero_()
+        model.fc.bias.fill_(-50.0)
+        model.fc.weight[CLASSES] = w / sd
+        model.fc.bias[CLASSES] = -(w / sd) @ mu
+    return model.requires_grad_(False)
+
+
+def save_jpeg(image, path, mode):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    (image.convert(mode) if mode != "RGB" else image).save(path, quality=92)
+
+
+def build_fixture_folder(root, model, n=60, seed=1):
+    """Generate n candidate JPEGs, predict each with the model on torchvision's eval view of the decoded file,
+    keep those predicted with a clear margin, and file each under the wnid of its predicted class.
+    Returns {relative path: label}."""
+    from stream import WNIDS  # the canonical 1,000-wnid list
+    rng = np.random.default_rng(seed)
+    staging = os.path.join(root, ".staging")
+    kept = {}
+    for i in range(n):
+        mode = "L" if i % 9 == 4 else "CMYK" if i % 9 == 7 else "RGB"
+        path = os.path.join(staging, f"{i:03d}.JPEG")
+        save_jpeg(natural_like(rng, int(rng.integers(230, 340)), int(rng.integers(230, 400))), path, mode)
+        with Image.open(path) as im:
+            x = EVAL(im.convert("RGB"))[None]
+        with torch.no_grad():
+            top2 = model(x)[0].topk(2)
+        if float(top2.values[0] - top2.values[1]) < MARGIN:
+            os.remove(path)
+            continue
+        label = int(top2.indices[0])
+        rel = os.path.join(WNIDS[label], f"{mode.lower()}_{i:03d}.JPEG")
+        os.makedirs(os.path.join(root, WNIDS[label]), exist_ok=True)
+        os.replace(path, os.path.join(root, rel))
+        kept[rel] = label
+    os.rmdir(staging)
+    return dict(sorted(kept.items()))
+
+
+@pytest.fixture(scope="session")
+def fixture_weights(tmp_path_factory):
+    """Path of the fixture ResNet18 state_dict (pass it to the scripts with --weights PATH)."""
+    path = str(tmp_path_factory.mktemp("weights") / "fixture_resnet18.pth")
+    torch.save(build_fixture_model().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixture_model(fixture_weights):
+    """The fixture model as the scripts load it (eval mode, no weight gradients)."""
+    import stream
+    return stream.load_resnet18(fixture_weights)[0]
+
+
+@pytest.fixture(scope="session")
+def fixture_folder(tmp_path_factory, fixture_model):
+    """(root, {relative path: label}) of the tiny labelled ImageNet folder."""
+    root = str(tmp_path_factory.mktemp("imagenet_val"))
+    labels = build_fixture_folder(root, fixture_model)
+    return root, labels
+
+
+def pytest_configure(config):
+    # kornia 0.4.1 (lucent's pin; imported only by the tests that compare with lucent) calls torch.jit.script at import
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script` is deprecated:FutureWarning")

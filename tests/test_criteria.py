@@ -99,14 +99,9 @@ WEIGHTS = "random"
 
 
 @pytest.fixture(scope="module")
-def model():
-    m, wid = stream.load_resnet18(WEIGHTS)
-    g = torch.Generator().manual_seed(1)
-    for name in ("layer1.1", "layer2.1"):  # non-trivial bn2 weights (He init sets them all to 1)
-        bn2 = m.get_submodule(name).bn2
-        bn2.weight.copy_(torch.randn(bn2.weight.shape, generator=g))
-        bn2.bias.copy_(0.3 * torch.randn(bn2.bias.shape, generator=g))
-    return m, wid
+def model(fixture_model, fixture_weights):
+    """The fixture model (conftest.py: every BatchNorm non-trivial) and its weights id."""
+    return fixture_model, stream.load_resnet18(fixture_weights)[1]
 
 
 def make_fz(results, layer, channels, model=None, seed=0, **config):
@@ -138,8 +133,8 @@ def hooked(model, layers, x):
 def test_batched_measurement_matches_hooks(tmp_path, model, block):
     m, wid = model
     In, Pre, Post = stream.BLOCKS[block]
-    fz_in = make_fz(tmp_path, In, [0, 5, 9, 11], m)
-    fz_pre = make_fz(tmp_path, Pre, [0, 3, 5, 9, 40], m)
+    fz_in = make_fz(tmp_path, In, [0, 5, 9, 11], m, weights=wid)
+    fz_pre = make_fz(tmp_path, Pre, [0, 3, 5, 9, 40], m, weights=wid)
     v = criteria.measure_block(m, block, criteria.load_fz(criteria.fz_path(tmp_path, In)),
                                criteria.load_fz(criteria.fz_path(tmp_path, Pre)), torch.device("cpu"), batch=2)
     assert v["channel"].tolist() == [0, 5, 9]  # channels with both FZs only
@@ -164,19 +159,19 @@ def test_batched_measurement_matches_hooks(tmp_path, model, block):
 
 def test_run_refuses_mixed_configs_and_names_the_missing_fzs(tmp_path, model):
     m, wid = model
-    make_fz(tmp_path, "layer1.0", [0, 1], m, seed=0)
-    make_fz(tmp_path, "layer1.1.bn2", [0, 1], m, seed=1)  # block 1.1: In and Pre from different seeds
-    make_fz(tmp_path, "layer2.0", [0, 1], m, steps=7)  # block 2.1: Pre missing
+    make_fz(tmp_path, "layer1.0", [0, 1], m, weights=wid, seed=0)
+    make_fz(tmp_path, "layer1.1.bn2", [0, 1], m, weights=wid, seed=1)  # block 1.1: In and Pre from different seeds
+    make_fz(tmp_path, "layer2.0", [0, 1], m, weights=wid, steps=7)  # block 2.1: Pre missing
     make_fz(tmp_path, "layer3.0", [0], m, weights="IMAGENET1K_V1")  # block 3.1: other weights
     make_fz(tmp_path, "layer3.1.bn2", [0], m, weights="IMAGENET1K_V1")
-    make_fz(tmp_path, "layer2.0.downsample.1", [0, 1], m)  # block 2.0: measurable
-    make_fz(tmp_path, "layer2.0.bn2", [1, 2], m)
+    make_fz(tmp_path, "layer2.0.downsample.1", [0, 1], m, weights=wid)  # block 2.0: measurable
+    make_fz(tmp_path, "layer2.0.bn2", [1, 2], m, weights=wid)
     out = criteria.run_criteria(m, wid, str(tmp_path), ["1.1", "2.0", "2.1", "3.1", "4.1"], WEIGHTS, torch.device("cpu"), 4)
     assert list(out["blocks"]) == ["2.0"]
     s = out["blocks"]["2.0"]
     assert s["measured"] == [1] and s["n_channels"] == 128 and len(s["missing"]) == 127 and s["count"] == len(s["passing"])
     assert "seed: 0 vs 1" in out["skipped"]["1.1"]
-    assert "IMAGENET1K_V1" in out["skipped"]["3.1"] and "random:0" in out["skipped"]["3.1"]
+    assert "IMAGENET1K_V1" in out["skipped"]["3.1"] and wid in out["skipped"]["3.1"]
     assert out["skipped"]["2.1"].endswith(f"python fzs.py --layers layer2.1.bn2 --seed 0 --steps 7 --lr 0.05 --amp fp32 "
                                           f"--pre_as_released False --batch 4 --weights random --results {tmp_path}")
     assert out["skipped"]["4.1"].endswith(f"python fzs.py --layers layer4.0,layer4.1.bn2 --weights random --results {tmp_path}")
