@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stream import (BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, config_mismatch, configure, die, guarded, load_json,
+from stream import (BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, config_mismatch, configure, die, fzs_command, guarded, load_json,
                     head, image_loader, imagenet_folder, load_pt, load_resnet18, main_guard, n_channels, normalize,
                     parse_channels, pick_device, read_center, save_json, save_pt, stem, to_float, versions, where)
 
@@ -338,6 +338,13 @@ def passing_sets(wid):
         for b in missing:
             if b not in crit.get("blocks", {}):
                 die(f"{path} has no block {b}; name its passing set with --sets")
+            unmeasured = crit["blocks"][b].get("missing", [])
+            if unmeasured:  # random 'non-passing' sets would be drawn among channels that were never measured
+                layers = BLOCKS[b][:2]
+                like = crit.get("fz_files", {}).get(layers[0], {})
+                die(f"{path}: block {b} measured only {len(crit['blocks'][b].get('measured', []))} of its channels "
+                    f"({len(unmeasured)} missing), so random sets could include passing channels; make the rest with: "
+                    f"{fzs_command(layers, RESULTS, WEIGHTS, like, unmeasured)}, then run criteria.py again (or name the set with --sets)")
             sets[b] = sorted(int(c) for c in crit["blocks"][b]["passing"])
     return {b: sets[b] for b in ABLATE_BLOCKS}
 

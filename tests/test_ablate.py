@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -303,45 +304,162 @@ def run_script(*argv):
     return subprocess.run([sys.executable, os.path.join(ROOT, "ablate.py"), *argv], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
-def test_end_to_end_and_resume(folder, tmp_path, model):
+# ----------------------------------------------------------------------------------------------------
+# Values: the script on the fixture folder (conftest.py: non-trivial BatchNorms, labels = what the fixture model
+# predicts), every number checked against an independent recomputation: torchvision transforms on PIL, the full
+# torchvision model, a forward hook that overwrites the ablated channels.
+
+LIMIT = 25  # 1 image = 4 percentage points, so screening margins are exact numbers
+SETS = {"2.1": list(range(6)), "3.1": list(range(10))}
+CROPS = {0: 224, 10: 231, 50: 128}  # METHOD.md section 5: 256 - floor(256 p / 100), written out
+
+
+def view_transform(scale):
+    resize = [T.Resize((224, 224))] if scale else []
+    return T.Compose([T.Resize(256), T.CenterCrop(CROPS[scale]), *resize, T.ToTensor(), T.Normalize(stream.MEAN, stream.STD)])
+
+
+def reference_logits(model, root, paths, scale, block=None, channels=(), mean=None, layer=None):
+    """The independent slow path. With block: a hook on the block's module overwrites `channels` with `mean`.
+    With layer: also returns that layer's center activations (a hook that clones)."""
+    x = torch.stack([view_transform(scale)(Image.open(os.path.join(root, p)).convert("RGB")) for p in paths])
+    handles, seen = [], {}
+    if block:
+        chans = list(channels)
+
+        def overwrite(_m, _i, out):
+            out = out.clone()
+            out[:, chans] = mean[chans].view(1, -1, 1, 1)
+            return out
+        handles.append(model.get_submodule(stream.BLOCKS[block][2]).register_forward_hook(overwrite))
+    if layer:
+        handles.append(model.get_submodule(layer).register_forward_hook(
+            lambda _m, _i, out: seen.update(a=out[:, :, out.shape[2] // 2, out.shape[3] // 2].clone())))
+    with torch.no_grad():
+        logits = model(x)
+    for h in handles:
+        h.remove()
+    return (logits, seen["a"]) if layer else logits
+
+
+def count_correct(logits, labels, tie=1e-4):
+    """(correct, ambiguous): hits, and predictions whose top two logits are within `tie` (either count is right)."""
+    top2 = logits.topk(2, dim=1)
+    near = (top2.values[:, 0] - top2.values[:, 1]) < tie
+    return int((top2.indices[:, 0] == labels).sum()), int(near.sum())
+
+
+@pytest.fixture(scope="module")
+def swept(fixture_folder, fixture_weights, fixture_model, tmp_path_factory):
+    """ablate.py, both stages, on the fixture folder: a lenient margin accepts all 8 draws, the first 3 are used."""
+    root, labels = fixture_folder
+    results = str(tmp_path_factory.mktemp("swept"))
+    base = ["--data", root, "--weights", fixture_weights, "--results", results, "--workers", "0", "--batch", "8",
+            "--limit", str(LIMIT), "--sets", "2.1:0:6;3.1:0:10", "--screen_draws", "8", "--screen_cap", "8", "--scales", "10,50"]
+    common = base + ["--n_trials", "3"]
+    r = run_script(*common, "--screen_margin", "2.1:<=100;3.1:<=100")
+    assert r.returncode == 0, r.stderr
+    everything = list(labels)
+    keep = np.unique(np.linspace(0, len(everything) - 1, LIMIT).round().astype(int))  # --limit: evenly spaced
+    paths = [everything[i] for i in keep]
+    out = {b: json.load(open(os.path.join(results, "ablation", f"{b}.json"))) for b in SETS}
+    return types.SimpleNamespace(root=root, results=results, base=base, common=common, stdout=r.stdout, paths=paths,
+                                 labels=torch.tensor([labels[p] for p in paths]), out=out, model=fixture_model)
+
+
+def test_natural_stage_values(swept):
+    """Per-image activations, means and top-9 against hooks on the full model and torchvision's eval view."""
+    summary = torch.load(os.path.join(swept.results, "natural", "summary.pt"), weights_only=False)
+    assert summary["paths"] == swept.paths and summary["labels"].tolist() == swept.labels.tolist()
+    for layer in ("layer1.0", "layer2.1.bn2", "layer3.0.downsample.1", "layer3.1"):
+        logits, acts = reference_logits(swept.model, swept.root, swept.paths, 0, layer=layer)
+        stored = np.load(os.path.join(swept.results, "natural", f"{layer}.npy")).astype(np.float32)
+        assert np.allclose(stored, acts.numpy(), rtol=2e-3, atol=2e-3 * float(acts.abs().max())), layer
+        assert torch.allclose(summary["mean"][layer], acts.mean(0), rtol=1e-4, atol=1e-4)
+        order = np.lexsort((np.arange(LIMIT)[:, None].repeat(acts.shape[1], 1), -acts.numpy()), axis=0)[:9]
+        agree = (summary["top9_index"][layer].numpy() == order.T).mean()
+        assert agree > 0.97, (layer, agree)  # equal up to float ties between images
+    assert count_correct(logits, swept.labels)[0] == LIMIT  # the fixture's labels: unablated top-1 is 100%
+
+
+def test_counts_equal_independent_recomputation(swept):
+    """Every (condition, scale) cell's correct count equals the slow path's, and the counts are not all alike."""
+    summary = torch.load(os.path.join(swept.results, "natural", "summary.pt"), weights_only=False)
+    seen = set()
+    for block, out in swept.out.items():
+        layer = stream.BLOCKS[block][2]
+        mean = reference_logits(swept.model, swept.root, swept.paths, 0, layer=layer)[1].mean(0)  # independent mean
+        assert torch.allclose(mean, summary["mean"][layer], rtol=1e-4, atol=1e-4)
+        assert out["passing"] == SETS[block] and out["scales"] == [0, 10, 50] and out["n_images"] == LIMIT
+        conditions = [("none", [], out["accuracy"]["none"]), ("passing", out["passing"], out["accuracy"]["passing"])]
+        conditions += [(f"random {k}", s, a) for k, (s, a) in enumerate(zip(out["random_sets"], out["accuracy"]["random"]))]
+        for name, channels, accuracy in conditions:
+            for k, scale in enumerate(out["scales"]):
+                logits = reference_logits(swept.model, swept.root, swept.paths, scale, block if channels else None, channels, mean)
+                correct, ambiguous = count_correct(logits, swept.labels)
+                got = round(accuracy[k] * LIMIT)
+                assert abs(got - correct) <= ambiguous, (block, name, scale, got, correct)
+                seen.add(got)
+        assert out["accuracy"]["none"][0] == 1.0  # 100% by construction of the fixture
+    assert len(seen) >= 5 and 0 not in seen  # non-trivial counts: a wrong definition moves them
+
+
+def test_eq3_ratio_and_sem_on_the_counts(swept):
+    for block, out in swept.out.items():
+        p = np.array(out["accuracy"]["passing"])
+        r = np.array(out["accuracy"]["random"])
+        assert (r > 0).all() and len(r) == 3
+        trials = p[None] / r  # Eq. 3: mean over trials of acc_passing / acc_random_i, SEM = std(ddof=1) / sqrt(N)
+        assert np.allclose(out["ratio"], trials.mean(0), rtol=1e-12)
+        assert np.allclose(out["sem"], trials.std(0, ddof=1) / np.sqrt(3), rtol=1e-12)
+        assert np.allclose(out["ratio_trials"], trials, rtol=1e-12)
+        assert len(set(np.round(out["ratio"], 9))) > 1
+
+
+def test_screening_accepts_some_and_rejects_others(swept):
+    """A margin at one draw's exact difference: '<=' accepts it, '<' rejects it; draws above are rejected, below kept."""
+    draws = swept.out["2.1"]["screening"]["draws"]
+    passing = swept.out["2.1"]["accuracy"]["passing"][0]
+    diff = [round(100 * (d["accuracy"] - passing)) for d in draws]  # percentage points, multiples of 4
+    values = sorted(set(diff))
+    assert len(values) >= 3, diff
+    bound = values[len(values) // 2]
+    for op in ("<=", "<"):
+        expect = [j for j, d in enumerate(diff) if (d <= bound if op == "<=" else d < bound)]
+        assert 0 < len(expect) < len(diff)
+        r = run_script(*swept.base, "--n_trials", str(len(expect)), "--stages", "sweep", "--ablate_blocks", "2.1",
+                       "--screen_margin", f"2.1:{op}{bound}")
+        assert r.returncode == 0, r.stderr
+        out = json.load(open(os.path.join(swept.results, "ablation", "2.1.json")))
+        assert out["screening"]["accepted_draws"] == expect, (op, bound, diff)
+        assert [d["accepted"] for d in out["screening"]["draws"]] == [j in expect for j in range(len(diff))]
+        assert out["random_sets"] == [draws[j]["channels"] for j in expect]
+        at_bound = diff.index(bound)
+        assert (at_bound in expect) == (op == "<=")
+
+
+def test_end_to_end_and_resume(swept):
+    results, common = swept.results, swept.common
+    for layer in stream.LAYERS:
+        assert np.load(os.path.join(results, "natural", f"{layer}.npy")).shape == (LIMIT, stream.n_channels(layer))
+    out = swept.out["3.1"]
+    assert len(out["random_sets"]) == 3 and all(len(s) == 10 and not set(s) & set(range(10)) for s in out["random_sets"])
+    assert len(out["screening"]["draws"]) == 8 and out["config"]["weights"].startswith("file:fixture_resnet18.pth")
+    cells = os.listdir(os.path.join(results, "ablation", "3.1"))
+    assert len(cells) == (1 + 1 + 8) + (1 + 1 + 3) * 2  # no scale: none, passing, 8 draws; then 2 scales x 5
+    # A rerun computes nothing (no progress bar) and prints the same table.
+    again = run_script(*common, "--screen_margin", "2.1:<=100;3.1:<=100", "--stages", "sweep")
+    assert again.returncode == 0 and "screen0" not in again.stderr and "sweep:" not in again.stderr
+    assert again.stdout.split("block 2.1")[1] == swept.stdout.split("block 2.1")[1]
+
+
+def test_refusals_and_the_cap(folder, tmp_path):
     results = str(tmp_path / "res")
     common = ["--data", folder, "--weights", "random:3", "--results", results, "--workers", "0", "--batch", "4",
               "--sets", "2.1:0:6;3.1:0:10", "--n_trials", "2", "--screen_draws", "3", "--scales", "10,50",
               "--screen_margin", "2.1:<=100;3.1:<=100", "--limit", "5"]
     r = run_script(*common)
     assert r.returncode == 0, r.stderr
-    summary = torch.load(os.path.join(results, "natural", "summary.pt"), weights_only=False)
-    paths, labels = stream.imagenet_folder(folder, limit=5)
-    assert summary["paths"] == paths and summary["labels"].tolist() == labels.tolist() and summary["count"] == 5
-    assert summary["config"]["weights"] == "random:3"
-    # The per-image activations equal an independent forward hook on the torchvision transform's view.
-    post = np.load(os.path.join(results, "natural", "layer2.1.npy"))
-    assert post.dtype == np.float16 and post.shape == (5, 128)
-    seen = []
-    hd = model.layer2[1].register_forward_hook(lambda _m, _i, out: seen.append(out[:, :, 14, 14].clone()))
-    tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(stream.MEAN, stream.STD)])
-    with torch.no_grad():
-        model(torch.stack([tf(Image.open(os.path.join(folder, p)).convert("RGB")) for p in paths]))
-    hd.remove()
-    assert np.allclose(post, seen[0].numpy(), rtol=2e-3, atol=2e-3)
-    assert torch.allclose(summary["mean"]["layer2.1"], seen[0].mean(0), atol=1e-4)
-    order = np.lexsort((np.arange(5)[:, None].repeat(128, 1), -seen[0].numpy()), axis=0)
-    assert summary["top9_index"]["layer2.1"].tolist() == order.T.tolist()  # fewer than 9 images: all 5, sorted
-    assert torch.allclose(summary["top9_activation"]["layer2.1"], torch.from_numpy(np.take_along_axis(seen[0].numpy(), order, 0).T), atol=1e-4)
-    for layer in stream.LAYERS:
-        assert np.load(os.path.join(results, "natural", f"{layer}.npy")).shape == (5, stream.n_channels(layer))
-    with open(os.path.join(results, "ablation", "3.1.json")) as f:
-        out = json.load(f)
-    assert out["passing"] == list(range(10)) and len(out["random_sets"]) == 2 and out["scales"] == [0, 10, 50]
-    assert all(len(s) == 10 and not set(s) & set(range(10)) for s in out["random_sets"])
-    assert len(out["accuracy"]["random"]) == 2 and len(out["accuracy"]["none"]) == 3 and out["n_images"] == 5
-    assert len(out["screening"]["draws"]) == 3 and out["config"]["weights"] == "random:3"
-    cells = os.listdir(os.path.join(results, "ablation", "3.1"))
-    assert len(cells) == (1 + 1 + 3) + (1 + 1 + 2) * 2  # no scale: none, passing, 3 draws; then 2 scales x 4
-    # A rerun computes nothing (no progress bar) and prints the same table.
-    again = run_script(*common, "--stages", "sweep")
-    assert again.returncode == 0 and "screen0" not in again.stderr and "sweep:" not in again.stderr
-    assert again.stdout.split("block 2.1")[1] == r.stdout.split("block 2.1")[1]
     # Cells made with another passing set are not mixed in.
     other = run_script(*[a if a != "2.1:0:6;3.1:0:10" else "2.1:0:6;3.1:0:12" for a in common], "--stages", "sweep")
     assert other.returncode != 0 and "made under another config" in other.stderr and "Traceback" not in other.stderr
@@ -373,3 +491,14 @@ def test_passing_sets_from_criteria_json(tmp_path, monkeypatch):
     assert "made with weights 'random:0'" in error_of(ablate.passing_sets, "IMAGENET1K_V1")
     monkeypatch.setattr(ablate, "SETS", "")
     assert "has no block 3.1" in error_of(ablate.passing_sets, "random:0")
+    # A block measured on only some channels: its 'non-passing' channels may pass, so no random sets are drawn from it.
+    monkeypatch.setattr(ablate, "WEIGHTS", "random")
+    crit["blocks"]["3.1"] = {"n_channels": 256, "passing": [2, 4], "measured": list(range(16)), "missing": list(range(16, 256))}
+    crit["fz_files"] = {"layer3.0": {"seed": 2, "steps": 256, "lr": 0.05, "amp": "bf16", "pre_as_released": False, "batch": 64}}
+    stream.save_json(crit, str(tmp_path / "criteria.json"))
+    text = error_of(ablate.passing_sets, "random:0")
+    assert "block 3.1 measured only 16 of its channels (240 missing)" in text
+    assert (f"python fzs.py --layers layer3.0,layer3.1.bn2 --channels 16:256 --seed 2 --steps 256 --lr 0.05 --amp bf16 "
+            f"--pre_as_released False --batch 64 --weights random --results {tmp_path}") in text
+    monkeypatch.setattr(ablate, "SETS", "3.1:4,2")  # named by hand: allowed
+    assert ablate.passing_sets("random:0") == {"2.1": [1, 5, 9], "3.1": [2, 4]}
