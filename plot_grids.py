@@ -207,10 +207,12 @@ def main():
             grids = grids_by_block[block]
             n = len(criteria["blocks"][block].get("passing", channels))
             total = criteria["blocks"][block].get("n_channels", n_channels(BLOCKS[block][2]))
+            measured = len(criteria["blocks"][block].get("measured", range(total)))
+            of = f"{total} channels" if measured == total else f"{measured} measured channels (of {total})"
             pages = []
             for p, i in enumerate(range(0, len(grids), page_size)):
                 page = f", page {p + 1} of {math.ceil(len(grids) / page_size)}" if len(grids) > page_size else ""
-                title = (f"Block {block}: the {n} of {total} channels passing Eq. 1 and Eq. 2{page}\n"
+                title = (f"Block {block}: the {n} of {of} passing Eq. 1 and Eq. 2{page}\n"
                          f"In = {BLOCKS[block][0]}, Pre = {BLOCKS[block][1]}, Post = {BLOCKS[block][2]}; weights {weights}")
                 pages.append(draw_page(grids[i:i + page_size], title, weights))
             written += save_figure(pages, os.path.join(RESULTS, "figures", f"grids_block{block}"), dpi=DPI)

@@ -40,7 +40,9 @@ def draw(ax, block, d):
     ax.errorbar(scales[1:], ratio[1:], yerr=sem[1:], fmt="o", color="black", ms=5, capsize=4, lw=1.2,
                 label=f"scaled: mean \u00b1 SEM, N = {n_trials} trials")
     ax.set_xticks(scales[1:])
-    ax.set_xlim(scales[1] - 0.6 * (scales[2] - scales[1]), scales[-1] + 0.6 * (scales[2] - scales[1]))
+    xs = scales[1:] if len(scales) > 1 else np.array([10])  # no scaled setting: an empty window where 10% would be
+    step = np.diff(xs).min() if len(xs) > 1 else 10  # one scaled setting: a 10-point-wide window
+    ax.set_xlim(xs[0] - 0.6 * step, xs[-1] + 0.6 * step)
     ax.set_xlabel("scale (%)")
     ax.set_ylabel("accuracy ratio (passing / random)")
     ax.set_title(f"Block {block}: {len(d['passing'])} channels ablated\n{d['n_images']:,} images"
@@ -77,14 +79,19 @@ def main():
         cells = "  ".join(f"{s:>3}%: {fmt(r)} \u00b1 {fmt(e)}" if s else f"none: {fmt(r)}" for s, r, e in zip(d["scales"], d["ratio"], d["sem"]))
         print(f"  block {block}: {cells}")
 
+    for path in save_figure(figure(found, weights), os.path.join(RESULTS, "figures", "ratios"), dpi=DPI):
+        print(f"wrote {path}")
+
+
+def figure(found, weights):
+    """Fig. 2: one panel per block of `found` ({block: ablation JSON})."""
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.6), squeeze=False)
     for ax, (block, d) in zip(axes[0], found.items()):
         draw(ax, block, d)
     fig.suptitle("Accuracy ratio of passing-channel to random-channel mean ablation (Eq. 3)", fontsize=11)
     fig.tight_layout(rect=(0, 0.22 / fig.get_figheight(), 1, 1))  # the bottom strip holds the weights stamp
     stamp(fig, weights)
-    for path in save_figure(fig, os.path.join(RESULTS, "figures", "ratios"), dpi=DPI):
-        print(f"wrote {path}")
+    return fig
 
 
 if __name__ == "__main__":

@@ -21,12 +21,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import BLOCKS, configure, die, load_json, main_guard, save_figure, stamp, weights_of
+from stream import BLOCKS, EQ2_HIGH, EQ2_LOW, configure, die, load_json, main_guard, mix_regions, save_figure, stamp, weights_of
 
 RESULTS = "results"  # results folder: reads criteria.csv/json and stability.json, writes figures/
 MIX_CLIP = 5.0  # m is clipped here in the plots (the released code's convention; m = 10 marks Post_c(FZ_Pre) <= 0)
-MIX_LOW = 0.6667  # m below this: the block overwrites the input (Eq. 2's lower bound, 2/3)
-MIX_HIGH = 1.5  # m above this: the input skips through the block (Eq. 2's upper bound, 3/2)
 BINS = 25  # histogram bins over [0, MIX_CLIP]
 PANELS_PER_ROW = 4  # block panels per row
 DPI = 200  # PNG resolution
@@ -115,7 +113,8 @@ def finish(fig, title, handles=None, labels=None, item_inches=1.9):
 
 
 def region_counts(m):
-    return ((m < MIX_LOW).sum(), ((m >= MIX_LOW) & (m <= MIX_HIGH)).sum(), (m > MIX_HIGH).sum())
+    """Channels in the overwrite, mix and skip regions: Eq. 2's bounds with Eq. 2's strictness (stream.mix_regions)."""
+    return tuple(int(r.sum()) for r in mix_regions(m))
 
 
 def mix_histogram(table, weights):
@@ -124,7 +123,7 @@ def mix_histogram(table, weights):
     edges = np.linspace(0, MIX_CLIP, BINS + 1)
     for ax, (block, t) in zip(axes, table.items()):
         m = np.clip(t["mix"], 0, MIX_CLIP)
-        for (lo, hi), (name, color) in zip(((0, MIX_LOW), (MIX_LOW, MIX_HIGH), (MIX_HIGH, MIX_CLIP)), regions):
+        for (lo, hi), (name, color) in zip(((0, EQ2_LOW), (EQ2_LOW, EQ2_HIGH), (EQ2_HIGH, MIX_CLIP)), regions):
             ax.axvspan(lo, hi, color=color, alpha=0.08, lw=0)
         ax.hist([m[~t["passes"]], m[t["passes"]]], bins=edges, stacked=True, color=["0.45", "tab:orange"],
                 label=["other channels", "passing Eq. 1 & 2"])
@@ -140,7 +139,7 @@ def mix_histogram(table, weights):
         ax.tick_params(labelsize=7)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25) for _, c in regions] + \
               [plt.Rectangle((0, 0), 1, 1, color="0.45"), plt.Rectangle((0, 0), 1, 1, color="tab:orange")]
-    labels = [f"overwrite: m < {MIX_LOW:.3g}", f"mix: {MIX_LOW:.3g} \u2264 m \u2264 {MIX_HIGH:.3g}", f"skip: m > {MIX_HIGH:.3g}",
+    labels = ["overwrite: m \u2264 2/3", "mix: 2/3 < m < 3/2 (Eq. 2)", "skip: m \u2265 3/2",
               "other channels", "passing Eq. 1 & 2"]
     finish(fig, "Mix ratio m = Post(FZ of In) / Post(FZ of Pre) per channel: overwrite / mix / skip", handles, labels)
     stamp(fig, weights)
@@ -151,7 +150,7 @@ def mix_scatter(table, key, xlabel, title, weights):
     fig, axes = panel_grid(len(table))
     for ax, (block, t) in zip(axes, table.items()):
         x, m = t[key], np.clip(t["mix"], 0, MIX_CLIP)
-        ax.axhspan(MIX_LOW, MIX_HIGH, color="tab:green", alpha=0.08, lw=0)
+        ax.axhspan(EQ2_LOW, EQ2_HIGH, color="tab:green", alpha=0.08, lw=0)
         ax.scatter(x[~t["passes"]], m[~t["passes"]], s=8, color="0.4", alpha=0.7, lw=0, label="other channels")
         ax.scatter(x[t["passes"]], m[t["passes"]], s=12, color="tab:orange", lw=0, label="passing Eq. 1 & 2")
         rho = spearman(x, t["mix"])

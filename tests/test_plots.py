@@ -296,3 +296,94 @@ def test_weights_of_and_stamp(tmp_path):
         assert [os.path.basename(p) for p in paths][-1].endswith(".pdf") and all(os.path.isfile(p) for p in paths)
         assert (red_pixels(paths[0]) > 100) == red
         assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Values drawn, read back from the matplotlib artists
+
+def capture(script, *args):
+    """Run a script's main() in this process and return (result, [figures it saved]), each figure's artists intact."""
+    module = importlib.reload(importlib.import_module(script.removesuffix(".py")))
+    figures, real = [], module.save_figure
+
+    def keep(figs, path, dpi=200):
+        figures.extend(figs if isinstance(figs, (list, tuple)) else [figs])
+        return real(figs, path, dpi)
+    module.save_figure = keep
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = [script, *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out):
+            module.main()
+        rc, err = 0, ""
+    except SystemExit as e:
+        rc, err = e.code if isinstance(e.code, int) else 1, str(e.code)
+    finally:
+        sys.argv = argv
+    return types.SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err), figures
+
+
+def test_fig2_draws_the_values_of_the_ablation_json(tmp_path):
+    results = make_results(tmp_path / "results", natural=False)
+    r, figs = capture("plot_ratios.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    axes = [ax for ax in figs[0].axes if ax.get_title()]
+    assert len(axes) == 2
+    for ax, block in zip(axes, ("2.1", "3.1")):
+        d = json.loads((tmp_path / "results" / "ablation" / f"{block}.json").read_text())
+        assert f"Block {block}" in ax.get_title()
+        blue = [line for line in ax.get_lines() if line.get_color() == "tab:blue"]
+        assert len(blue) == 1 and np.allclose(blue[0].get_ydata(), d["ratio"][0])  # the no-scale ratio
+        bars = ax.containers[0]
+        x, y = bars.lines[0].get_data()
+        assert np.allclose(x, d["scales"][1:]) and np.allclose(y, d["ratio"][1:])
+        segments = bars.lines[2][0].get_segments()  # one vertical segment per point: ratio -+ SEM
+        assert np.allclose([s[0][1] for s in segments], np.array(d["ratio"][1:]) - d["sem"][1:])
+        assert np.allclose([s[1][1] for s in segments], np.array(d["ratio"][1:]) + d["sem"][1:])
+
+
+def test_fig2_with_a_single_scale(tmp_path):
+    results = make_results(tmp_path / "results", natural=False)
+    for block in ("2.1", "3.1"):
+        path = tmp_path / "results" / "ablation" / f"{block}.json"
+        d = json.loads(path.read_text())
+        keep = [0, 3]  # no scale and 30%
+        d["scales"] = [d["scales"][k] for k in keep]
+        for key in ("ratio", "sem"):
+            d[key] = [d[key][k] for k in keep]
+        path.write_text(json.dumps(d))
+    r, figs = capture("plot_ratios.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    x, y = figs[0].axes[1].containers[0].lines[0].get_data()  # block 3.1, the last file written
+    assert list(x) == [30] and np.isclose(y[0], d["ratio"][1])
+
+
+def test_mix_histogram_regions_use_eq2s_bounds(tmp_path):
+    """Eq. 2 is strict at both ends: 2/3 and 3/2 themselves are not 'mix'; just inside both bounds is."""
+    results = make_results(tmp_path / "results", natural=False)
+    planted = [2 / 3, 0.66668, 1.0, 1.4999, 1.5, 3.0, 0.2, 0.5, 4.0]  # measured ratios
+    expected = (3, 3, 3)  # overwrite (<= 2/3): 2/3, 0.2, 0.5; mix: 0.66668, 1.0, 1.4999; skip (>= 3/2): 1.5, 3.0, 4.0
+    with open(os.path.join(results, "criteria.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["block", "channel", "pre_in", "pre_zoom_in", "post_in", "post_pre", "eq1", "eq2", "passes", "mix",
+                    "bn2_abs", "conv2_abs_mean"])
+        for c, m in enumerate(planted):
+            w.writerow(["2.1", c, 0, 0, m, 1, 0, int(2 / 3 < m < 3 / 2), 0, repr(m), 0.1 * (c + 1), 0.01])
+    r, figs = capture("plot_spectrum.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    ax = figs[0].axes[0]
+    counts = [t.get_text() for t in ax.texts if "overwrite:" in t.get_text()][0]
+    assert counts.splitlines() == [f"overwrite: {expected[0]}", f"mix: {expected[1]}", f"skip: {expected[2]}"]
+    assert sum(bar.get_height() for c in ax.containers for bar in c) == len(planted)  # the histogram's (stacked) bars
+
+
+def test_grid_titles_say_how_many_channels_were_measured(tmp_path):
+    results = make_results(tmp_path / "results", natural=False)
+    crit = json.loads((tmp_path / "results" / "criteria.json").read_text())
+    crit["blocks"]["2.1"]["measured"] = list(range(16))
+    crit["blocks"]["2.1"]["missing"] = list(range(16, 128))
+    (tmp_path / "results" / "criteria.json").write_text(json.dumps(crit))
+    r, figs = capture("plot_grids.py", "--results", results, "--only_blocks", "2.1")
+    assert r.returncode == 0, r.stderr
+    titles = [t.get_text() for t in figs[0].texts]
+    assert any("the 3 of 16 measured channels (of 128) passing" in t for t in titles), titles
