@@ -19,12 +19,8 @@ import copy
 import os
 import shutil
 import time
-import warnings
 import zlib
 
-with warnings.catch_warnings():  # kornia 0.4 (lucent's pin) calls the deprecated torch.jit.script at import
-    warnings.simplefilter("ignore", FutureWarning)
-    import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -67,12 +63,14 @@ COLOR_CORRELATION_SVD_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.0
 COLOR = COLOR_CORRELATION_SVD_SQRT / COLOR_CORRELATION_SVD_SQRT.norm(dim=0).max()
 
 
-def fft_image(n, size, generator, device, sd=0.01):
-    """Spectrum parameters of n images, and a function that maps them to [0, 1] RGB images."""
+def fft_image(seeds, size, device, sd=0.01):
+    """Spectrum parameters of one image per seed, and a function that maps them to [0, 1] RGB images. Image i's
+    initial spectrum is lucent's draw (torch.randn after torch.manual_seed(seeds[i])), whatever else is in the batch."""
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.fftfreq(size)[: size // 2 + 1]
     freqs = np.sqrt(fx * fx + fy * fy)
-    spectrum = (torch.randn(n, 3, *freqs.shape, 2, generator=generator) * sd).to(device).requires_grad_(True)
+    draws = [torch.randn(1, 3, *freqs.shape, 2, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    spectrum = (torch.cat(draws) * sd).to(device).requires_grad_(True)
     scale = torch.tensor(1.0 / np.maximum(freqs, 1.0 / size), dtype=torch.float32, device=device)[None, None, ..., None]
     color = COLOR.T.to(device)
 
@@ -85,7 +83,55 @@ def fft_image(n, size, generator, device, sd=0.01):
 
 # ----------------------------------------------------------------------------------------------------
 # lucent's transforms (lucent.optvis.transform), each x, rng -> x, drawing from a numpy RandomState in
-# lucent's order; one draw per step is shared by the batch, as in lucent.
+# lucent's order; one draw per step is shared by the batch, as in lucent. lucent calls three kornia 0.4.1
+# functions (translate, get_rotation_matrix2d, warp_affine); they are written out below in plain torch, equal to
+# kornia 0.4.1 bit for bit on the CPU in float32 (a test compares them over every jitter offset and angle used).
+
+def pixel_to_unit(h, w):
+    """kornia 0.4.1's normal_transform_pixel: pixel coordinates to [-1, 1], with the corners at -1 and 1."""
+    m = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, -1.0], [0.0, 0.0, 1.0]])
+    m[0, 0] = m[0, 0] * 2.0 / (w - 1.0)
+    m[1, 1] = m[1, 1] * 2.0 / (h - 1.0)
+    return m[None]
+
+
+def warp_affine(x, M):
+    """kornia 0.4.1's warp_affine(x, M, dsize=x's size): bilinear, zero padding. M (B, 2, 3) maps source pixels to
+    destination pixels. kornia normalises pixels with the corners at -1 and 1 (size - 1) but samples with
+    align_corners=False, so every warp also shifts by a fraction of a pixel: kept, since lucent's FZs have it."""
+    b, c, h, w = x.shape
+    M3 = F.pad(M, [0, 0, 0, 1], "constant", value=0.0)
+    M3[..., -1, -1] += 1.0
+    unit = pixel_to_unit(h, w).to(M3)
+    dst_from_src = unit @ (M3 @ torch.inverse(unit))
+    theta = torch.inverse(dst_from_src)[:, :2, :]
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def translation_matrix(dx, dy, b):
+    """kornia 0.4.1's translate matrix: identity plus (dx, dy) pixels, as (b, 2, 3)."""
+    m = torch.eye(3).repeat(1, 1, 1)
+    m[..., 0, 2:3] += dx
+    m[..., 1, 2:3] += dy
+    return m[..., :2, :3].expand(b, -1, -1)
+
+
+def rotation_matrix(angle_degrees, h, w, b):
+    """kornia 0.4.1's get_rotation_matrix2d about the image middle ((w - 1) / 2, (h - 1) / 2), scale 1, as (b, 2, 3)."""
+    angle = torch.ones(b) * angle_degrees
+    rad = angle * torch.tensor(3.14159265358979323846) / 180.0
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    rot = torch.stack([cos, sin, -sin, cos], dim=-1).view(b, 2, 2)
+    rot = rot @ (torch.eye(2).repeat(b, 1, 1) * torch.ones(b, 2).unsqueeze(2).repeat(1, 1, 2))
+    alpha, beta = rot[:, 0, 0], rot[:, 0, 1]
+    x, y = torch.full((b,), (w - 1) / 2), torch.full((b,), (h - 1) / 2)
+    M = torch.zeros(b, 2, 3)
+    M[..., 0:2, 0:2] = rot
+    M[..., 0, 2] = (1.0 - alpha) * x - beta * y
+    M[..., 1, 2] = beta * x + (1.0 - alpha) * y
+    return M
+
 
 def pad(w):
     return lambda x, rng: F.pad(x, [w] * 4, mode="reflect")
@@ -94,7 +140,7 @@ def pad(w):
 def jitter(d):
     def inner(x, rng):
         dx, dy = rng.choice(d), rng.choice(d)
-        return kornia.geometry.transform.translate(x, torch.tensor([[dx, dy]], dtype=x.dtype, device=x.device))
+        return warp_affine(x, translation_matrix(float(dx), float(dy), x.shape[0]).to(x))
     return inner
 
 
@@ -111,10 +157,8 @@ def random_scale(scales):
 def random_rotate(angles):
     def inner(x, rng):
         b, _, h, w = x.shape
-        angle = torch.full((b,), float(rng.choice(angles)))
-        middle = torch.tensor([[(w - 1) / 2, (h - 1) / 2]]).expand(b, 2)
-        M = kornia.get_rotation_matrix2d(middle, angle, torch.ones(b, 2)).to(x.device)  # on the CPU, as lucent
-        return kornia.warp_affine(x.float(), M, dsize=(h, w))
+        M = rotation_matrix(float(rng.choice(angles)), h, w, b).to(x.device)  # built on the CPU, as lucent does
+        return warp_affine(x.float(), M)
     return inner
 
 
@@ -160,13 +204,15 @@ def target_layer(layer, pre_as_released):
     return layer[: -len(".bn2")] if pre_as_released and layer.endswith(".bn2") else layer
 
 
-def render(model, layer, channels, kind, cfg, seed, device, amp, forward=None, on_step=None):
-    """Optimise one image per unit (layer, channels[i]) for cfg['steps'] steps; uint8 N x 3 x S x S images."""
+def render(model, layer, channels, kind, cfg, unit_seeds, transform_seed, device, amp, forward=None, on_step=None):
+    """Optimise one image per unit (layer, channels[i]) for cfg['steps'] steps; uint8 N x 3 x S x S images.
+    Image i starts from the spectrum drawn with unit_seeds[i]; the transform draws (shared by the batch) come from
+    a RandomState(transform_seed). With one unit and both seeds equal, this is lucent's render_vis after seeding."""
     target = target_layer(layer, cfg["pre_as_released"])
     forward = forward or (lambda x: features(model, x, [target])[target])
     steps = transforms_for(cfg["jitter"], cfg["scales"], cfg["angles"], cfg["size"])
-    rng = np.random.RandomState(seed)
-    spectrum, image = fft_image(len(channels), cfg["size"], torch.Generator().manual_seed(seed), device)
+    rng = np.random.RandomState(transform_seed)
+    spectrum, image = fft_image(unit_seeds, cfg["size"], device)
     optimizer = torch.optim.Adam([spectrum], lr=cfg["lr"])
     idx = torch.as_tensor(channels, device=device)
     # inputs in the model's memory layout (fzs.py runs it channels_last: faster convolutions on CPUs and GPUs)
@@ -201,20 +247,35 @@ def measure(model, layer, images, channels, kind, device):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Files. Each batch of units is a part file; when all parts of a (layer, objective) exist they are merged
-# into RESULTS/fzs/<layer>/<objective>.pt (with what the file already held) and the parts are removed.
+# Seeds. A unit's image depends only on the config and the unit: its initial spectrum is drawn from
+# (SEED, layer, objective, channel), and the transform draws it shares with its batch from (SEED, layer,
+# objective, channel // BATCH). Batch k is always channels k*BATCH .. (k+1)*BATCH-1, whichever of them a run
+# makes, so a subset run, an extended run and a full run give the same image for the same unit.
+
+def unit_seed(seed, layer, kind, channel):
+    return zlib.crc32(f"{seed}|{layer}|{kind}|{channel}".encode()) & 0x7FFFFFFF
+
+
+def transform_seed(seed, layer, kind, group):
+    return zlib.crc32(f"{seed}|{layer}|{kind}|batch {group}".encode()) & 0x7FFFFFFF
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files. Each finished batch is a part file in RESULTS/fzs/<layer>/<objective>.parts/. Parts are merged into
+# RESULTS/fzs/<layer>/<objective>.pt, with what that file already held, and then removed. Every part found there,
+# from this run or an interrupted one, counts as made and is merged.
 
 def out_path(results, layer, kind):
     return os.path.join(results, "fzs", layer, f"{kind}.pt")
 
 
-def part_path(results, layer, kind, channels):
+def parts_dir(results, layer, kind):
+    return os.path.join(results, "fzs", layer, f"{kind}.parts")
+
+
+def part_path(results, layer, kind, group, channels):
     tag = zlib.crc32(",".join(map(str, channels)).encode()) & 0xFFFFFFFF
-    return os.path.join(results, "fzs", layer, f"{kind}.parts", f"{channels[0]:04d}-{channels[-1]:04d}-{tag:08x}.pt")
-
-
-def batch_seed(seed, layer, kind, channels):
-    return zlib.crc32(f"{seed}|{layer}|{kind}|{','.join(map(str, channels))}".encode()) & 0x7FFFFFFF
+    return os.path.join(parts_dir(results, layer, kind), f"{group:04d}-{tag:08x}.pt")
 
 
 def check_config(path, cfg, stored):
@@ -232,13 +293,26 @@ def existing(path, cfg):
     return data
 
 
-def merge(results, layer, kind, cfg, parts):
-    """Merge the part files of (layer, kind) into its final file, with what that file already held."""
+def parts_of(results, layer, kind, cfg):
+    """{path: part} of every finished part file of (layer, kind); one made under another config is refused."""
+    folder = parts_dir(results, layer, kind)
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith(".")) if os.path.isdir(folder) else []
+    out = {}
+    for name in names:
+        path = os.path.join(folder, name)
+        out[path] = load_pt(path, "FZ part file")
+        check_config(path, cfg, out[path]["config"])
+    return out
+
+
+def merge(results, layer, kind, cfg):
+    """Merge every part file of (layer, kind) into its final file, with what that file already held."""
+    parts = parts_of(results, layer, kind, cfg)
+    if not parts:
+        return
     final = out_path(results, layer, kind)
     old = existing(final, cfg)
-    pieces = ([old] if old else []) + [load_pt(p, "FZ part file") for p in parts]
-    for p, piece in zip(parts, pieces[len(pieces) - len(parts):]):
-        check_config(p, cfg, piece["config"])
+    pieces = ([old] if old else []) + list(parts.values())
     channels = torch.cat([p["channels"] for p in pieces])
     order = channels.argsort(stable=True)
     keep = order[torch.cat([torch.tensor([True]), channels[order][1:] != channels[order][:-1]])]  # one per channel
@@ -247,7 +321,7 @@ def merge(results, layer, kind, cfg, parts):
     save_pt(new, final)
     if PNG:
         write_pngs(results, layer, kind, new, skip=set(old["channels"].tolist()) if old else set())
-    shutil.rmtree(os.path.dirname(parts[0]), ignore_errors=True)
+    shutil.rmtree(parts_dir(results, layer, kind), ignore_errors=True)  # the parts and any temp file a kill left
 
 
 def write_pngs(results, layer, kind, data, skip):
@@ -276,6 +350,8 @@ def main():
     device = pick_device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if DEVICE == "auto" and world > 1 and torch.cuda.is_available() else DEVICE)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if world > 1:  # under torchrun: the ranks meet at two barriers (after planning, before merging)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     layers = parse_layers(LAYERS)
     kinds = OBJECTIVES if isinstance(OBJECTIVES, list) else [OBJECTIVES]
     for k in kinds:
@@ -293,8 +369,8 @@ def main():
     optimised = fold_batchnorm(model) if FOLD_BN else model  # runs the optimisation
     amp = amp_dtype(AMP, device)
 
-    # The plan: per (layer, objective) the channels still to make, in batches of BATCH units.
-    plan, wanted = [], {}
+    # The plan: per (layer, objective) the channels not made yet (in the final file or a part file), by batch.
+    plan, cfgs, made = [], {}, 0
     for layer, channels in channels_of.items():
         for kind in kinds:
             cfg = {"layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
@@ -302,47 +378,48 @@ def main():
                    "jitter": JITTER[layer[:8]], "pre_as_released": PRE_AS_RELEASED, "fold_bn": FOLD_BN,
                    "amp": "bf16" if amp is not None else "fp32", "param": "lucent fft, decorrelate, sd 0.01",
                    "device": device.type}
+            cfgs[layer, kind] = cfg
             old = existing(out_path(RESULTS, layer, kind), cfg)
             done = set(old["channels"].tolist()) if old else set()
+            for part in parts_of(RESULTS, layer, kind, cfg).values():
+                done |= set(part["channels"].tolist())
+            made += sum(c in done for c in channels)
             todo = [c for c in channels if c not in done]
-            wanted[layer, kind] = cfg
-            for i in range(0, len(todo), BATCH):
-                plan.append((layer, kind, cfg, todo[i:i + BATCH]))
-    mine = [p for i, p in enumerate(plan) if i % world == rank]
-    todo = [p for p in mine if not os.path.exists(part_path(RESULTS, p[0], p[1], p[3]))]
-    units = sum(len(p[3]) for p in todo)
-    print(f"fzs: {len(layers)} layer(s), objectives {','.join(kinds)}, {units} unit(s) to make in {len(todo)} batch(es) "
-          f"of up to {BATCH} ({sum(len(p[3]) for p in mine) - units} already made), {STEPS} steps, weights {weights_id}, "
+            for group in sorted({c // BATCH for c in todo}):
+                plan.append((layer, kind, group, [c for c in todo if c // BATCH == group]))
+    if world > 1:
+        torch.distributed.barrier()  # every rank has planned before any rank writes a part
+    mine = plan[rank::world]
+    units = sum(len(p[3]) for p in mine)
+    print(f"fzs: {len(layers)} layer(s), objectives {','.join(kinds)}, {units} unit(s) to make in {len(mine)} batch(es) "
+          f"of up to {BATCH} ({made} already made), {STEPS} steps, weights {weights_id}, "
           f"{device}, {'bf16' if amp else 'fp32'}" + (f", rank {rank} of {world}" if world > 1 else ""))
-    parts = {key: [part_path(RESULTS, *key, p[3]) for p in plan if p[:2] == key] for key in wanted}
-
-    def merge_ready():  # one process merges: the only one, or rank 0 once every rank's parts are there
-        for key, paths in parts.items():
-            if paths and all(map(os.path.exists, paths)):
-                merge(RESULTS, *key, wanted[key], paths)
-                paths.clear()
 
     compiled = {}
     t0 = time.time()
     with tqdm(total=units * STEPS, unit="img-step", unit_scale=True, smoothing=0.05, disable=units == 0) as bar:
-        for layer, kind, cfg, channels in todo:
+        for n, (layer, kind, group, channels) in enumerate(mine):
             bar.set_description(f"{layer} {kind} {channels[0]}..{channels[-1]}")
             target = target_layer(layer, PRE_AS_RELEASED)
             if COMPILE and target not in compiled:
                 compiled[target] = torch.compile(lambda x, t=target: features(optimised, x, [t])[t])
-            images = render(optimised, layer, channels, kind, cfg, batch_seed(SEED, layer, kind, channels), device, amp,
-                            compiled.get(target), on_step=lambda n=len(channels): bar.update(n))
+            cfg = cfgs[layer, kind]
+            images = render(optimised, layer, channels, kind, cfg, [unit_seed(SEED, layer, kind, c) for c in channels],
+                            transform_seed(SEED, layer, kind, group), device, amp, compiled.get(target),
+                            on_step=lambda k=len(channels): bar.update(k))
             activation = measure(model, layer, images, channels, kind, device)
             save_pt({"images": images, "channels": torch.tensor(channels, dtype=torch.int64), "activation": activation,
-                     "config": cfg}, part_path(RESULTS, layer, kind, channels))
-            if world == 1:
-                merge_ready()
+                     "config": cfg}, part_path(RESULTS, layer, kind, group, channels))
+            if world == 1 and all(p[:2] != (layer, kind) for p in mine[n + 1:]):
+                merge(RESULTS, layer, kind, cfg)  # the last batch of this (layer, objective): its file is complete
     elapsed = time.time() - t0
+    if world > 1:
+        torch.distributed.barrier()  # every rank's parts are written
     if rank == 0:
-        while any(parts.values()):
-            merge_ready()
-            if any(parts.values()):
-                time.sleep(5)  # waiting for the other ranks' parts
+        for (layer, kind), cfg in cfgs.items():
+            merge(RESULTS, layer, kind, cfg)  # also the parts an interrupted run left
+    if world > 1:
+        torch.distributed.destroy_process_group()
     if units:
         print(f"fzs: made {units} FZs in {elapsed:.1f} s ({units * STEPS / max(elapsed, 1e-9):.0f} image-steps/s); "
               f"results in {os.path.join(RESULTS, 'fzs')}")
