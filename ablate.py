@@ -26,11 +26,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stream import (BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, config_mismatch, configure, die, fzs_command, guarded, load_json,
-                    head, image_loader, imagenet_folder, load_pt, load_resnet18, main_guard, n_channels, normalize,
-                    parse_channels, pick_device, read_center, save_json, save_pt, stem, to_float, versions, where)
+from stream import (BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, config_mismatch, configure, die, fzs_command,
+                    guarded, head, image_loader, imagenet_folder, load_json, load_pt, load_resnet18, lock_results, main_guard,
+                    n_channels, normalize, parse_channels, pick_device, read_center, save_json, save_pt, stem, to_float,
+                    versions, where, write_fake_imagenet)
 
 DATA = ""  # ImageNet validation folder in the prepared layout, one sub-folder per wnid (required)
+FAKE = 0  # smoke runs without ImageNet: first write this many generated JPEGs into DATA, labelled with the model's predictions
 LIMIT = 0  # use only this many images, evenly spaced over the sorted file list (0 = all)
 STAGES = ["natural", "sweep"]  # stages to run, in order: natural (activations, top-9, means), sweep (screening + ablation)
 WEIGHTS = "IMAGENET1K_V1"  # IMAGENET1K_V1, random[:SEED] (tests and smoke runs only) or a state_dict path
@@ -246,7 +248,7 @@ def natural_stage(model, wid, dataset, root, device):
     folder = os.path.join(RESULTS, "natural")
     os.makedirs(folder, exist_ok=True)
     n = len(dataset)
-    config = {"stage": "natural", "weights": wid, "data": root, "limit": LIMIT, "count": n,
+    config = {"stage": "natural", "weights": wid, "data": root, "fake": FAKE, "limit": LIMIT, "count": n,
               "paths": digest(dataset.paths), "seed": SEED, "batch": BATCH, "precision": "fp32", "versions": versions()}
     keys = ["weights", "data", "limit", "count", "paths"]
     summary_path = os.path.join(folder, "summary.pt")
@@ -426,7 +428,7 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
     blocks = [b for b in ABLATE_BLOCKS if passing[b]]
     for b in ABLATE_BLOCKS:
         if not passing[b]:
-            print(f"block {b}: no passing channels, nothing to ablate")
+            print(f"block {b}: no passing channels, nothing to ablate (name a set by hand with --sets '{b}:0:8' to run the sweep anyway)")
     if not blocks:
         return
 
@@ -442,6 +444,11 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
         cells = compute_cells(f"screen{rnd}", model, dataset, [0], wanted, means, device, dtype, suffix_batch, key, n)
         short, report = [], []
         for b in blocks:
+            if not accepted(rules[b], 0, cells[b, "passing", 0], n):  # not even a set scoring 0 would be accepted
+                op, m = rules[b]
+                die(f"block {b}: the screening rule (random top-1 - passing top-1 {op} {m:g} pp) can never be met: the passing "
+                    f"set scores {100 * cells[b, 'passing', 0] / n:.2f}%, and no random set can score below 0% (random weights?); "
+                    f"pass a margin that can be met, e.g. --screen_margin '{b}:<=100' for a smoke run")
             ok = [j for j in range(len(draws[b])) if accepted(rules[b], cells[b, f"draw{j:03d}", 0], cells[b, "passing", 0], n)]
             report.append(f"block {b}: {len(ok)} of {len(draws[b])} draws accepted")
             chosen[b] = ok[:N_TRIALS]
@@ -512,6 +519,14 @@ def main():
     for s in SCALES:
         if not 0 < s < 100:
             die(f"scale {s} is out of range: scales are percentages between 1 and 99")
+    for name, value, least in (("batch", BATCH, 1), ("n_trials", N_TRIALS, 1), ("screen_draws", SCREEN_DRAWS, 1),
+                               ("limit", LIMIT, 0), ("fake", FAKE, 0), ("suffix_batch", SUFFIX_BATCH, 0), ("workers", WORKERS, -1)):
+        if value < least:
+            die(f"--{name} must be at least {least}, not {value}")
+    if SCREEN_CAP < N_TRIALS:
+        die(f"--screen_cap ({SCREEN_CAP}) must be at least --n_trials ({N_TRIALS})")
+    if not CHECKPOINT_SECONDS > 0:
+        die(f"--checkpoint_seconds must be positive, not {CHECKPOINT_SECONDS}")
     device = pick_device(DEVICE)
     if AMP == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else None
@@ -520,10 +535,17 @@ def main():
     else:
         die(f"amp must be auto, bf16 or fp32, not {AMP!r}")
     root = os.path.abspath(DATA) if DATA else DATA
-    paths, labels = imagenet_folder(root, LIMIT)
-    dataset = ImageNetFolder(root, paths, labels)
+    if FAKE and not DATA:
+        die("--fake needs --data: the folder to write the generated JPEGs into")
+    if not FAKE:
+        imagenet_folder(root, LIMIT)  # a bad folder stops here, before the model is loaded
+    lock = lock_results(RESULTS, "ablate.py")  # noqa: F841 (held until the process ends)
     model, wid = load_resnet18(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU, same fp32 arithmetic
+    if FAKE:  # smoke data, labelled with this model's predictions
+        write_fake_imagenet(root, FAKE, predict=lambda views: model(normalize(to_float(views.to(device)))).argmax(1).cpu())
+    paths, labels = imagenet_folder(root, LIMIT)
+    dataset = ImageNetFolder(root, paths, labels)
     if device.type == "cuda":  # fp32 means fp32 (no TF32): the natural stage measures, the fp32 sweep equals the reference
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -538,4 +560,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main_guard(main, "the counts so far are saved (every CHECKPOINT_SECONDS and now); run the same command again to resume")

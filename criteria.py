@@ -20,6 +20,7 @@ stability of the passing sets, which the papers do not measure.
 import csv
 import hashlib
 import os
+import sys
 import time
 
 import numpy as np
@@ -27,8 +28,8 @@ import torch
 from tqdm import tqdm
 
 import stream
-from stream import (EQ2_HIGH, EQ2_LOW, config_mismatch, configure, die, fzs_command, load_pt, load_resnet18, main_guard, n_channels, normalize,
-                    pick_device, read_center, save_json, to_float, versions, zoom)
+from stream import (EQ2_HIGH, EQ2_LOW, config_mismatch, configure, die, fzs_command, load_pt, load_resnet18, lock_results,
+                    main_guard, n_channels, normalize, pick_device, read_center, save_json, to_float, versions, zoom)
 
 WEIGHTS = "IMAGENET1K_V1"  # model weights: IMAGENET1K_V1, random[:SEED] (tests and smoke runs only) or a state_dict path
 RESULTS = "results"  # folder holding fzs/ (from fzs.py); criteria.json and criteria.csv are written here
@@ -96,6 +97,14 @@ def load_fz(path):
     if len(channels) and (channels.min() < 0 or channels.max() >= n or len(set(channels.tolist())) != len(channels)):
         die(f"{path}: channel indices must be distinct and in 0..{n - 1}")
     return {"images": images, "channels": channels, "activation": fz.get("activation"), "config": fz["config"]}
+
+
+def any_fz(results):
+    """The center FZ file of some probed layer in results/fzs (the first in forward order), or None."""
+    for layer in stream.LAYERS:
+        if os.path.isfile(fz_path(results, layer)):
+            return load_fz(fz_path(results, layer))
+    return None
 
 
 def sha256(path):
@@ -198,9 +207,12 @@ def run_criteria(model, wid, results, blocks, weights, device, batch, strict_wei
         missing = [layer for layer in (In, Pre) if not os.path.isfile(fz_path(results, layer))]
         if missing:
             other = [layer for layer in (In, Pre) if layer not in missing]
-            like = load_fz(fz_path(results, other[0]))["config"] if other else None
-            reason = f"no center FZs for {', '.join(missing)}; make them with: {fzs_command(missing, results, weights, like)}"
-            out["skipped"][block] = reason
+            like = load_fz(fz_path(results, other[0])) if other else any_fz(results)  # copy the settings of FZs made here
+            made = like["channels"].tolist() if like else []
+            some = like is not None and len(made) < n_channels(like["config"].get("layer", Pre))  # not all its channels
+            channels = ([c for c in made if c < n_channels(Pre)] or None) if some else None
+            command = fzs_command(missing, results, weights, like and like["config"], channels)
+            out["skipped"][block] = f"no center FZs for {', '.join(missing)}; make them with: {command}"
             continue
         fz_in, fz_pre = load_fz(fz_path(results, In)), load_fz(fz_path(results, Pre))
         if strict_weights:
@@ -356,10 +368,13 @@ def main():
         print(f"** weights {wid}: random weights, not the paper's model **")
 
     results = {}
+    lock = lock_results(RESULTS, "criteria.py")  # noqa: F841 (held until the process ends)
     if single:
         result = run_criteria(model, wid, RESULTS, BLOCKS, WEIGHTS, device, BATCH)
         if not result["blocks"]:
-            die(f"no block could be measured from {os.path.join(RESULTS, 'fzs')} (see the messages above)")
+            for block, reason in result["skipped"].items():
+                print(f"block {block}: not measured: {reason}", file=sys.stderr)
+            die(f"no block could be measured from {os.path.join(RESULTS, 'fzs')}: the reason for each block is above")
         results[os.path.abspath(RESULTS)] = result
         save_json({"config": config, "fz_files": result["fz_files"], "fz_sha256": result["fz_sha256"],
                    "blocks": result["blocks"], "skipped": result["skipped"]}, os.path.join(RESULTS, "criteria.json"))
@@ -395,4 +410,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main_guard(main, "nothing was written (criteria.py writes its files once every block is measured); run it again")

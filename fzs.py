@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from tqdm import tqdm
 
-from stream import (BLOCKS, amp_dtype, autocast, center, config_mismatch, configure, die, features, load_json,
+from stream import (BLOCKS, amp_dtype, autocast, center, config_mismatch, configure, die, features, load_json, lock_results,
                     load_pt, load_resnet18, main_guard, n_channels, normalize, parse_channels, parse_layers,
                     pick_device, save_pt, to_float, versions)
 
@@ -360,11 +360,25 @@ def main():
             die(f"unknown objective {k!r}: use center and/or channel")
     if STEPS < 1 or BATCH < 1:
         die("--steps and --batch must be at least 1")
+    if SIZE < 32:
+        die(f"--size must be at least 32 pixels (the network halves it five times), not {SIZE}")
+    if not LR > 0:
+        die(f"--lr must be positive, not {LR}")
+    if not SCALES or min(SCALES) <= 0:
+        die(f"--scales must be one or more positive factors such as 1,0.975,1.025, not {','.join(map(str, SCALES)) or 'empty'}")
+    if not ANGLES:
+        die("--angles must list one or more angles in degrees, such as -5,0,5")
     for block, j in JITTER.items():
         if j < 0 or j == 1:
             die(f"jitter of {block} must be 0 or at least 2 (lucent's jitter(d) needs d > 1), not {j}")
+    if rank == 0:
+        lock = lock_results(RESULTS, "fzs.py")  # noqa: F841 (held until the process ends)
     channels_of = {layer: passing_channels(RESULTS, layer) if CHANNELS == "passing" else
                    parse_channels(CHANNELS, n_channels(layer), layer) for layer in layers}
+    for layer, channels in channels_of.items():
+        if CHANNELS == "passing" and not channels:
+            print(f"fzs: no channel of {layer} passes the criteria in {os.path.join(RESULTS, 'criteria.json')}: nothing to "
+                  f"make for it (name channels by hand with --channels, e.g. --channels 0:8)")
     model, weights_id = load_resnet18(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # measures the stored images
     amp = amp_dtype(AMP, device)
@@ -429,4 +443,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main_guard(main, "finished batches are saved as part files; run the same command again to resume")

@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from stream import (BLOCKS, ImageError, config_mismatch, configure, decode_rgb, die, eval_views, load_json, load_pt, main_guard, n_channels,
-                    parse_channels, save_figure, stamp, weights_of)
+from stream import (BLOCKS, FZ_MATCH_KEYS, ImageError, config_mismatch, configure, decode_rgb, die, eval_views, fzs_command,
+                    load_json, load_pt, main_guard, n_channels, parse_channels, save_figure, stamp, weights_of)
 
 RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
 CHANNELS = ""  # channels named by hand, 'block:channels;block:channels' e.g. '2.1:5,17;3.1:40'; empty: the passing channels of criteria.json
@@ -40,13 +40,14 @@ DPI = 200  # PNG resolution
 
 
 def read_fzs(results, layer, objective):
-    """{channel: uint8 HxWx3 image} and the file's config, or ({}, None) when the file is not there."""
+    """{channel: (uint8 HxWx3 image, achieved activation)} and the file's config, or ({}, None) when there is no file."""
     path = os.path.join(results, "fzs", layer, f"{objective}.pt")
     if not os.path.isfile(path):
         return {}, None
     d = load_pt(path, f"{objective} FZ file")
     images = d["images"].numpy().transpose(0, 2, 3, 1)
-    return {int(c): images[i] for i, c in enumerate(d["channels"].tolist())}, d.get("config", {})
+    acts = d["activation"].tolist() if d.get("activation") is not None else [None] * len(images)
+    return {int(c): (images[i], acts[i]) for i, c in enumerate(d["channels"].tolist())}, d.get("config", {})
 
 
 def eval_view(path):
@@ -91,9 +92,16 @@ def which_channels(criteria, spec, only):
 # ----------------------------------------------------------------------------------------------------
 # Drawing
 
-def show(ax, image):
+def show(ax, image, activation=None):
+    """One panel; under an FZ, the activation it achieved, in red and marked 'dead' when it is not positive (the
+    optimisation never got the unit to fire: the image is the untouched start, not a failed render)."""
     ax.set_xticks([])
     ax.set_yticks([])
+    if activation is not None:
+        dead = activation <= 0
+        ax.text(0.5, 0.015, f"dead ({activation:.2g})" if dead else f"{activation:.3g}", transform=ax.transAxes, ha="center",
+                va="bottom", fontsize=5.5, color="red" if dead else "black", weight="bold" if dead else "normal",
+                bbox=dict(facecolor="white", alpha=0.75, lw=0, pad=0.6))
     if image is None:
         ax.set_facecolor("0.85")
         ax.text(0.5, 0.5, "missing", ha="center", va="center", fontsize=7, color="0.35", transform=ax.transAxes)
@@ -126,7 +134,8 @@ def draw_page(grids, title, weights):
                 x = x0 + label + c * (panel + gap)
                 y = top - name_h - header_h - (r + 1) * panel - r * gap
                 ax = fig.add_axes((x / W, y / H, panel / W, panel / H))
-                show(ax, panels[r][c])
+                image, activation = panels[r][c] if isinstance(panels[r][c], tuple) else (panels[r][c], None)
+                show(ax, image, activation)
                 if r == 0:
                     ax.set_title(("In", "Pre", "Post")[c], fontsize=7.5, pad=2)
                 if c == 0:
@@ -156,6 +165,7 @@ def main():
     if summary is not None:
         configs.append(summary.get("config", {}))
 
+    reference = None  # the config every FZ file of the figure must share (FZ_MATCH_KEYS)
     for block, channels in chosen:
         layers = BLOCKS[block]
         fzs = {}
@@ -169,9 +179,15 @@ def main():
                 if objective == "center":
                     center_config = center_config or config
                 known = (criteria or {}).get("fz_files", {}).get(layer)
-                why = known and objective == "center" and config_mismatch(known, config, ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch"))
+                why = known and objective == "center" and config_mismatch(known, config, FZ_MATCH_KEYS)
                 if why:
                     die(f"fzs/{layer}/center.pt changed since criteria.py ran ({why}): run python criteria.py again")
+                reference = reference or config  # the first file drawn (the In center FZs when they exist)
+                why = config_mismatch(reference, config, FZ_MATCH_KEYS)
+                if why:
+                    die(f"fzs/{layer}/{objective}.pt was made under another config than fzs/{reference.get('layer')}/"
+                        f"{reference.get('objective')}.pt ({why}): a grid compares FZs of one optimisation setting; remake it "
+                        f"with: {fzs_command([layer], RESULTS, reference.get('weights'), reference, objective=objective)}")
         grids = []
         for c in channels:
             panels = [[fzs[layer, "center"].get(c) for layer in layers],
@@ -241,4 +257,4 @@ def report_missing(missing, weights, like):
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main_guard(main, "figures written before the interruption are complete; the others were not written")

@@ -95,4 +95,4 @@ def figure(found, weights):
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main_guard(main, "the figure was not written")

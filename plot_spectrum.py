@@ -43,6 +43,11 @@ def ranks(x):
     return (np.bincount(group, weights=r) / np.bincount(group))[group]
 
 
+def no_rho(x):
+    """Why Spearman's rho has no value for these x (printed instead of a bare NaN)."""
+    return "every channel has the same value (random weights?)" if np.ptp(np.asarray(x, float)) == 0 else "too few channels"
+
+
 def spearman(a, b):
     """Spearman's rho of two equally long sequences; nan when one of them is constant or n < 2."""
     ra, rb = ranks(a), ranks(b)
@@ -69,7 +74,7 @@ def read_table(path):
             rows = list(csv.DictReader(f))
     except (OSError, csv.Error) as e:
         die(f"cannot read {path} ({type(e).__name__})")
-    need = ("block", "channel", "mix", "passes", "bn2_abs", "conv2_abs_mean")
+    need = ("block", "channel", "mix", "passes", "bn2_abs", "conv2_abs_mean", "post_in", "post_pre")
     if not rows or any(k not in rows[0] for k in need):
         die(f"{path} has no rows or lacks one of the columns {', '.join(need)}: run python criteria.py again")
     table = {}
@@ -79,10 +84,14 @@ def read_table(path):
     for block in sorted(table, key=lambda b: list(BLOCKS).index(b) if b in BLOCKS else 99):
         rows = sorted(table[block], key=lambda r: int(r["channel"]))
         try:
-            out[block] = {k: np.array([float(r[k]) for r in rows]) for k in ("channel", "mix", "bn2_abs", "conv2_abs_mean")}
+            out[block] = {k: np.array([float(r[k]) for r in rows])
+                          for k in ("channel", "mix", "bn2_abs", "conv2_abs_mean", "post_in", "post_pre")}
         except ValueError as e:
             die(f"{path}: a non-number in block {block} ({e})")
         out[block]["passes"] = np.array([truth(r["passes"]) for r in rows])
+        # m is a convention value, not a measured ratio, where a Post activation is not positive (criteria.mix_ratio)
+        out[block]["undefined_pre"] = out[block]["post_pre"] <= 0  # m := 10
+        out[block]["undefined_in"] = (out[block]["post_in"] <= 0) & ~out[block]["undefined_pre"]  # m := 0
     return out
 
 
@@ -112,6 +121,9 @@ def finish(fig, title, handles=None, labels=None, item_inches=1.9):
     fig.tight_layout(rect=(0, bottom, 1, 1))
 
 
+UNDEFINED_X = (MIX_CLIP + 0.7, MIX_CLIP + 1.5)  # where the two 'undefined' bars stand, right of the histogram
+
+
 def region_counts(m):
     """Channels in the overwrite, mix and skip regions: Eq. 2's bounds with Eq. 2's strictness (stream.mix_regions)."""
     return tuple(int(r.sum()) for r in mix_regions(m))
@@ -122,25 +134,35 @@ def mix_histogram(table, weights):
     fig, axes = panel_grid(len(table))
     edges = np.linspace(0, MIX_CLIP, BINS + 1)
     for ax, (block, t) in zip(axes, table.items()):
+        undefined = t["undefined_in"] | t["undefined_pre"]
         m = np.clip(t["mix"], 0, MIX_CLIP)
         for (lo, hi), (name, color) in zip(((0, EQ2_LOW), (EQ2_LOW, EQ2_HIGH), (EQ2_HIGH, MIX_CLIP)), regions):
             ax.axvspan(lo, hi, color=color, alpha=0.08, lw=0)
-        ax.hist([m[~t["passes"]], m[t["passes"]]], bins=edges, stacked=True, color=["0.45", "tab:orange"],
+        ok = ~undefined
+        ax.hist([m[ok & ~t["passes"]], m[ok & t["passes"]]], bins=edges, stacked=True, color=["0.45", "tab:orange"],
                 label=["other channels", "passing Eq. 1 & 2"])
-        counts = region_counts(t["mix"])
+        # the convention values apart, as bars of their own: they are not measured ratios
+        n_undef = [int(t["undefined_in"].sum()), int(t["undefined_pre"].sum())]
+        ax.bar(UNDEFINED_X, n_undef, width=0.6, color="white", edgecolor="0.35", hatch="///", lw=0.8)
+        for x, k in zip(UNDEFINED_X, n_undef):
+            ax.text(x, k, str(k), ha="center", va="bottom", fontsize=7)
+        ax.axvline(MIX_CLIP + 0.2, color="0.6", lw=0.6, ls=":")
+        counts = region_counts(t["mix"][ok])
         ax.set_title(f"Block {block} ({len(m)} channels)", fontsize=9)
-        ax.text(0.97, 0.95, "\n".join(f"{name}: {k}" for (name, _), k in zip(regions, counts)), transform=ax.transAxes,
-                ha="right", va="top", fontsize=7.5, linespacing=1.3)
-        ax.set_xlim(0, MIX_CLIP)
-        ticks = ax.get_xticks()
-        ax.set_xticks(ticks, [f"\u2265{t:g}" if t == MIX_CLIP else f"{t:g}" for t in ticks])
-        ax.set_xlabel(f"mix ratio m (clipped at {MIX_CLIP:g})", fontsize=8)
+        ax.text(0.7, 0.95, "\n".join([f"{name}: {k}" for (name, _), k in zip(regions, counts)] + [f"undefined: {sum(n_undef)}"]),
+                transform=ax.transAxes, ha="right", va="top", fontsize=7.5, linespacing=1.3)
+        ax.set_xlim(0, UNDEFINED_X[1] + 0.5)
+        ticks = list(np.arange(0, MIX_CLIP + 1))
+        ax.set_xticks(ticks + list(UNDEFINED_X), [f"\u2265{x:g}" if x == MIX_CLIP else f"{x:g}" for x in ticks] +
+                      ["In:\nPost=0", "Pre:\nPost=0"])
+        ax.set_xlabel(f"mix ratio m (clipped at {MIX_CLIP:g})  |  no ratio", fontsize=8)
         ax.set_ylabel("channels", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=6.5)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25) for _, c in regions] + \
-              [plt.Rectangle((0, 0), 1, 1, color="0.45"), plt.Rectangle((0, 0), 1, 1, color="tab:orange")]
-    labels = ["overwrite: m \u2264 2/3", "mix: 2/3 < m < 3/2 (Eq. 2)", "skip: m \u2265 3/2",
-              "other channels", "passing Eq. 1 & 2"]
+              [plt.Rectangle((0, 0), 1, 1, color="0.45"), plt.Rectangle((0, 0), 1, 1, color="tab:orange"),
+               plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="0.35", hatch="///")]
+    labels = ["overwrite: m \u2264 2/3", "mix: 2/3 < m < 3/2 (Eq. 2)", "skip: m \u2265 3/2", "other channels",
+              "passing Eq. 1 & 2", "undefined: a Post is 0 (m := 0 or 10)"]
     finish(fig, "Mix ratio m = Post(FZ of In) / Post(FZ of Pre) per channel: overwrite / mix / skip", handles, labels)
     stamp(fig, weights)
     return fig
@@ -151,8 +173,11 @@ def mix_scatter(table, key, xlabel, title, weights):
     for ax, (block, t) in zip(axes, table.items()):
         x, m = t[key], np.clip(t["mix"], 0, MIX_CLIP)
         ax.axhspan(EQ2_LOW, EQ2_HIGH, color="tab:green", alpha=0.08, lw=0)
-        ax.scatter(x[~t["passes"]], m[~t["passes"]], s=8, color="0.4", alpha=0.7, lw=0, label="other channels")
+        undefined = t["undefined_in"] | t["undefined_pre"]
+        ax.scatter(x[~t["passes"] & ~undefined], m[~t["passes"] & ~undefined], s=8, color="0.4", alpha=0.7, lw=0, label="other channels")
         ax.scatter(x[t["passes"]], m[t["passes"]], s=12, color="tab:orange", lw=0, label="passing Eq. 1 & 2")
+        ax.scatter(x[undefined & ~t["passes"]], m[undefined & ~t["passes"]], s=10, facecolors="none", edgecolors="0.4", lw=0.6,
+                   label="undefined m (0 or 10 by convention, drawn clipped)")
         rho = spearman(x, t["mix"])
         ax.text(0.97, 0.95, f"Spearman \u03c1 = {rho:+.2f}" if rho == rho else "Spearman \u03c1 = n/a", transform=ax.transAxes,
                 ha="right", va="top", fontsize=8.5, weight="bold", bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1.5))
@@ -211,8 +236,11 @@ def main():
                            os.path.join(figures_dir, "mix_vs_conv2"), dpi=DPI)
     print("Spearman rank correlation of the mix ratio with  |bn2 weight|  mean |conv2 weight|")
     for block, t in table.items():
-        print(f"  block {block:>4} ({len(t['mix'])} channels): {spearman(t['bn2_abs'], t['mix']):+18.3f}  "
-              f"{spearman(t['conv2_abs_mean'], t['mix']):+20.3f}")
+        rhos = {key: spearman(t[key], t["mix"]) for key in ("bn2_abs", "conv2_abs_mean")}
+        print(f"  block {block:>4} ({len(t['mix'])} channels): {rhos['bn2_abs']:+18.3f}  {rhos['conv2_abs_mean']:+20.3f}")
+        for key, rho in rhos.items():
+            if rho != rho:
+                print(f"    no rho with {key} for block {block}: {no_rho(t[key])}")
 
     stability_path = os.path.join(RESULTS, "stability.json")
     if os.path.isfile(stability_path):
@@ -226,4 +254,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main_guard(main, "figures written before the interruption are complete; the others were not written")

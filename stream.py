@@ -90,6 +90,8 @@ def parse_channels(spec, n, what="layer"):
                 parts = [int(p) if p.strip() else None for p in item.split(":")]
                 if len(parts) > 3:
                     raise ValueError
+                if len(parts) == 3 and parts[2] is not None and parts[2] < 1:
+                    die(f"channel range {item!r}: the step must be at least 1")
                 sl = slice(*parts)
                 start, stop, step = sl.start or 0, n if sl.stop is None else sl.stop, sl.step or 1
                 if start < 0 or stop > n or start >= stop:
@@ -383,13 +385,36 @@ def configure(g, argv=None, description=None):
     return {name: g[name] for name in consts}
 
 
-def main_guard(main):
-    """Run main(); Ctrl-C ends with one line and exit status 130, not a traceback."""
+def main_guard(main, interrupted="nothing was written"):
+    """Run main(); Ctrl-C ends with one line, saying what is true for the script (`interrupted`), and exit status 130."""
     try:
         main()
     except KeyboardInterrupt:
-        print("\ninterrupted: finished batches are saved; run the same command again to resume", file=sys.stderr)
+        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
         sys.exit(130)
+
+
+def lock_results(results, script):
+    """Hold an exclusive lock on the results folder for this script until the process ends. A second process of the
+    same script on the same folder stops at once with one line naming the first. The lock is the kernel's (flock), so
+    it goes with the process, after kill -9 too: no stale lock is ever left. Returns the open lock file (keep it)."""
+    import fcntl
+    import time
+    os.makedirs(results, exist_ok=True)
+    path = os.path.join(results, f".{script}.lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        die(f"{results} is in use by another {script} ({holder}); wait for it to finish, or use another --results")
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:300]}")
+    f.flush()
+    return f
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -427,7 +452,12 @@ def atomic_write(path, write):
 
 
 def save_pt(obj, path):
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save, atomically, through a file object: saved to a path, torch names the zip records after the (random)
+    temporary file, so equal content would give different bytes; this way it gives equal bytes."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+    atomic_write(path, write)
 
 
 def save_json(obj, path):
@@ -675,6 +705,46 @@ def imagenet_folder(root, limit=0):
     return paths, np.array(labels, dtype=np.int64)
 
 
+def write_fake_imagenet(folder, n, predict=None):
+    """n generated 500 x 375 JPEGs (smooth colour plus noise: about ImageNet's mean size and file size) in the prepared
+    layout, folder/<wnid>/fake_00000000.JPEG, ...; files already there are kept. For smoke runs and benchmarks without
+    ImageNet. Without `predict` the wnids go round-robin and the labels mean nothing. With `predict` (uint8 eval views
+    (B, 3, 224, 224) -> class indices), each image is filed under the class the model predicts on its eval view:
+    self-labelled data, on which the unablated top-1 is 100% by construction, so ablation ratios have values."""
+    from multiprocessing import Pool
+    made = {f for _, _, files in os.walk(folder) for f in files} if os.path.isdir(folder) else set()
+    todo = [i for i in range(n) if f"fake_{i:08d}.JPEG" not in made]
+    if not todo:
+        return
+    print(f"writing {len(todo)} generated JPEGs into {folder}" + (" (labelled with the model's predictions)" if predict else ""))
+    if predict is None:
+        with Pool(max(1, min(16, os.cpu_count() or 1))) as pool:
+            pool.map(_write_fake, [(folder, i, os.path.join(folder, WNIDS[i % 1000])) for i in todo], chunksize=64)
+        return
+    staging = os.path.join(folder, ".staging")
+    for start in range(0, len(todo), 64):
+        chunk = todo[start:start + 64]
+        for i in chunk:
+            _write_fake((folder, i, staging))
+        paths = [os.path.join(staging, f"fake_{i:08d}.JPEG") for i in chunk]
+        labels = predict(torch.stack([eval_views(decode_rgb(p), [0])[0] for p in paths]))
+        for path, label in zip(paths, labels.tolist()):
+            os.makedirs(os.path.join(folder, WNIDS[label]), exist_ok=True)
+            os.replace(path, os.path.join(folder, WNIDS[label], os.path.basename(path)))
+    os.rmdir(staging)
+
+
+def _write_fake(args):
+    from PIL import Image
+    folder, i, into = args
+    rng = np.random.default_rng(i)
+    os.makedirs(into, exist_ok=True)
+    low = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
+    pixels = np.asarray(low, dtype=np.float32) + rng.normal(0, 10, (375, 500, 3))
+    image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    atomic_write(os.path.join(into, f"fake_{i:08d}.JPEG"), lambda tmp: image.save(tmp, format="JPEG", quality=90))
+
+
 def decode_rgb(path):
     """A PIL image in RGB, whatever its mode (grayscale, CMYK, palette, with alpha)."""
     from PIL import Image
@@ -737,6 +807,6 @@ def guarded(loader):
     """Iterate a loader; an unreadable image ends the script with one line naming it."""
     try:
         yield from loader
-    except ImageError as e:
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        die(lines[-1].split("ImageError: ", 1)[-1] if lines else "cannot read an image")
+    except ImageError as e:  # raised here, or re-raised from a worker with its traceback in the text
+        text = str(e)
+        die(text[text.rindex("cannot read image"):].splitlines()[0] if "cannot read image" in text else "cannot read an image")

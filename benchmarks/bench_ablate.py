@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ablate  # noqa: E402
-from stream import (BLOCKS, ImageNetFolder, WNIDS, configure, die, guarded, image_loader, imagenet_folder, load_resnet18,  # noqa: E402
-                    main_guard, n_channels, pick_device, where)
+from stream import (BLOCKS, ImageNetFolder, configure, die, guarded, image_loader, imagenet_folder, load_resnet18,  # noqa: E402
+                    main_guard, n_channels, pick_device, where, write_fake_imagenet)
 
 DATA = ""  # image folder in the prepared layout (one sub-folder per wnid); empty: generate one with FAKE
 FAKE = 0  # no DATA: write this many ImageNet-sized (500 x 375) generated JPEGs into FAKE_DIR first (kept for reruns)
@@ -43,37 +43,13 @@ REF_PASSES = 0  # time only this many of the released way's passes, evenly sprea
 SEED = 0  # seeds the sets and the means
 
 
-def make_fake(folder, n):
-    """n smooth-plus-noise 500 x 375 JPEGs (about ImageNet's mean size and file size), round-robin over the wnids."""
-    from multiprocessing import Pool
-    done = sum(len(files) for _, _, files in os.walk(folder)) if os.path.isdir(folder) else 0
-    if done >= n:
-        return
-    print(f"writing {n} generated JPEGs into {folder} ...")
-    with Pool(max(1, min(16, os.cpu_count() or 1))) as pool:
-        pool.map(_fake_one, [(folder, i) for i in range(n)], chunksize=64)
-
-
-def _fake_one(args):
-    from PIL import Image
-    folder, i = args
-    rng = np.random.default_rng(i)
-    path = os.path.join(folder, WNIDS[i % 1000], f"fake_{i:08d}.JPEG")
-    if os.path.exists(path):
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    low = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize((500, 375), Image.BICUBIC)
-    pixels = np.asarray(low, dtype=np.float32) + rng.normal(0, 10, (375, 500, 3))
-    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(path, quality=90)
-
-
 def main():
     configure(globals())
     root = DATA
     if not root:
         if not FAKE:
             die("pass --data FOLDER (prepared layout) or --fake N to generate N JPEGs")
-        make_fake(FAKE_DIR, FAKE)
+        write_fake_imagenet(FAKE_DIR, FAKE)
         root = FAKE_DIR
     device = pick_device(DEVICE)
     dtype = (torch.bfloat16 if device.type == "cuda" else None) if AMP == "auto" else (torch.bfloat16 if AMP == "bf16" else None)

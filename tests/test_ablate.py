@@ -119,13 +119,16 @@ def test_gray_cmyk_palette_become_rgb(tmp_path):
         stream.decode_rgb(str(tmp_path / "bad.JPEG"))
 
 
-def test_unreadable_image_in_a_worker_is_one_line(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_image_is_one_line(tmp_path, workers):
+    """In the main process or re-raised from a worker (whose text holds a traceback, and 'UnidentifiedImageError: ')."""
     make_folder(str(tmp_path))
     (tmp_path / stream.WNIDS[5] / "broken.JPEG").write_bytes(b"\xff\xd8 truncated")
     paths, labels = stream.imagenet_folder(str(tmp_path))
-    loader = stream.image_loader(stream.ImageNetFolder(str(tmp_path), paths, labels), 4, workers=1)
+    loader = stream.image_loader(stream.ImageNetFolder(str(tmp_path), paths, labels), 4, workers=workers)
     text = error_of(lambda: list(stream.guarded(loader)))
-    assert "cannot read image" in text and "broken.JPEG" in text
+    assert text.startswith("error: cannot read image ") and "broken.JPEG" in text and "\n" not in text
+    assert text.count("(") == text.count(")") and text.endswith(")")  # '... (UnidentifiedImageError: ...)', whole
 
 
 def test_scale_transform_crop_sizes():
@@ -436,6 +439,12 @@ def test_screening_accepts_some_and_rejects_others(swept):
         assert out["random_sets"] == [draws[j]["channels"] for j in expect]
         at_bound = diff.index(bound)
         assert (at_bound in expect) == (op == "<=")
+    # A rule that a set could meet but none of the draws does: stops at the cap, saying how many it found.
+    if values[0] > -round(100 * passing):  # some draw scored above 0%, so '< lowest' is meetable in principle
+        cap = run_script(*swept.base, "--n_trials", "1", "--stages", "sweep", "--ablate_blocks", "2.1",
+                         "--screen_margin", f"2.1:<{values[0]}")
+        assert cap.returncode == 1 and "Traceback" not in cap.stderr
+        assert "block 2.1: found 0 of 1 accepted random sets in 8 draws" in cap.stderr, cap.stderr
 
 
 def test_end_to_end_and_resume(swept):
@@ -466,11 +475,14 @@ def test_refusals_and_the_cap(folder, tmp_path):
     # A natural summary from other weights is refused.
     bad = run_script(*[a if a != "random:3" else "random:4" for a in common], "--stages", "sweep")
     assert bad.returncode != 0 and "another config" in bad.stderr and "Traceback" not in bad.stderr
-    # A screening rule no draw meets: stops at the cap, saying how many it found (the 3 draws' cells are reused).
-    cap = run_script(*common[:-4], "--stages", "sweep", "--ablate_blocks", "2.1", "--screen_cap", "3",
-                     "--screen_margin", "2.1:<-100", "--limit", "5")
-    assert cap.returncode == 1 and "Traceback" not in cap.stderr
-    assert "block 2.1: found 0 of 2 accepted random sets in 3 draws" in cap.stderr
+    # Random weights: the passing set scores 0%, so the paper's rule (a random set must score below it) can never be
+    # met. Said at once, with what to pass, instead of burning the whole cap of draws.
+    for margin in ("2.1:<-100", "2.1:<0"):
+        never = run_script(*common[:-4], "--stages", "sweep", "--ablate_blocks", "2.1", "--screen_cap", "200",
+                           "--screen_margin", margin, "--limit", "5")
+        assert never.returncode == 1 and "Traceback" not in never.stderr
+        assert "can never be met" in never.stderr and "--screen_margin '2.1:<=100'" in never.stderr
+    assert not os.path.exists(os.path.join(results, "ablation", "2.1", "draw003.pt"))  # no draw beyond the 3 made
 
 
 def test_missing_data_folder_is_one_line(tmp_path):

@@ -172,9 +172,11 @@ def test_run_refuses_mixed_configs_and_names_the_missing_fzs(tmp_path, model):
     assert s["measured"] == [1] and s["n_channels"] == 128 and len(s["missing"]) == 127 and s["count"] == len(s["passing"])
     assert "seed: 0 vs 1" in out["skipped"]["1.1"]
     assert "IMAGENET1K_V1" in out["skipped"]["3.1"] and wid in out["skipped"]["3.1"]
-    assert out["skipped"]["2.1"].endswith(f"python fzs.py --layers layer2.1.bn2 --seed 0 --steps 7 --lr 0.05 --amp fp32 "
+    assert out["skipped"]["2.1"].endswith(f"python fzs.py --layers layer2.1.bn2 --channels 0,1 --seed 0 --steps 7 --lr 0.05 --amp fp32 "
                                           f"--pre_as_released False --batch 4 --weights random --results {tmp_path}")
-    assert out["skipped"]["4.1"].endswith(f"python fzs.py --layers layer4.0,layer4.1.bn2 --weights random --results {tmp_path}")
+    # both files missing: the command copies the settings (and the channel range) of the first FZ file made here
+    assert out["skipped"]["4.1"].endswith(f"python fzs.py --layers layer4.0,layer4.1.bn2 --channels 0,1 --seed 0 --steps 2 "
+                                          f"--lr 0.05 --amp fp32 --pre_as_released False --batch 4 --weights random --results {tmp_path}")
     assert set(out["fz_files"]) == {"layer2.0.downsample.1", "layer2.0.bn2"}
 
 
@@ -212,7 +214,8 @@ def test_end_to_end_with_fzs(tmp_path):
     p = run_script("criteria.py", "--weights", WEIGHTS, "--results", r0, "--blocks", "2.1,3.1", "--runs", f"{r0},{r1}", "--batch", "3")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "block 2.1:" in p.stdout and "of 4 measured channels (of 128) pass" in p.stdout and "time:" in p.stdout
-    assert "python fzs.py --layers layer3.0,layer3.1.bn2 --weights random --results" in p.stdout
+    assert ("python fzs.py --layers layer3.0,layer3.1.bn2 --channels 0:4 --seed 0 --steps 2 --lr 0.05 --amp bf16 "
+            "--pre_as_released False --batch 4 --weights random --results") in p.stdout  # not a days-long default run
     assert "warning" not in p.stdout + p.stderr.replace("FutureWarning", "")
 
     result = json.load(open(os.path.join(r0, "criteria.json")))
@@ -266,3 +269,17 @@ def test_bad_input_stops_with_one_line(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="at least two different results folders"):
         run_main(monkeypatch, "--weights", WEIGHTS, "--runs", f"{tmp_path},{tmp_path}")
     assert criteria.BLOCKS == ["1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"]
+
+
+def test_every_refusal_prints_its_reason(tmp_path, monkeypatch, capsys):
+    """When no requested block can be measured, each block's reason is printed before the one-line error."""
+    make_fz(tmp_path, "layer2.0", [0, 1], seed=0)
+    make_fz(tmp_path, "layer2.1.bn2", [0, 1], seed=1)  # another seed
+    make_fz(tmp_path, "layer3.0", [0, 1], steps=2)
+    make_fz(tmp_path, "layer3.1.bn2", [0, 1], steps=9)  # another step count
+    with pytest.raises(SystemExit, match="the reason for each block is above"):
+        run_main(monkeypatch, "--weights", WEIGHTS, "--results", str(tmp_path), "--blocks", "2.1,3.1,4.1")
+    err = capsys.readouterr().err.splitlines()
+    assert any(l.startswith("block 2.1: not measured:") and "seed: 0 vs 1" in l for l in err), err
+    assert any(l.startswith("block 3.1: not measured:") and "steps: 2 vs 9" in l for l in err), err
+    assert any(l.startswith("block 4.1: not measured: no center FZs for layer4.0, layer4.1.bn2") for l in err), err

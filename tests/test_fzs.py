@@ -194,8 +194,8 @@ def test_end_to_end_file(tmp_path, model, fixture_weights):
             assert torch.allclose(d["activation"], expect, atol=1e-4)
             assert os.path.exists(os.path.join(res, "fzs", layer, kind, "0002.png"))
             assert not os.path.exists(os.path.join(res, "fzs", layer, f"{kind}.parts"))
-    # a second run with the same config has nothing to do; more channels extend the file
-    assert "0 unit(s) to make" in run("--layers", "layer1.1.bn2", "--channels", "0:3", "--objectives", "center",
+    # a second run with the same config has nothing to do, and counts the units in the final file as made
+    assert "0 unit(s) to make in 0 batch(es) of up to 2 (3 already made)" in run("--layers", "layer1.1.bn2", "--channels", "0:3", "--objectives", "center",
                                       "--steps", "3", "--batch", "2", "--weights", fixture_weights, "--results", res).stdout
     run("--layers", "layer1.1.bn2", "--channels", "0:5", "--steps", "3", "--batch", "2", "--weights", fixture_weights, "--results", res)
     d = torch.load(os.path.join(res, "fzs", "layer1.1.bn2", "center.pt"), weights_only=False)
@@ -262,11 +262,56 @@ def test_torchrun_split_equals_one_process(tmp_path):
     (["--layers", "layer1.0", "--objectives", "neuron"], "unknown objective"),
     (["--layers", "layer1.0", "--weights", "/no/such/file.pth"], "no such file"),
     (["--layers", "layer1.0", "--channels", "passing"], "criteria.json"),
+    (["--layers", "layer1.0", "--size", "0"], "--size must be at least 32"),
+    (["--layers", "layer1.0", "--scales", "0"], "--scales must be one or more positive factors"),
+    (["--layers", "layer1.0", "--scales", "1,-0.5"], "--scales must be one or more positive factors"),
+    (["--layers", "layer1.0", "--lr", "-0.05"], "--lr must be positive"),
+    (["--layers", "layer1.0", "--lr", "0"], "--lr must be positive"),
+    (["--layers", "layer1.0", "--angles", ""], "--angles must list one or more angles"),
+    (["--layers", "layer1.0", "--channels", "0:4:0"], "the step must be at least 1"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, args, message):
     p = run(*args, "--steps", "1", "--results", str(tmp_path), check=False)
     assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_passing_with_no_passing_channel_says_so(tmp_path):
+    stream.save_json({"config": {"weights_id": "random:0"}, "blocks": {"2.1": {"passing": [], "layers": list(stream.BLOCKS["2.1"]),
+                                                                                "n_channels": 128}}},
+                     str(tmp_path / "criteria.json"))
+    p = run("--layers", "layer2.0", "--channels", "passing", "--steps", "1", "--weights", "random", "--results", str(tmp_path))
+    assert "no channel of layer2.0 passes the criteria" in p.stdout and "--channels 0:8" in p.stdout
+    assert "0 unit(s) to make" in p.stdout
+
+
+def test_ctrl_c_says_what_was_saved(tmp_path):
+    """Ctrl-C: one line, exit status 130, and a message true for fzs.py (finished batches are part files)."""
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "fzs.py"), "--layers", "layer1.0", "--channels", "0:4",
+                          "--steps", "100000", "--batch", "2", "--weights", "random", "--results", str(tmp_path)],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lock = os.path.join(tmp_path, ".fzs.py.lock")
+    deadline = time.time() + 60
+    while time.time() < deadline and not (os.path.isfile(lock) and os.path.getsize(lock)):
+        time.sleep(0.05)
+    time.sleep(2)  # into the optimisation loop
+    p.send_signal(signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted: finished batches are saved as part files; run the same command again to resume"
+
+
+def test_main_guard_message_is_the_scripts_own(capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        stream.main_guard(interrupted, "nothing was written")
+    assert e.value.code == 130 and capsys.readouterr().err.strip() == "interrupted: nothing was written"
+    for script, says in (("criteria.py", "nothing was written"), ("ablate.py", "run the same command again"),
+                         ("fzs.py", "part files"), ("plot_grids.py", "figures written"), ("plot_ratios.py", "the figure was not written"),
+                         ("plot_spectrum.py", "figures written")):
+        call = open(os.path.join(ROOT, script)).read().split("main_guard(main", 1)[1].split("\n")[0]
+        assert says in call, (script, call)
 
 
 def test_help_lists_every_constant():

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import plot_spectrum
 import stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,10 +68,13 @@ def make_results(root, weights="random:0", channel_fzs=True, natural=True, passi
         for block in ("1.1", "2.1", "3.1"):
             n = stream.n_channels(stream.BLOCKS[block][2])
             bn2 = g.uniform(0.05, 1, n)
-            mix = np.where(g.random(n) < 0.1, 10.0, np.exp(g.normal(0, 1, n)) / bn2 / 3)  # some m = 10 sentinels
+            post_pre = np.where(g.random(n) < 0.1, 0.0, g.uniform(0.5, 2, n))  # some Post(FZ of Pre) = 0: m := 10
+            post_in = post_pre * np.exp(g.normal(0, 1, n)) / bn2 / 3
+            mix = np.where(post_pre <= 0, 10.0, post_in / np.where(post_pre > 0, post_pre, 1))
             for c in range(n):
                 ok = c in passing.get(block, [])
-                w.writerow([block, c, *g.normal(size=4).round(4), ok, ok, ok, mix[c], bn2[c], g.uniform(0.01, 0.05)])
+                w.writerow([block, c, *g.normal(size=2).round(4), post_in[c], post_pre[c], ok, ok, ok, mix[c], bn2[c],
+                            g.uniform(0.01, 0.05)])
     stream.save_json({"runs": [os.path.join(root, "seed0"), os.path.join(root, "seed1")],
                       "blocks": {b: {"pass_frequency": [1.0 if c in p else 0.5 * (c % 7 == 0) for c in range(stream.n_channels(stream.BLOCKS[b][2]))],
                                      "jaccard": [[1.0, 0.6], [0.6, 1.0]], "always": p, "counts": [len(p), len(p) + 2]}
@@ -363,18 +367,27 @@ def test_mix_histogram_regions_use_eq2s_bounds(tmp_path):
     results = make_results(tmp_path / "results", natural=False)
     planted = [2 / 3, 0.66668, 1.0, 1.4999, 1.5, 3.0, 0.2, 0.5, 4.0]  # measured ratios
     expected = (3, 3, 3)  # overwrite (<= 2/3): 2/3, 0.2, 0.5; mix: 0.66668, 1.0, 1.4999; skip (>= 3/2): 1.5, 3.0, 4.0
+    # and the convention values (criteria.mix_ratio), which are not ratios: 2 with Post(FZ of In) = 0 (m := 0), 3 with
+    # Post(FZ of Pre) = 0 (m := 10; one of them with both at 0)
+    undefined = [(0.0, 1.0, 0.0), (0.0, 2.0, 0.0), (1.0, 0.0, 10.0), (0.5, 0.0, 10.0), (0.0, 0.0, 10.0)]
     with open(os.path.join(results, "criteria.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["block", "channel", "pre_in", "pre_zoom_in", "post_in", "post_pre", "eq1", "eq2", "passes", "mix",
                     "bn2_abs", "conv2_abs_mean"])
         for c, m in enumerate(planted):
             w.writerow(["2.1", c, 0, 0, m, 1, 0, int(2 / 3 < m < 3 / 2), 0, repr(m), 0.1 * (c + 1), 0.01])
+        for c, (post_in, post_pre, m) in enumerate(undefined, len(planted)):
+            w.writerow(["2.1", c, 0, 0, post_in, post_pre, 0, 0, 0, m, 0.1 * (c + 1), 0.01])
     r, figs = capture("plot_spectrum.py", "--results", results)
     assert r.returncode == 0, r.stderr
     ax = figs[0].axes[0]
     counts = [t.get_text() for t in ax.texts if "overwrite:" in t.get_text()][0]
-    assert counts.splitlines() == [f"overwrite: {expected[0]}", f"mix: {expected[1]}", f"skip: {expected[2]}"]
-    assert sum(bar.get_height() for c in ax.containers for bar in c) == len(planted)  # the histogram's (stacked) bars
+    assert counts.splitlines() == [f"overwrite: {expected[0]}", f"mix: {expected[1]}", f"skip: {expected[2]}", "undefined: 5"]
+    hist = [c for c in ax.containers if len(c) == plot_spectrum.BINS]
+    apart = [c for c in ax.containers if len(c) == 2]  # the two hatched 'undefined' bars, right of the histogram
+    assert len(hist) == 2 and sum(bar.get_height() for c in hist for bar in c) == len(planted)  # stacked: other + passing
+    assert [bar.get_height() for bar in apart[0]] == [2, 3]
+    assert all(bar.get_x() > plot_spectrum.MIX_CLIP for bar in apart[0])
 
 
 def test_grid_titles_say_how_many_channels_were_measured(tmp_path):
@@ -387,3 +400,45 @@ def test_grid_titles_say_how_many_channels_were_measured(tmp_path):
     assert r.returncode == 0, r.stderr
     titles = [t.get_text() for t in figs[0].texts]
     assert any("the 3 of 16 measured channels (of 128) passing" in t for t in titles), titles
+
+
+def test_grids_print_each_fzs_activation_and_mark_dead_units(tmp_path):
+    results = make_results(tmp_path / "results", natural=False)
+    path = os.path.join(results, "fzs", "layer2.0", "center.pt")
+    fz = stream.load_pt(path)
+    fz["activation"] = torch.tensor([0.5, 1.25, -0.3, 2.0, 0.0, 3.5])  # channel 2 and 4 never fired
+    stream.save_pt(fz, path)
+    r, figs = capture("plot_grids.py", "--results", results, "--only_blocks", "2.1", "--channels", "2.1:1,2,4")
+    assert r.returncode == 0, r.stderr
+    labels = [t for ax in figs[0].axes for t in ax.texts]
+    dead = [t.get_text() for t in labels if t.get_text().startswith("dead")]
+    assert sorted(dead) == ["dead (-0.3)", "dead (0)"]
+    assert all(t.get_color() == "red" for t in labels if t.get_text().startswith("dead"))
+    assert "1.25" in [t.get_text() for t in labels]
+
+
+def test_grids_refuse_fzs_of_another_config(tmp_path):
+    """Channel FZs (or Post's) made with another seed or step count are not drawn next to the In/Pre center FZs."""
+    results = make_results(tmp_path / "results", natural=False)
+    path = os.path.join(results, "fzs", "layer2.1.bn2", "channel.pt")
+    fz = stream.load_pt(path)
+    fz["config"]["steps"] = 512
+    stream.save_pt(fz, path)
+    r, _ = capture("plot_grids.py", "--results", results, "--only_blocks", "2.1")
+    assert r.returncode != 0 and "fzs/layer2.1.bn2/channel.pt was made under another config" in r.stderr
+    assert "steps: 2 vs 512" in r.stderr and "--objectives channel" in r.stderr and "\n" not in r.stderr
+
+
+def test_spectrum_explains_a_missing_spearman(tmp_path):
+    results = make_results(tmp_path / "results", natural=False)
+    rows = list(csv.DictReader(open(os.path.join(results, "criteria.csv"))))
+    for row in rows:
+        row["bn2_abs"] = "1.0"  # every |bn2| equal, as under random weights
+    with open(os.path.join(results, "criteria.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r, _ = capture("plot_spectrum.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    assert "no rho with bn2_abs for block 2.1: every channel has the same value (random weights?)" in r.stdout
+    assert "no rho with conv2_abs_mean" not in r.stdout

@@ -1,0 +1,146 @@
+"""Reliability across the scripts: one process per results folder, merges a dead process left half done,
+byte-reproducible result files, and the README's smoke pipeline producing every figure with content."""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import stream
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def script(name, *args, cwd=ROOT, check=True, **kw):
+    p = subprocess.run([sys.executable, os.path.join(cwd, name), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                       env={**os.environ, "OMP_NUM_THREADS": "2", "MPLBACKEND": "Agg"}, **kw)
+    if check:
+        assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def sha(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# One process per results folder
+
+def test_a_second_fzs_on_the_same_folder_is_refused_and_a_kill_leaves_no_stale_lock(tmp_path):
+    results = str(tmp_path / "res")
+    args = ["--layers", "layer1.0", "--channels", "0:4", "--steps", "5000", "--batch", "2", "--weights", "random",
+            "--png", "false", "--results", results]
+    first = subprocess.Popen([sys.executable, os.path.join(ROOT, "fzs.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        lock = os.path.join(results, ".fzs.py.lock")
+        deadline = time.time() + 60
+        while time.time() < deadline and not (os.path.isfile(lock) and f"pid {first.pid}" in open(lock).read()):
+            time.sleep(0.05)
+        t0 = time.time()
+        second = script("fzs.py", *args, check=False)
+        assert second.returncode != 0 and time.time() - t0 < 30  # refused at once, no hang
+        assert f"is in use by another fzs.py (pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    held = stream.lock_results(results, "fzs.py")  # the kernel dropped the dead process's lock: nothing stale
+    held.close()
+
+
+@pytest.mark.parametrize("name,args", [
+    ("criteria.py", ["--weights", "random", "--blocks", "2.1"]),
+    ("ablate.py", ["--weights", "random", "--data", "{data}"]),
+])
+def test_criteria_and_ablate_refuse_a_folder_in_use(tmp_path, name, args, fixture_folder):
+    results = str(tmp_path / "res")
+    os.makedirs(os.path.join(results, "fzs"))
+    held = stream.lock_results(results, name)  # as if another process were running it
+    try:
+        p = script(name, *[a.replace("{data}", fixture_folder[0]) for a in args], "--results", results, check=False)
+        assert p.returncode != 0 and f"is in use by another {name}" in p.stderr and "Traceback" not in p.stderr
+    finally:
+        held.close()
+
+
+def test_a_rerun_finishes_a_merge_a_dead_process_left_half_done(tmp_path):
+    """Part files that were never merged (the process died between the part and the merge, or a torchrun rank 0 died)
+    are merged by the next run, whatever channels it asks for, and leave no .parts folder behind."""
+    common = ["--layers", "layer1.0", "--steps", "2", "--batch", "2", "--weights", "random", "--png", "false"]
+    done, other = str(tmp_path / "done"), str(tmp_path / "other")
+    script("fzs.py", *common, "--channels", "0:2", "--results", done)
+    script("fzs.py", *common, "--channels", "2:4", "--results", other)
+    parts = os.path.join(done, "fzs", "layer1.0", "center.parts")
+    os.makedirs(parts)
+    os.replace(os.path.join(other, "fzs", "layer1.0", "center.pt"), os.path.join(parts, "0001-00000000.pt"))
+    open(os.path.join(parts, ".0002-00000000.pt.x.tmp"), "w").close()  # a temp file a kill -9 left mid-write
+    out = script("fzs.py", *common, "--channels", "0:2", "--results", done).stdout
+    assert "0 unit(s) to make" in out and "(2 already made)" in out
+    merged = torch.load(os.path.join(done, "fzs", "layer1.0", "center.pt"), weights_only=False)
+    assert merged["channels"].tolist() == [0, 1, 2, 3] and not os.path.exists(parts)
+    out = script("fzs.py", *common, "--channels", "0:4", "--results", done).stdout
+    assert "0 unit(s) to make" in out and "(4 already made)" in out  # units merged earlier count as made
+
+
+# ----------------------------------------------------------------------------------------------------
+# Equal content, equal bytes
+
+def test_result_files_are_byte_reproducible(tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "sub" / "b.pt"
+    stream.save_pt({"x": torch.arange(5), "config": {"k": 1}}, str(a))
+    stream.save_pt({"x": torch.arange(5), "config": {"k": 1}}, str(b))
+    assert sha(a) == sha(b)
+    common = ["--layers", "layer2.0,layer2.1.bn2", "--channels", "0:2", "--steps", "2", "--batch", "2", "--weights", "random",
+              "--png", "false"]
+    for run in ("one", "two"):
+        script("fzs.py", *common, "--results", tmp_path / run)
+        script("criteria.py", "--weights", "random", "--blocks", "2.1", "--results", tmp_path / run)
+    for layer in ("layer2.0", "layer2.1.bn2"):
+        assert sha(tmp_path / "one" / "fzs" / layer / "center.pt") == sha(tmp_path / "two" / "fzs" / layer / "center.pt")
+    one, two = (json.loads((tmp_path / run / "criteria.json").read_text()) for run in ("one", "two"))
+    assert one["fz_sha256"] == two["fz_sha256"] and one["blocks"] == two["blocks"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The newcomer's path: the README's smoke pipeline, run as written, makes every figure with content
+
+def readme_smoke_commands():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    block = re.search(r"```\n# smoke pipeline[^\n]*\n(.*?)```", text, re.S)
+    assert block, "the README has no smoke pipeline block"
+    return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_readme_smoke_pipeline_makes_every_figure_with_content(tmp_path):
+    for name in os.listdir(ROOT):  # a fresh checkout's scripts, run from a folder of their own
+        if name.endswith(".py"):
+            shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    import shlex
+    outputs = {}
+    for line in readme_smoke_commands():
+        argv = shlex.split(line)
+        assert argv[0] == "python"
+        p = script(argv[1], *argv[2:], cwd=str(tmp_path), check=False, timeout=600)
+        assert p.returncode == 0, f"{line}\n{p.stderr[-3000:]}"
+        outputs[argv[1]] = outputs.get(argv[1], "") + p.stdout
+    figures = tmp_path / "results" / "figures"
+    for name in ("grids_selected", "ratios", "mix_hist", "mix_vs_bn2", "mix_vs_conv2", "pass_frequency"):
+        assert (figures / f"{name}.png").stat().st_size > 20_000 and (figures / f"{name}.pdf").is_file(), name
+    assert "missing" not in outputs["plot_grids.py"]  # center FZs, channel FZs and top-9 natural images of every grid
+    for block in ("2.1", "3.1"):
+        d = json.loads((tmp_path / "results" / "ablation" / f"{block}.json").read_text())
+        assert all(r is not None and np.isfinite(r) for r in d["ratio"]), d["ratio"]  # Fig. 2 has points
+        assert d["accuracy"]["none"][0] == 1.0  # the generated images are labelled with the model's predictions
+    stability = json.loads((tmp_path / "results" / "stability.json").read_text())
+    assert set(stability["blocks"]) == {"2.1", "3.1"}
