@@ -1,0 +1,205 @@
+"""The mutation check: plant plausible wrong definitions, one at a time, in a copy of the tree, run the tests that
+should catch each, and report which mutants survive. A mutant that survives is a definition no test pins down.
+
+Not part of the normal test run (pytest does not collect this file). Run it after changing a definition or a test:
+
+    python tests/mutants.py                      # every mutant
+    python tests/mutants.py --list               # names and what each plants
+    python tests/mutants.py --only eq1-no-relu,zero-ablation
+
+Each mutant is (name, file, the text as it is, the mistake, the tests that must catch it). The text must occur exactly
+once in the file, so a mutant whose target moved is reported as stale rather than silently skipped. A mutant is
+killed when its tests fail (pytest exit status 1); an import or syntax error does not count. Exit status: 0 when
+every mutant is killed, 1 otherwise.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+A, C, F, S, P = "tests/test_ablate.py", "tests/test_criteria.py", "tests/test_fzs.py", "tests/test_stream.py", "tests/test_plots.py"
+R = "tests/test_reliability.py"
+
+MUTANTS = [
+    # --- ImageNet labels, views and accuracy (METHOD.md sections 4 and 5)
+    ("labels-by-folder-order", "stream.py", "labels.append(WNID_INDEX[name])", "labels.append(folders.index(name))",
+     [f"{A}::test_counts_equal_independent_recomputation"]),
+    ("errors-counted-as-hits", "ablate.py", "(predictions(model, x, plan_dev, suffix_batch) == labels[None]).sum(1)",
+     "(predictions(model, x, plan_dev, suffix_batch) != labels[None]).sum(1)", [f"{A}::test_counts_equal_independent_recomputation"]),
+    ("zero-ablation", "ablate.py", "mean.to(h.dtype)[None, None, :, None, None]", "torch.zeros_like(mean).to(h.dtype)[None, None, :, None, None]",
+     [f"{A}::test_counts_equal_independent_recomputation"]),
+    ("released-crop", "stream.py", "return 256 - (256 * int(percent)) // 100", "return int(224 * (1 - int(percent) / 100))",
+     [f"{A}::test_counts_equal_independent_recomputation"]),
+    ("eval-resize-224", "stream.py", "base = TF.resize(image, 256, interpolation=bilinear)", "base = TF.resize(image, 224, interpolation=bilinear)",
+     [f"{A}::test_counts_equal_independent_recomputation"]),
+    ("natural-mean-by-batch", "ablate.py", '"mean": {l: (state["sum"][l] / n).float()', '"mean": {l: (state["sum"][l] / BATCH).float()',
+     [f"{A}::test_natural_stage_values"]),
+    ("top9-ascending", "ablate.py", "v, order = torch.sort(v, dim=1, descending=True, stable=True)", "v, order = torch.sort(v, dim=1, descending=False, stable=True)",
+     [f"{A}::test_natural_stage_values"]),
+    # --- Eq. 3 and screening (METHOD.md section 5)
+    ("std-not-sem", "ablate.py", "/ np.maximum(n - 1, 1)) / np.sqrt(np.maximum(n, 1)), np.nan)", "/ np.maximum(n - 1, 1)), np.nan)",
+     [f"{A}::test_eq3_ratio_and_sem_on_the_counts"]),
+    ("eq3-inverted", "ablate.py", "p[None] / np.where(r > 0, r, 1.0)", "np.where(r > 0, r, 1.0) / p[None]",
+     [f"{A}::test_eq3_ratio_and_sem_on_the_counts"]),
+    ("eq3-zero-trial-counted", "ablate.py", "p[None] / np.where(r > 0, r, 1.0), np.nan)", "p[None] / np.where(r > 0, r, 1.0), 0.0)",
+     [f"{A}::test_eq3_on_planted_accuracies"]),
+    ("screening-direction", "ablate.py", 'return diff < bound if op == "<" else diff <= bound', 'return diff > bound if op == "<" else diff >= bound',
+     [f"{A}::test_screening_accepts_some_and_rejects_others"]),
+    ("screening-strictness", "ablate.py", 'return diff < bound if op == "<" else diff <= bound', 'return diff <= bound if op == "<" else diff <= bound',
+     [f"{A}::test_screening_accepts_some_and_rejects_others"]),
+    ("partly-measured-block-allowed", "ablate.py", "            if unmeasured:", "            if False:",
+     [f"{A}::test_passing_sets_from_criteria_json"]),
+    # --- Criteria (METHOD.md section 3)
+    ("eq1-no-relu", "criteria.py", "np.maximum(_f64(pre_in), 0.0) < _f64(pre_zoom_in)", "_f64(pre_in) < _f64(pre_zoom_in)",
+     [f"{C}::test_eq1_planted"]),
+    ("eq2-not-strict", "criteria.py", "(ratio > EQ2_LOW) & (ratio < EQ2_HIGH)", "(ratio >= EQ2_LOW) & (ratio <= EQ2_HIGH)",
+     [f"{C}::test_eq2_planted_edges_and_zero_denominators"]),
+    ("mix-conventions-swapped", "criteria.py", "np.where(post_pre <= 0, MIX_IF_PRE_NONPOS, np.where(post_in <= 0, MIX_IF_IN_NONPOS, ratio))",
+     "np.where(post_in <= 0, MIX_IF_IN_NONPOS, np.where(post_pre <= 0, MIX_IF_PRE_NONPOS, ratio))", [f"{C}::test_mix_ratio_released_conventions"]),
+    ("zoom-of-the-pre-fz", "criteria.py", "on_zoom = measure(model, x_in, ch, [Pre]", "on_zoom = measure(model, x_pre, ch, [Pre]",
+     [f"{C}::test_batched_measurement_matches_hooks"]),
+    ("post-in-post-pre-swapped", "criteria.py", '"post_in": on_in[Post], "post_pre": on_pre[Post]', '"post_in": on_pre[Post], "post_pre": on_in[Post]',
+     [f"{C}::test_batched_measurement_matches_hooks"]),
+    ("zoom-nearest", "stream.py", 'return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)',
+     'return F.interpolate(crop, size=(size, size), mode="nearest")', [f"{C}::test_zoom_on_hand_made_image"]),
+    # --- The network and its layers (METHOD.md section 1)
+    ("center-off-by-one", "stream.py", "return fmap[:, :, fmap.shape[2] // 2, fmap.shape[3] // 2]",
+     "return fmap[:, :, (fmap.shape[2] - 1) // 2, (fmap.shape[3] - 1) // 2]", [f"{S}::test_center_index_matches_lucent"]),
+    ("pre-aliased-to-post", "stream.py", 'out["post"] = torch.relu(out["pre"] + out["in"])', 'out["post"] = torch.relu_(out["pre"].add_(out["in"]))',
+     [f"{S}::test_pre_is_bn2_not_the_post_sum"]),
+    ("no-normalisation", "stream.py", "    return (x - mean) / std", "    return x + 0 * mean * std",
+     [f"{A}::test_counts_equal_independent_recomputation"]),
+    # --- Feature visualisations (METHOD.md section 2)
+    ("fold-without-running-stats", "fzs.py", "    m = copy.deepcopy(model)\n",
+     "    m = copy.deepcopy(model)\n    for bn in m.modules():\n        if isinstance(bn, torch.nn.BatchNorm2d):\n            bn.reset_running_stats()\n",
+     [f"{F}::test_folded_batchnorm_computes_the_same_layers"]),
+    ("fold-drops-bn2", "fzs.py", "b.conv2, b.bn2 = fuse_conv_bn_eval(b.conv2, b.bn2), torch.nn.Identity()", "b.conv2, b.bn2 = b.conv2, torch.nn.Identity()",
+     [f"{F}::test_folded_batchnorm_computes_the_same_layers"]),
+    ("batch-seeded-by-first-channel", "fzs.py", "transform_seed(SEED, layer, kind, group)", "transform_seed(SEED, layer, kind, channels[0])",
+     [f"{F}::test_image_depends_only_on_config_and_unit"]),
+    ("spectrum-seeded-by-position", "fzs.py", "[unit_seed(SEED, layer, kind, c) for c in channels]",
+     "[unit_seed(SEED, layer, kind, i) for i, c in enumerate(channels)]", [f"{F}::test_image_depends_only_on_config_and_unit"]),
+    ("second-jitter-full", "fzs.py", "jitter(j // 2), center_crop(size)]", "jitter(j), center_crop(size)]",
+     [f"{F}::test_engine_equals_lucent_render_vis"]),
+    ("channel-mean-for-center", "fzs.py", "        return center(fmap)[rows, channels]", "        return fmap[rows, channels].mean(dim=(1, 2))",
+     [f"{F}::test_engine_equals_lucent_render_vis"]),
+    ("warp-align-corners", "fzs.py", "grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)",
+     "grid = F.affine_grid(theta, [b, c, h, w], align_corners=True)", [f"{F}::test_transforms_equal_kornia_041_bit_for_bit"]),
+    ("rotation-sign", "fzs.py", "rot = torch.stack([cos, sin, -sin, cos], dim=-1)", "rot = torch.stack([cos, -sin, sin, cos], dim=-1)",
+     [f"{F}::test_transforms_equal_kornia_041_bit_for_bit"]),
+    ("pixel-units-without-minus-one", "fzs.py", "m[0, 0] = m[0, 0] * 2.0 / (w - 1.0)", "m[0, 0] = m[0, 0] * 2.0 / w",
+     [f"{F}::test_transforms_equal_kornia_041_bit_for_bit"]),
+    # --- Figures (METHOD.md section 6)
+    ("mix-regions-old-strictness", "stream.py", "return m <= EQ2_LOW, mix, m >= EQ2_HIGH", "return m < EQ2_LOW, mix, m > EQ2_HIGH",
+     [f"{P}::test_mix_histogram_regions_use_eq2s_bounds"]),
+    ("fig2-line-at-a-scaled-ratio", "plot_ratios.py", "ax.axhline(ratio[0],", "ax.axhline(ratio[1],",
+     [f"{P}::test_fig2_draws_the_values_of_the_ablation_json"]),
+    ("grid-title-of-all-channels", "plot_grids.py", 'of = f"{total} channels" if measured == total', 'of = f"{total} channels" if True',
+     [f"{P}::test_grid_titles_say_how_many_channels_were_measured"]),
+    ("no-random-weights-stamp", "stream.py", '    if not str(weights).startswith("random"):', "    if True:",
+     [f"{P}::test_weights_of_and_stamp"]),
+    ("undefined-m-binned-as-ratios", "plot_spectrum.py", "        ok = ~undefined\n", "        ok = np.ones_like(undefined)\n",
+     [f"{P}::test_mix_histogram_regions_use_eq2s_bounds"]),
+    ("dead-unit-at-zero-not-marked", "plot_grids.py", "dead = activation <= 0", "dead = activation < 0",
+     [f"{P}::test_grids_print_each_fzs_activation_and_mark_dead_units"]),
+    ("grid-mixes-configs", "plot_grids.py", "why = config_mismatch(reference, config, FZ_MATCH_KEYS)", "why = None",
+     [f"{P}::test_grids_refuse_fzs_of_another_config"]),
+    # --- Reliability and messages (issue: reliability and the newcomer's path)
+    ("no-lock", "stream.py", "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass",
+     [f"{R}::test_a_second_fzs_on_the_same_folder_is_refused_and_a_kill_leaves_no_stale_lock"]),
+    ("save-to-a-path", "stream.py", "        with open(tmp, \"wb\") as f:\n            torch.save(obj, f)", "        torch.save(obj, tmp)",
+     [f"{R}::test_result_files_are_byte_reproducible"]),
+    ("made-count-without-the-final-file", "fzs.py", "            made += sum(c in done for c in channels)",
+     "            made += sum(c in done and not (old and c in old['channels'].tolist()) for c in channels)", [f"{F}::test_end_to_end_file"]),
+    ("leftover-parts-ignored", "fzs.py", "            for part in parts_of(RESULTS, layer, kind, cfg).values():",
+     "            for part in []:", [f"{R}::test_a_rerun_finishes_a_merge_a_dead_process_left_half_done"]),
+    ("channel-step-zero-as-one", "stream.py", "if len(parts) == 3 and parts[2] is not None and parts[2] < 1:", "if False:",
+     [f"{F}::test_bad_input_is_one_line_error"]),
+    ("error-split-at-imageerror", "stream.py", 'die(text[text.rindex("cannot read image"):].splitlines()[0] if "cannot read image" in text else "cannot read an image")',
+     'die(text.splitlines()[-1].split("ImageError: ", 1)[-1])', [f"{A}::test_unreadable_image_is_one_line"]),
+    ("impossible-rule-undetected", "ablate.py", "if not accepted(rules[b], 0, cells[b, \"passing\", 0], n):", "if False:",
+     [f"{A}::test_refusals_and_the_cap"]),
+    ("refusal-reasons-not-printed", "criteria.py", 'print(f"block {block}: not measured: {reason}", file=sys.stderr)', "pass",
+     [f"{C}::test_every_refusal_prints_its_reason"]),
+    ("suggestion-without-settings", "criteria.py", "like = load_fz(fz_path(results, other[0])) if other else any_fz(results)",
+     "like = load_fz(fz_path(results, other[0])) if other else None", [f"{C}::test_run_refuses_mixed_configs_and_names_the_missing_fzs"]),
+]
+
+
+def copy_tree(dest):
+    """The working tree as git sees it (tracked and untracked-not-ignored files), without results or caches."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        if os.path.isfile(os.path.join(ROOT, rel)):
+            os.makedirs(os.path.dirname(os.path.join(dest, rel)) or dest, exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, rel), os.path.join(dest, rel))
+
+
+def run_mutant(tree, name, path, old, new, tests, timeout):
+    """('killed' | 'SURVIVED' | 'STALE' | 'INVALID', seconds, what caught it)."""
+    target = os.path.join(tree, path)
+    with open(target) as f:
+        original = f.read()
+    if original.count(old) != 1:
+        return "STALE", 0.0, f"the text to mutate occurs {original.count(old)} times in {path}"
+    with open(target, "w") as f:
+        f.write(original.replace(old, new))
+    t0 = time.time()
+    try:
+        p = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=tree,
+                           capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "2"})
+        rc, out = p.returncode, p.stdout + p.stderr
+    except subprocess.TimeoutExpired:
+        rc, out = -1, "timed out"
+    finally:
+        with open(target, "w") as f:
+            f.write(original)
+    seconds = time.time() - t0
+    failed = [line.split(" ")[1] for line in out.splitlines() if line.startswith("FAILED ")]
+    if rc == 1:
+        return "killed", seconds, (failed[0].split("::")[-1] if failed else "a test failed")
+    if rc == 0:
+        return "SURVIVED", seconds, "every selected test passed"
+    return "INVALID", seconds, f"pytest exit status {rc}: " + (out.strip().splitlines() or ["no output"])[-1][:120]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated mutant names (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
+    args = parser.parse_args()
+    names = [m[0] for m in MUTANTS]
+    assert len(set(names)) == len(names), "mutant names must be unique"
+    chosen = [m for m in MUTANTS if not args.only or m[0] in args.only.split(",")]
+    unknown = set(filter(None, args.only.split(","))) - set(names)
+    if unknown:
+        raise SystemExit(f"error: unknown mutant(s) {', '.join(sorted(unknown))}; see --list")
+    if args.list:
+        for name, path, old, new, tests in chosen:
+            print(f"{name:32s} {path:14s} {old.strip()[:60]!r} -> {new.strip()[:60]!r}")
+        return
+    t0 = time.time()
+    survivors = []
+    with tempfile.TemporaryDirectory(prefix="mutants-") as tree:
+        copy_tree(tree)
+        print(f"{len(chosen)} mutants, each run against its tests in a copy of the tree ({tree})")
+        for k, (name, path, old, new, tests) in enumerate(chosen, 1):
+            status, seconds, why = run_mutant(tree, name, path, old, new, tests, args.timeout)
+            print(f"[{k:2d}/{len(chosen)}] {status:8s} {name:32s} {seconds:6.1f} s  {why}", flush=True)
+            if status != "killed":
+                survivors.append(name)
+    print(f"\n{len(chosen) - len(survivors)} of {len(chosen)} mutants killed in {time.time() - t0:.0f} s"
+          + (f"; not killed: {', '.join(survivors)}" if survivors else ""))
+    sys.exit(1 if survivors else 0)
+
+
+if __name__ == "__main__":
+    main()
