@@ -9,6 +9,14 @@ sets of as many non-passing channels, screened at no scale (2.1: a random set mu
 passing set; 3.1: at most 1 percentage point less). Then top-1 accuracy of every (condition, scale) and
 Eq. 3's ratio acc_passing / acc_random with its standard error over the accepted random sets.
 
+Beyond the paper (VARIANTS): the paper screens and reports on the same images, which biases the no-scale
+ratio upward. The sweep also reports the same cells screened on one part of the images and reported on the
+other (`heldout`, a seeded split stratified by class), and for the first N draws with no screening at all
+(`unscreened`). Every variant gets a test of the claim "the scaled ratios are below the no-scale ratio": a
+bootstrap interval (over trials and images) for each scaled ratio minus the no-scale ratio, and a paired
+sign-flip permutation p-value across trials. Every cell keeps its per-image hits, so all of this comes from
+the same passes.
+
 How it is fast: each pass over the set decodes every JPEG once (all scaled views come from that decode);
 per image batch and view the network runs once up to the ablated block, and every condition of the block
 (unablated, passing, random sets) runs from there, stacked along the batch. Both blocks share one pass.
@@ -17,6 +25,7 @@ per image batch and view the network runs once up to the ablated block, and ever
     python ablate.py --data DIR --weights random --limit 200 --sets "2.1:0:8;3.1:0:16" --stages sweep
 """
 
+import base64
 import hashlib
 import math
 import os
@@ -26,10 +35,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stream import (BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, config_mismatch, configure, die, fzs_command,
+from stream import (ABLATION_VARIANTS, BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, parse_block_channels, config_mismatch, configure, die, fzs_command,
                     guarded, head, image_loader, imagenet_folder, load_json, load_pt, load_resnet18, lock_results, main_guard,
-                    n_channels, normalize, parse_channels, pick_device, read_center, save_json, save_pt, stem, to_float,
-                    versions, where, write_fake_imagenet)
+                    n_channels, normalize, pick_device, read_center, save_json, save_pt, stem, to_float,
+                    versions, where, write_fake_imagenet, ablation_path)
 
 DATA = ""  # ImageNet validation folder in the prepared layout, one sub-folder per wnid (required)
 FAKE = 0  # smoke runs without ImageNet: first write this many generated JPEGs into DATA, labelled with the model's predictions
@@ -46,6 +55,11 @@ SEED = 0  # seeds the random channel sets (together with the block)
 ABLATE_BLOCKS = ["2.1", "3.1"]  # blocks to ablate (METHOD.md section 5)
 SETS = ""  # passing sets by hand, e.g. "2.1:3,17,40:48;3.1:0,9" (blocks not named: RESULTS/criteria.json)
 N_TRIALS = 10  # accepted random sets per block
+VARIANTS = ["paper", "heldout", "unscreened"]  # reported: paper (Fig. 2 as published), heldout (screen on part, report on the rest), unscreened (first N_TRIALS draws)
+HOLDOUT = 0.5  # heldout: the fraction of each class's images the ratios are reported on (the rest screen)
+BOOTSTRAP = 2000  # bootstrap replicates (trials and images resampled) for the intervals of the test
+CI = 0.95  # level of the bootstrap intervals
+PERMUTATIONS = 10000  # random sign flips for the p-value (every one of the 2^N_TRIALS when that is fewer)
 SCALES = [10, 20, 30, 40, 50]  # scale transforms in percent; no scale (0) is always evaluated too
 SCREEN_MARGIN = "2.1:<0;3.1:<=1"  # per block: accept a random set if its no-scale top-1 minus the passing set's, in percentage points, is < or <= this
 SCREEN_DRAWS = 20  # random sets drawn per block in the first screening pass
@@ -83,6 +97,91 @@ def eq3(acc_passing, acc_random):
     return ratio, sem, trials
 
 
+def stratified_split(labels, fraction, seed):
+    """The held-out split, (screen, report): sorted image indices. Within each class the images are shuffled (seeded
+    by the seed and the class); in that class-by-class order, image k goes to the report part when floor((k + 1) f)
+    > floor(k f). Each class gives floor or ceil of f x its count to the report part, floor(f N) images in all."""
+    labels = np.asarray(labels)
+    order = np.concatenate([np.random.default_rng([seed, 11, int(c)]).permutation(np.flatnonzero(labels == c))
+                            for c in np.unique(labels)]) if len(labels) else np.zeros(0, dtype=np.int64)
+    k = np.arange(len(order))
+    report = np.sort(order[np.floor((k + 1) * fraction) > np.floor(k * fraction)])
+    return np.setdiff1d(np.arange(len(labels)), report), report
+
+
+def trial_mean(trials):
+    """Mean over axis -2 (the trials), leaving out NaN trials (a random set at 0%); NaN where none is left."""
+    ok = np.isfinite(trials)
+    count = ok.sum(-2)
+    return np.where(count > 0, np.where(ok, trials, 0.0).sum(-2) / np.maximum(count, 1), np.nan)
+
+
+def bootstrap_differences(hits_passing, hits_random, replicates, seed, chunk=200):
+    """Bootstrap replicates of Eq. 3's (scaled ratio - no-scale ratio), resampling images and trials. hits_passing
+    (S, n) and hits_random (N, S, n): per-image hits, scale 0 first. A replicate draws n images with replacement (one
+    draw for every cell: the cells are paired by image) and N trials with replacement, then recomputes every
+    accuracy and Eq. 3. Returns (replicates, S - 1)."""
+    rng = np.random.default_rng(seed)
+    hr = np.asarray(hits_random, dtype=np.float32)
+    n_trials, n_scales, n = hr.shape
+    table = np.concatenate([np.asarray(hits_passing, dtype=np.float32)[None], hr]).reshape(-1, n).T  # (n, (1 + N) S)
+    out = []
+    for start in range(0, replicates, chunk):
+        b = min(chunk, replicates - start)
+        draw = rng.integers(0, n, (b, n)) + n * np.arange(b)[:, None]
+        weights = np.bincount(draw.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)  # how often each image
+        acc = (weights @ table).reshape(b, 1 + n_trials, n_scales) / n
+        p, r = acc[:, :1], acc[:, 1:]
+        trials = np.where(r > 0, p / np.where(r > 0, r, 1.0), np.nan)  # (b, N, S)
+        trials = np.take_along_axis(trials, rng.integers(0, n_trials, (b, n_trials))[:, :, None], axis=1)
+        ratio = trial_mean(trials)
+        out.append(ratio[:, 1:] - ratio[:, :1])
+    return np.concatenate(out) if out else np.zeros((0, n_scales - 1))
+
+
+def sign_flip_p(d, permutations, seed):
+    """One-sided p-value for 'mean(d) < 0', d the paired per-trial differences: under the null each d_i is as likely
+    as -d_i, and p is the share of sign flips whose mean is at most the observed mean. Every flip when 2^N <=
+    permutations (exact), else that many random flips with p = (1 + k) / (1 + permutations). NaN trials are left
+    out. Returns (p or None, 'exact' or the number of flips)."""
+    d = np.asarray(d, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return None, "no trials"
+    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
+    observed = d.mean()
+    if 2 ** len(d) <= permutations:
+        signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
+        return float(((signs * d).mean(1) <= observed + tol).mean()), "exact"
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(permutations, len(d)))
+    k = int(((signs * d).mean(1) <= observed + tol).sum())
+    return (1 + k) / (1 + permutations), f"{permutations} random flips"
+
+
+def claim_test(trials, hits_passing, hits_random, seed):
+    """The test of 'the scaled ratios are below the no-scale ratio' for one block: per scale, the difference of
+    Eq. 3's ratios with a bootstrap interval (images and trials resampled), and a paired sign-flip p-value across
+    trials, for each scale and for the mean over the scaled settings. trials: per-trial ratios (N, S)."""
+    trials = np.asarray(trials, dtype=np.float64)
+    ratio = trial_mean(trials)
+    boot = bootstrap_differences(hits_passing, hits_random, BOOTSTRAP, seed) if BOOTSTRAP else np.zeros((0, trials.shape[1] - 1))
+    lo, hi = 100 * (1 - CI) / 2, 100 * (1 + CI) / 2
+    ci = []
+    for k in range(trials.shape[1] - 1):
+        col = boot[:, k][np.isfinite(boot[:, k])]
+        ci.append(nan_to_none(np.percentile(col, [lo, hi])) if len(col) else [None, None])
+    with np.errstate(invalid="ignore"):
+        per_trial = np.nanmean(trials[:, 1:], axis=1) - trials[:, 0] if trials.shape[1] > 1 else np.full(len(trials), np.nan)
+    p, how = sign_flip_p(per_trial, PERMUTATIONS, seed)
+    per_scale = [sign_flip_p(trials[:, k] - trials[:, 0], PERMUTATIONS, seed)[0] for k in range(1, trials.shape[1])]
+    return {"claim": "the scaled ratios are below the no-scale ratio",
+            "difference": nan_to_none(ratio[1:] - ratio[0]), "ci": ci, "ci_level": CI, "bootstrap": BOOTSTRAP,
+            "p_below": p, "p_below_per_scale": per_scale, "n_trials": int(np.isfinite(per_trial).sum()), "permutations": how,
+            "method": "difference: Eq. 3 ratio at each scale minus at no scale; interval: percentile bootstrap resampling images "
+                      "(paired across cells) and trials; p: one-sided paired sign-flip permutation test on each trial's mean "
+                      "scaled ratio minus its no-scale ratio"}
+
+
 def parse_rules(spec):
     """'2.1:<0;3.1:<=1' -> {block: (op, margin in percentage points)}."""
     rules = {}
@@ -108,14 +207,7 @@ def accepted(rule, correct_random, correct_passing, n_images):
 
 def parse_sets(spec):
     """'2.1:3,17,40:48;3.1:0,9' -> {block: sorted channels}."""
-    sets = {}
-    for item in [s.strip() for s in spec.split(";") if s.strip()]:
-        block, sep, channels = item.partition(":")
-        if not sep or block.strip() not in BLOCKS:
-            die(f"cannot read set {item!r}: use e.g. '2.1:3,17,40:48;3.1:0,9' (block:channels; blocks separated by ;)")
-        post = BLOCKS[block.strip()][2]
-        sets[block.strip()] = parse_channels(channels, n_channels(post), f"block {block.strip()}")
-    return sets
+    return parse_block_channels(spec, "--sets")
 
 
 def draw_sets(rng, population, size, count):
@@ -197,48 +289,54 @@ def masks_for(sets, n):
 # A pass over the set that counts correct top-1 predictions for many cells at once, resumable.
 
 def run_pass(name, model, dataset, scales, plan, device, dtype, suffix_batch, folder, key):
-    """Correct counts (len(scales), 1 + sum of K) for every scale and every condition of `plan` (see
-    predictions), in one pass that decodes each image once. Partial counts go to folder/.partial-<name>.pt
-    every CHECKPOINT_SECONDS and on Ctrl-C; a rerun with the same key and plan continues from there."""
+    """Per-image hits, bool (len(scales), 1 + sum of K, n_images): is the top-1 prediction right, for every scale and
+    every condition of `plan` (see predictions), in one pass that decodes each image once. The hits so far go to
+    folder/.partial-<name>.pt every CHECKPOINT_SECONDS and on Ctrl-C; a rerun with the same key and plan continues."""
     plan_key = digest(key, scales, [(idx, digest(mean.cpu().numpy()), digest(masks.numpy())) for idx, mean, masks in plan])
     partial = os.path.join(folder, f".partial-{name}.pt")
-    n_cond = 1 + sum(m.shape[0] for _, _, m in plan)
-    state = {"key": plan_key, "done": 0, "correct": torch.zeros(len(scales), n_cond, dtype=torch.int64)}
+    n, n_cond = len(dataset), 1 + sum(m.shape[0] for _, _, m in plan)
+    hits, done = torch.zeros(len(scales), n_cond, n, dtype=torch.bool), 0
     if os.path.isfile(partial):
-        old = load_pt(partial, "partial counts")
-        if old.get("key") == plan_key:
-            state = old
-            print(f"{name}: resuming after {state['done']} of {len(dataset)} images")
-    if state["done"] >= len(dataset):
-        return state["correct"]
+        old = load_pt(partial, "partial hits")
+        if old.get("key") == plan_key and old.get("shape") == list(hits.shape):
+            done = old["done"]
+            hits[..., :done] = torch.from_numpy(np.unpackbits(old["hits"], axis=-1, count=done).astype(bool))
+            print(f"{name}: resuming after {done} of {n} images")
+
+    def save(done):
+        save_pt({"key": plan_key, "shape": list(hits.shape), "done": done, "hits": np.packbits(hits[..., :done].numpy(), axis=-1)}, partial)
+
+    if done >= n:
+        return hits
     dataset.scales = list(scales)
     plan_dev = [(idx, mean.to(device), masks.to(device)) for idx, mean, masks in plan]
-    correct = state["correct"].to(device)
-    done, last_save = state["done"], time.time()
+    last_save = time.time()
     loader = image_loader(dataset, BATCH, WORKERS, device, start=done)
-    bar = tqdm(total=len(dataset), initial=done, unit="img", desc=f"{name}: {len(scales)} view(s) x {n_cond} conditions", dynamic_ncols=True)
+    bar = tqdm(total=n, initial=done, unit="img", desc=f"{name}: {len(scales)} view(s) x {n_cond} conditions", dynamic_ncols=True)
     try:
         with torch.inference_mode():
-            for views, labels, _index in guarded(loader):
+            for views, labels, index in guarded(loader):
                 views, labels = views.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                batch = torch.zeros_like(correct)
+                batch = torch.empty(len(scales), n_cond, len(labels), dtype=torch.bool)
                 for v in range(len(scales)):
                     x = normalize(to_float(views[:, v])).contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                        batch[v] = (predictions(model, x, plan_dev, suffix_batch) == labels[None]).sum(1)
-                correct, done = correct + batch, done + len(labels)  # one assignment: a Ctrl-C never leaves half a batch
+                        batch[v] = (predictions(model, x, plan_dev, suffix_batch) == labels[None]).cpu()
+                first = int(index[0])
+                hits[..., first:first + len(labels)] = batch
+                done = first + len(labels)  # after the batch is in: a Ctrl-C never leaves half a batch
                 bar.update(len(labels))
-                if time.time() - last_save > CHECKPOINT_SECONDS and done < len(dataset):
-                    save_pt({"key": plan_key, "done": done, "correct": correct.cpu()}, partial)
+                if time.time() - last_save > CHECKPOINT_SECONDS and done < n:
+                    save(done)
                     last_save = time.time()
     except BaseException:
-        if 0 < done < len(dataset):
-            save_pt({"key": plan_key, "done": done, "correct": correct.cpu()}, partial)
+        if 0 < done < n:
+            save(done)
         raise
     finally:
         bar.close()
-    save_pt({"key": plan_key, "done": done, "correct": correct.cpu()}, partial)
-    return correct.cpu()
+    save(done)
+    return hits
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -356,7 +454,7 @@ def cell_path(block, condition, scale):
 
 
 def read_cell(block, condition, scale, channels, key):
-    """The correct count of a finished cell, or None; dies on a cell made under another config."""
+    """The per-image hits (bool, n_images) of a finished cell, or None; dies on a cell made under another config."""
     path = cell_path(block, condition, scale)
     if not os.path.isfile(path):
         return None
@@ -364,11 +462,21 @@ def read_cell(block, condition, scale, channels, key):
     if cell.get("run") != key or cell.get("channels") != list(channels):
         why = "channels differ" if cell.get("run") == key else config_mismatch(cell.get("run", {}), key, list(key))
         die(f"{path} was made under another config ({why}); use another --results or delete {os.path.dirname(path)}")
-    return cell["correct"]
+    return unpack_hits(cell["hits"], cell["total"])
+
+
+def pack_hits(hits):
+    """Per-image hits (bool) as text: the bits, 8 images a byte in image order, base64."""
+    return base64.b64encode(np.packbits(np.asarray(hits, dtype=bool)).tobytes()).decode()
+
+
+def unpack_hits(text, n):
+    return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n).astype(bool)
 
 
 def compute_cells(name, model, dataset, scales, wanted, means, device, dtype, suffix_batch, key, n_images):
-    """wanted: {block: [(condition, channels)]}. Runs one pass for the cells not finished yet and writes them."""
+    """wanted: {block: [(condition, channels)]} -> {(block, condition, scale): per-image hits}. Runs one pass for the
+    cells not finished yet and writes them."""
     cells = {}
     todo = {}
     for b, conds in wanted.items():
@@ -383,20 +491,20 @@ def compute_cells(name, model, dataset, scales, wanted, means, device, dtype, su
         blocks = sorted(todo, key=lambda b: where(BLOCKS[b][2])[0])
         names = {b: [c for c in todo[b] if c != "none"] for b in blocks}
         plan = [(where(BLOCKS[b][2])[0], means[b], masks_for([todo[b][c] for c in names[b]], len(means[b]))) for b in blocks]
-        correct = run_pass(name, model, dataset, scales, plan, device, dtype, suffix_batch, os.path.join(RESULTS, "ablation"), key)
+        hits = run_pass(name, model, dataset, scales, plan, device, dtype, suffix_batch, os.path.join(RESULTS, "ablation"), key).numpy()
         col = 1
         for b in blocks:
             for c in names[b]:
                 for v, s in enumerate(scales):
-                    cells[b, c, s] = int(correct[v, col])
+                    cells[b, c, s] = hits[v, col]
                 col += 1
             for v, s in enumerate(scales):
-                cells[b, "none", s] = int(correct[v, 0])
+                cells[b, "none", s] = hits[v, 0]
         for b in blocks:
             for c, chans in todo[b].items():
                 for s in scales:
-                    save_json({"block": b, "condition": c, "channels": list(chans), "scale": s, "correct": cells[b, c, s],
-                               "total": n_images, "run": key[b]}, cell_path(b, c, s))
+                    save_json({"block": b, "condition": c, "channels": list(chans), "scale": s, "correct": int(cells[b, c, s].sum()),
+                               "total": n_images, "hits": pack_hits(cells[b, c, s]), "run": key[b]}, cell_path(b, c, s))
         partial = os.path.join(RESULTS, "ablation", f".partial-{name}.pt")
         if os.path.isfile(partial):
             os.remove(partial)
@@ -423,7 +531,7 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
             die(f"block {b}: {len(passing[b])} passing channels but only {len(nonpassing[b])} others to draw random sets from")
         key[b] = {"weights": wid, "data": root, "limit": LIMIT, "n_images": n, "paths": digest(dataset.paths),
                   "mean": digest(means[b].numpy()), "precision": "bf16" if dtype is not None else "fp32",
-                  "passing": passing[b], "seed": SEED}
+                  "passing": passing[b], "seed": SEED, "cells": "per-image hits"}
         rngs[b] = np.random.default_rng([SEED, int(b.replace(".", ""))])
     blocks = [b for b in ABLATE_BLOCKS if passing[b]]
     for b in ABLATE_BLOCKS:
@@ -432,10 +540,24 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
     if not blocks:
         return
 
-    # Screening at no scale: draw random sets, evaluate them all in one pass, accept by the block's rule.
+    # Which images each variant screens on and reports on. The paper: all, and all. Held out: a split by class.
+    everything = np.arange(n)
+    images = {"paper": (everything, everything), "unscreened": (None, everything)}
+    split = None
+    if "heldout" in VARIANTS:
+        screen, report = stratified_split(dataset.labels, HOLDOUT, SEED)
+        if not len(screen) or not len(report):
+            die(f"--holdout {HOLDOUT} leaves no image to screen on or to report on among {n}: use more images")
+        images["heldout"] = (screen, report)
+        split = {"fraction": HOLDOUT, "seed": SEED, "screen": len(screen), "report": len(report), "paths": digest(dataset.paths),
+                 "report_index": report.tolist()}
+        save_json(split, os.path.join(RESULTS, "ablation", "split.json"))
+
+    # Screening at no scale: draw random sets, evaluate them all in one pass, accept by the block's rule, on the
+    # images each screened variant screens on; the unscreened control takes the first N_TRIALS draws as they come.
     draws = {b: [] for b in blocks}
-    chosen = {b: [] for b in blocks}
-    want = {b: SCREEN_DRAWS for b in blocks}
+    chosen = {(v, b): [] for v in VARIANTS for b in blocks}
+    want = {b: max(SCREEN_DRAWS, N_TRIALS if "unscreened" in VARIANTS else 0) for b in blocks}
     rnd = 0
     while True:
         for b in blocks:
@@ -444,50 +566,77 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
         cells = compute_cells(f"screen{rnd}", model, dataset, [0], wanted, means, device, dtype, suffix_batch, key, n)
         short, report = [], []
         for b in blocks:
-            if not accepted(rules[b], 0, cells[b, "passing", 0], n):  # not even a set scoring 0 would be accepted
-                op, m = rules[b]
-                die(f"block {b}: the screening rule (random top-1 - passing top-1 {op} {m:g} pp) can never be met: the passing "
-                    f"set scores {100 * cells[b, 'passing', 0] / n:.2f}%, and no random set can score below 0% (random weights?); "
-                    f"pass a margin that can be met, e.g. --screen_margin '{b}:<=100' for a smoke run")
-            ok = [j for j in range(len(draws[b])) if accepted(rules[b], cells[b, f"draw{j:03d}", 0], cells[b, "passing", 0], n)]
-            report.append(f"block {b}: {len(ok)} of {len(draws[b])} draws accepted")
-            chosen[b] = ok[:N_TRIALS]
-            if len(ok) < N_TRIALS:
-                if len(draws[b]) >= SCREEN_CAP:
+            need = 0
+            for v in VARIANTS:
+                if v == "unscreened":
+                    chosen[v, b] = list(range(min(N_TRIALS, len(draws[b]))))
+                    need = max(need, N_TRIALS - len(draws[b]))
+                    continue
+                on = images[v][0]
+                passing_hits = int(cells[b, "passing", 0][on].sum())
+                if not accepted(rules[b], 0, passing_hits, len(on)):  # not even a set scoring 0 would be accepted
                     op, m = rules[b]
-                    die(f"block {b}: found {len(ok)} of {N_TRIALS} accepted random sets in {SCREEN_CAP} draws (rule: random "
-                        f"top-1 - passing top-1 {op} {m:g} pp; passing top-1 = {100 * cells[b, 'passing', 0] / n:.2f}%); "
-                        f"raise --screen_cap or change --screen_margin")
-                rate = len(ok) / len(draws[b])
-                want[b] = math.ceil(1.5 * (N_TRIALS - len(ok)) / rate) if rate else 4 * SCREEN_DRAWS
+                    die(f"block {b}: the screening rule (random top-1 - passing top-1 {op} {m:g} pp) can never be met: the passing "
+                        f"set scores {100 * passing_hits / len(on):.2f}%" + (" on the screening images" if v == "heldout" else "") +
+                        f", and no random set can score below 0% (random weights?); pass a margin that can be met, e.g. "
+                        f"--screen_margin '{b}:<=100' for a smoke run")
+                ok = [j for j in range(len(draws[b])) if accepted(rules[b], int(cells[b, f"draw{j:03d}", 0][on].sum()), passing_hits, len(on))]
+                report.append(f"block {b}" + (" (held-out screening)" if v == "heldout" else "") + f": {len(ok)} of {len(draws[b])} draws accepted")
+                chosen[v, b] = ok[:N_TRIALS]
+                if len(ok) < N_TRIALS:
+                    if len(draws[b]) >= SCREEN_CAP:
+                        op, m = rules[b]
+                        die(f"block {b}: found {len(ok)} of {N_TRIALS} accepted random sets in {SCREEN_CAP} draws" +
+                            (" screening on the held-out split's screening images" if v == "heldout" else "") +
+                            f" (rule: random top-1 - passing top-1 {op} {m:g} pp; passing top-1 = {100 * passing_hits / len(on):.2f}%); "
+                            f"raise --screen_cap or change --screen_margin")
+                    rate = len(ok) / len(draws[b])
+                    need = max(need, math.ceil(1.5 * (N_TRIALS - len(ok)) / rate) if rate else 4 * SCREEN_DRAWS)
+            want[b] = need
+            if need:
                 short.append(b)
-            else:
-                want[b] = 0
         print("screening: " + "; ".join(report))
         if not short:
             break
         rnd += 1
 
-    # The sweep: every (condition, scale) cell of both blocks in one pass; no scale comes from screening.
-    wanted = {b: [("passing", passing[b])] + [(f"draw{j:03d}", draws[b][j]) for j in chosen[b]] for b in blocks}
+    # The sweep: every (condition, scale) cell of both blocks in one pass; no scale comes from screening. The
+    # variants share their cells: a draw chosen by two of them is computed once.
+    used = {b: sorted({j for v in VARIANTS for j in chosen[v, b]}) for b in blocks}
+    wanted = {b: [("passing", passing[b])] + [(f"draw{j:03d}", draws[b][j]) for j in used[b]] for b in blocks}
     cells.update(compute_cells("sweep", model, dataset, list(SCALES), wanted, means, device, dtype, suffix_batch, key, n))
     scales = [0] + list(SCALES)
     for b in blocks:
-        acc = lambda cond: [cells[b, cond, s] / n for s in scales]  # noqa: E731
-        acc_random = [acc(f"draw{j:03d}") for j in chosen[b]]
-        ratio, sem, trials = eq3(acc("passing"), acc_random)
-        out = {"block": b, "passing": passing[b], "random_sets": [draws[b][j] for j in chosen[b]], "scales": scales,
-               "accuracy": {"none": acc("none"), "passing": acc("passing"), "random": acc_random},
-               "ratio": nan_to_none(ratio), "sem": nan_to_none(sem), "ratio_trials": [nan_to_none(t) for t in trials],
-               "n_images": n,
-               "screening": {"rule": f"random - passing {rules[b][0]} {rules[b][1]:g} pp at no scale", "accepted_draws": chosen[b],
-                             "draws": [{"channels": s, "accuracy": cells[b, f"draw{j:03d}", 0] / n,
-                                        "accepted": accepted(rules[b], cells[b, f"draw{j:03d}", 0], cells[b, "passing", 0], n)}
-                                       for j, s in enumerate(draws[b])]},
-               "config": {**key[b], "block": b, "n_trials": N_TRIALS, "screen_margin": SCREEN_MARGIN, "screen_cap": SCREEN_CAP,
-                          "batch": BATCH, "device": str(device), "versions": versions()}}
-        save_json(out, os.path.join(RESULTS, "ablation", f"{b}.json"))
-        print_block(out)
+        for v in VARIANTS:
+            on, report_on = images[v]
+            hits_p = np.stack([cells[b, "passing", s][report_on] for s in scales])
+            hits_r = np.stack([[cells[b, f"draw{j:03d}", s][report_on] for s in scales] for j in chosen[v, b]])
+            m = len(report_on)
+            acc = lambda cond: [int(cells[b, cond, s][report_on].sum()) / m for s in scales]  # noqa: E731
+            acc_random = [acc(f"draw{j:03d}") for j in chosen[v, b]]
+            ratio, sem, trials = eq3(acc("passing"), acc_random)
+            out = {"block": b, "variant": v, "passing": passing[b], "random_sets": [draws[b][j] for j in chosen[v, b]],
+                   "scales": scales, "accuracy": {"none": acc("none"), "passing": acc("passing"), "random": acc_random},
+                   "ratio": nan_to_none(ratio), "sem": nan_to_none(sem), "ratio_trials": [nan_to_none(t) for t in trials],
+                   "n_images": m, "test": claim_test(trials, hits_p, hits_r, [SEED, int(b.replace(".", "")), list(ABLATION_VARIANTS).index(v)]),
+                   "config": {**key[b], "block": b, "variant": v, "n_trials": N_TRIALS, "screen_margin": SCREEN_MARGIN,
+                              "screen_cap": SCREEN_CAP, "batch": BATCH, "bootstrap": BOOTSTRAP, "ci": CI,
+                              "permutations": PERMUTATIONS, "device": str(device), "versions": versions()}}
+            if on is not None:
+                k = len(on)
+                out["screening"] = {"rule": f"random - passing {rules[b][0]} {rules[b][1]:g} pp at no scale", "n_images": k,
+                                    "accepted_draws": chosen[v, b],
+                                    "draws": [{"channels": s, "accuracy": int(cells[b, f"draw{j:03d}", 0][on].sum()) / k,
+                                               "accepted": accepted(rules[b], int(cells[b, f"draw{j:03d}", 0][on].sum()),
+                                                                    int(cells[b, "passing", 0][on].sum()), k)}
+                                              for j, s in enumerate(draws[b])]}
+            else:
+                out["screening"] = {"rule": "none: the first N_TRIALS draws", "accepted_draws": chosen[v, b]}
+            if v == "heldout":
+                out["split"] = {key_: split[key_] for key_ in ("fraction", "seed", "screen", "report", "paths")}
+                out["config"]["holdout"] = HOLDOUT
+            save_json(out, ablation_path(RESULTS, b, v))
+            print_block(out)
 
 
 def nan_to_none(a):
@@ -495,18 +644,33 @@ def nan_to_none(a):
 
 
 def print_block(out):
+    """The block's table: top-1 per (scale, condition), Eq. 3, and the test of the claim per scale."""
     b, n = out["block"], out["n_images"]
-    print(f"\nblock {b}: {len(out['passing'])} passing channels, {len(out['random_sets'])} random sets, {n} images "
-          f"(top-1 %; ratio = Eq. 3, +- standard error)")
-    print(f"{'scale':>6} {'none':>7} {'passing':>8} {'random':>15} {'ratio':>15}")
+    v = out.get("variant", "paper")
+    images = f"screened on {out['split']['screen']} images, reported on {n}" if v == "heldout" else f"{n} images"
+    t = out["test"]
+    print(f"\nblock {b}, {ABLATION_VARIANTS[v]}: {len(out['passing'])} passing channels, {len(out['random_sets'])} random sets, "
+          f"{images} (top-1 %; ratio = Eq. 3, +- standard error; minus none: the ratio minus the no-scale ratio, with its "
+          f"{100 * t['ci_level']:g}% bootstrap interval over trials and images; p: that it is below 0, sign flips across trials)")
+    print(f"{'scale':>6} {'none':>7} {'passing':>8} {'random':>15} {'ratio':>15} {'minus none [interval]':>27} {'p':>7}")
     acc = out["accuracy"]
+    fmt = lambda x: "n/a" if x is None else f"{x:+.3f}"  # noqa: E731
     for k, s in enumerate(out["scales"]):
-        r = np.array([t[k] for t in acc["random"]]) * 100
+        r = np.array([t_[k] for t_ in acc["random"]]) * 100
         ratio, sem = out["ratio"][k], out["sem"][k]
         ratio_txt = "undefined" if ratio is None else f"{ratio:.3f}" + ("" if sem is None else f" +- {sem:.3f}")
-        print(f"{s:>5}% {100 * acc['none'][k]:7.2f} {100 * acc['passing'][k]:8.2f} {r.mean():7.2f} +- {r.std(ddof=1) if len(r) > 1 else 0:4.2f} {ratio_txt:>15}")
-    if any(v is None for v in out["ratio"]):
+        test_txt = ""
+        if k:
+            lo, hi = t["ci"][k - 1]
+            p = t["p_below_per_scale"][k - 1]
+            test_txt = f"{fmt(t['difference'][k - 1]) + ' [' + fmt(lo) + ', ' + fmt(hi) + ']':>27} {'n/a' if p is None else f'{p:.3g}':>7}"
+        print(f"{s:>5}% {100 * acc['none'][k]:7.2f} {100 * acc['passing'][k]:8.2f} {r.mean():7.2f} +- "
+              f"{r.std(ddof=1) if len(r) > 1 else 0:4.2f} {ratio_txt:>15} {test_txt}")
+    if any(x is None for x in out["ratio"]):
         print("(undefined: every random set scored 0 at that scale, so acc_passing / acc_random has no value)")
+    p = t["p_below"]
+    print(f"the scaled ratios below the no-scale ratio, all scales together: p = {'n/a' if p is None else f'{p:.3g}'} "
+          f"({t['n_trials']} trials, {t['permutations']} sign flips)".replace("exact sign flips", "every sign flip"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -527,6 +691,13 @@ def main():
         die(f"--screen_cap ({SCREEN_CAP}) must be at least --n_trials ({N_TRIALS})")
     if not CHECKPOINT_SECONDS > 0:
         die(f"--checkpoint_seconds must be positive, not {CHECKPOINT_SECONDS}")
+    unknown = [v for v in VARIANTS if v not in ABLATION_VARIANTS]
+    if unknown or "paper" not in VARIANTS:
+        die(f"--variants must name paper and any of heldout, unscreened (comma-separated), not {','.join(VARIANTS) or 'nothing'}")
+    if not 0 < HOLDOUT < 1:
+        die(f"--holdout must be a fraction between 0 and 1 (exclusive), not {HOLDOUT}")
+    if not 0 < CI < 1 or BOOTSTRAP < 0 or PERMUTATIONS < 1:
+        die("--ci must be between 0 and 1, --bootstrap at least 0 and --permutations at least 1")
     device = pick_device(DEVICE)
     if AMP == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else None

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from stream import (BLOCKS, FZ_MATCH_KEYS, ImageError, config_mismatch, configure, decode_rgb, die, eval_views, fzs_command,
-                    load_json, load_pt, main_guard, n_channels, parse_channels, save_figure, stamp, weights_of)
+                    load_json, load_pt, main_guard, n_channels, parse_block_channels, save_figure, stamp, weights_of)
 
 RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
 CHANNELS = ""  # channels named by hand, 'block:channels;block:channels' e.g. '2.1:5,17;3.1:40'; empty: the passing channels of criteria.json
@@ -72,14 +72,7 @@ def montage(paths, tile):
 def which_channels(criteria, spec, only):
     """[(block, [channels])]: named by hand ('2.1:5,17;3.1:40'), else the passing channels of criteria.json."""
     if spec:
-        out = []
-        for item in [s.strip() for s in spec.split(";") if s.strip()]:
-            block, sep, chans = item.partition(":")
-            if not sep or block.strip() not in BLOCKS:
-                die(f"--channels: cannot read {item!r}; use block:channels;... e.g. 2.1:5,17;3.1:40 (blocks: {', '.join(BLOCKS)})")
-            block = block.strip()
-            out.append((block, parse_channels(chans, n_channels(BLOCKS[block][2]), f"block {block}")))
-        return out
+        return list(parse_block_channels(spec).items())
     if criteria is None:
         die("no criteria.json in the results folder: run python criteria.py first, or name channels with --channels 2.1:5,17")
     blocks = [b.strip() for b in only.split(",") if b.strip()] or list(criteria["blocks"])

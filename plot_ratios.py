@@ -5,7 +5,9 @@ line at the ratio without scaling (METHOD.md sections 5 and 6).
     python plot_ratios.py
 
 Reads <RESULTS>/ablation/<block>.json (written by ablate.py); writes <RESULTS>/figures/ratios.png and .pdf and
-prints the table it plots.
+prints the table it plots. Where ablate.py also wrote the held-out and unscreened variants (<block>.heldout.json,
+<block>.unscreened.json), they are drawn in rows below the paper's, on the same y axis per block, so that the bias
+of screening and reporting on the same images shows; each panel states its test of the claim (a p-value).
 """
 
 import os
@@ -15,10 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import configure, die, load_json, main_guard, save_figure, stamp, weights_of
+from stream import ABLATION_VARIANTS, ablation_path, config_mismatch, configure, die, load_json, main_guard, save_figure, stamp, weights_of
 
 RESULTS = "results"  # results folder: reads ablation/<block>.json, writes figures/ratios.*
-ABLATED = ["2.1", "3.1"]  # blocks to plot, one panel each (those without an ablation file are skipped, with a note)
+ABLATED = ["2.1", "3.1"]  # blocks to plot, one column each (those without an ablation file are skipped, with a note)
+VARIANTS = ["paper", "heldout", "unscreened"]  # rows: the paper's protocol, then each variant whose files exist
+SHOW_TEST = True  # write each panel's test of the claim (p that the scaled ratios are below the no-scale ratio)
+SAME_RUN = ("weights", "data", "limit", "paths", "mean", "precision", "passing", "seed", "n_trials", "screen_margin")  # variants must share these
 DPI = 200  # PNG resolution
 
 
@@ -32,21 +37,27 @@ def read_ablation(path):
     return d
 
 
-def draw(ax, block, d):
+def draw(ax, block, d, variant="paper"):
     scales, ratio, sem = np.array(d["scales"]), np.array(d["ratio"], float), np.array(d["sem"], float)
     n_trials = len(d["random_sets"])
     if np.isfinite(ratio[0]):
         ax.axhline(ratio[0], color="tab:blue", lw=1.5, label=f"no scale ({ratio[0]:.3f})")
-    ax.errorbar(scales[1:], ratio[1:], yerr=sem[1:], fmt="o", color="black", ms=5, capsize=4, lw=1.2,
-                label=f"scaled: mean \u00b1 SEM, N = {n_trials} trials")
+    test, label = d.get("test"), f"scaled: mean \u00b1 SEM, N = {n_trials} trials"
+    if SHOW_TEST and test and len(scales) > 1:  # the test of the claim, in the legend
+        p = test.get("p_below")
+        label += "\np(scaled < none) = " + ("n/a" if p is None else f"{p:.3g}") + " (sign flips)"
+    ax.errorbar(scales[1:], ratio[1:], yerr=sem[1:], fmt="o", color="black", ms=5, capsize=4, lw=1.2, label=label)
     ax.set_xticks(scales[1:])
     xs = scales[1:] if len(scales) > 1 else np.array([10])  # no scaled setting: an empty window where 10% would be
     step = np.diff(xs).min() if len(xs) > 1 else 10  # one scaled setting: a 10-point-wide window
     ax.set_xlim(xs[0] - 0.6 * step, xs[-1] + 0.6 * step)
     ax.set_xlabel("scale (%)")
     ax.set_ylabel("accuracy ratio (passing / random)")
-    ax.set_title(f"Block {block}: {len(d['passing'])} channels ablated\n{d['n_images']:,} images"
-                 if isinstance(d.get("n_images"), int) else f"Block {block}: {len(d['passing'])} channels ablated", fontsize=10)
+    what = "" if variant == "paper" else f", {ABLATION_VARIANTS[variant]}"
+    images = f"\n{d['n_images']:,} images" if isinstance(d.get("n_images"), int) else ""
+    if variant == "heldout" and "split" in d:
+        images = f"\nscreened on {d['split']['screen']:,} images, reported on {d['n_images']:,}"
+    ax.set_title(f"Block {block}: {len(d['passing'])} channels ablated{what}{images}", fontsize=9.5)
     ends = np.concatenate([ratio, ratio[1:] - np.nan_to_num(sem[1:]), ratio[1:] + np.nan_to_num(sem[1:])])
     ends = ends[np.isfinite(ends)]  # a ratio is null (NaN) where a random set scored 0
     if ends.size:
@@ -62,32 +73,57 @@ def draw(ax, block, d):
 
 def main():
     cfg = configure(globals())
-    found = {}
+    for v in VARIANTS:
+        if v not in ABLATION_VARIANTS:
+            die(f"unknown variant {v!r}: the variants are {', '.join(ABLATION_VARIANTS)}")
+    found = {}  # {(variant, block): ablation JSON}
     for block in ABLATED:
-        path = os.path.join(RESULTS, "ablation", f"{block}.json")
-        if os.path.isfile(path):
-            found[block] = read_ablation(path)
-        else:
+        path = ablation_path(RESULTS, block)
+        if not os.path.isfile(path):
             print(f"note: no {path}: block {block} is left out (make it with python ablate.py --ablate_blocks {block} --data /path/to/imagenet/val)")
+            continue
+        found["paper", block] = paper = read_ablation(path)
+        for v in VARIANTS:
+            other = ablation_path(RESULTS, block, v)
+            if v != "paper" and os.path.isfile(other):
+                found[v, block] = d = read_ablation(other)
+                why = config_mismatch(paper.get("config", {}), d.get("config", {}), SAME_RUN) or (
+                    d["scales"] != paper["scales"] and f"scales: {paper['scales']} vs {d['scales']}")
+                if why:
+                    die(f"{other} was made under another config than {path} ({why}): run python ablate.py --stages sweep again")
     if not found:
         die(f"no ablation results under {os.path.join(RESULTS, 'ablation')}: run python ablate.py --data /path/to/imagenet/val first")
     weights = weights_of(*[d.get("config", {}) for d in found.values()])
 
     print(f"Eq. 3 ratio (mean over random trials) \u00b1 SEM, weights {weights}")
-    for block, d in found.items():
-        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731 (null: a random set scored 0)
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731 (null: a random set scored 0)
+    for (v, block), d in found.items():
         cells = "  ".join(f"{s:>3}%: {fmt(r)} \u00b1 {fmt(e)}" if s else f"none: {fmt(r)}" for s, r, e in zip(d["scales"], d["ratio"], d["sem"]))
-        print(f"  block {block}: {cells}")
+        print(f"  block {block}" + ("" if v == "paper" else f" ({ABLATION_VARIANTS[v]})") + f": {cells}")
+        if d.get("test") and len(d["scales"]) > 1:
+            print(f"    p (scaled ratios below the no-scale ratio) = {fmt(d['test'].get('p_below'))}")
 
     for path in save_figure(figure(found, weights), os.path.join(RESULTS, "figures", "ratios"), dpi=DPI):
         print(f"wrote {path}")
 
 
 def figure(found, weights):
-    """Fig. 2: one panel per block of `found` ({block: ablation JSON})."""
-    fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 3.6), squeeze=False)
-    for ax, (block, d) in zip(axes[0], found.items()):
-        draw(ax, block, d)
+    """Fig. 2: a column per block, a row per variant of `found` ({(variant, block): ablation JSON}); the paper's on
+    top; the panels of a block share their y axis, so the variants compare at a glance."""
+    blocks = list(dict.fromkeys(b for _, b in found))
+    rows = [v for v in ABLATION_VARIANTS if any((v, b) in found for b in blocks)]
+    fig, axes = plt.subplots(len(rows), len(blocks), figsize=(4.2 * len(blocks), 3.6 * len(rows)), squeeze=False)
+    for i, v in enumerate(rows):
+        for j, block in enumerate(blocks):
+            if (v, block) in found:
+                draw(axes[i, j], block, found[v, block], v)
+            else:
+                axes[i, j].set_axis_off()
+    for j in range(len(blocks)):  # one y axis per block: the union of its panels' ranges
+        drawn = [axes[i, j] for i in range(len(rows)) if axes[i, j].axison]
+        lo, hi = min(ax.get_ylim()[0] for ax in drawn), max(ax.get_ylim()[1] for ax in drawn)
+        for ax in drawn:
+            ax.set_ylim(lo, hi)
     fig.suptitle("Accuracy ratio of passing-channel to random-channel mean ablation (Eq. 3)", fontsize=11)
     fig.tight_layout(rect=(0, 0.22 / fig.get_figheight(), 1, 1))  # the bottom strip holds the weights stamp
     stamp(fig, weights)

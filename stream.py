@@ -31,6 +31,15 @@ def mix_regions(m):
     mix = (m > EQ2_LOW) & (m < EQ2_HIGH)
     return m <= EQ2_LOW, mix, m >= EQ2_HIGH
 
+
+# Fig. 2's variants (ablate.py writes them, plot_ratios.py draws them): the paper's protocol, and two that show its
+# selection bias. Each is a file <results>/ablation/<block>.json (paper) or <block>.<variant>.json.
+ABLATION_VARIANTS = {"paper": "the paper's protocol", "heldout": "held-out screening", "unscreened": "unscreened control"}
+
+
+def ablation_path(results, block, variant="paper"):
+    return os.path.join(results, "ablation", f"{block}.json" if variant == "paper" else f"{block}.{variant}.json")
+
 # ----------------------------------------------------------------------------------------------------
 # The probed blocks and their three layers (METHOD.md section 1), by torchvision module name.
 BLOCKS = {  # block: (In, Pre, Post)
@@ -63,6 +72,17 @@ def where(layer):
 
 def n_channels(layer):
     return 64 * 2 ** (int(layer[5]) - 1)
+
+
+def parse_block_channels(spec, flag="--channels"):
+    """'2.1:3,17,40:48;3.1:0,9' -> {block: sorted channels of its Post} (blocks separated by ';')."""
+    out = {}
+    for item in [s.strip() for s in spec.split(";") if s.strip()]:
+        block, sep, chans = item.partition(":")
+        if not sep or block.strip() not in BLOCKS:
+            die(f"{flag}: cannot read {item!r}; use block:channels;... e.g. 2.1:3,17,40:48;3.1:0,9 (blocks: {', '.join(BLOCKS)})")
+        out[block.strip()] = parse_channels(chans, n_channels(BLOCKS[block.strip()][2]), f"block {block.strip()}")
+    return out
 
 
 def parse_layers(spec):
@@ -776,6 +796,48 @@ def eval_views(image, scales):
         view = TF.center_crop(base, 224) if p == 0 else TF.resize(TF.center_crop(base, crop_size(p)), [224, 224], interpolation=bilinear)
         views.append(TF.pil_to_tensor(view))
     return torch.stack(views)
+
+
+def zoom_views(image, fractions):
+    """uint8 (2 k + 1, 3, 224, 224), k the fractions below 1: zoomed copies of one decoded PIL image's eval view (resize 256,
+    center-crop 224), from the most zoomed out to the most zoomed in. For each crop fraction f < 1: zoom out f (the
+    view shrunk to round(224 f) px, bilinear, centered on a canvas of the ImageNet mean colour) and zoom in 1/f (the
+    center round(224 f) px of the view, bilinear resize to 224); f = 1 is the view itself. zooms(fractions) lists
+    the zoom factors in the same order."""
+    from PIL import Image
+    import torchvision.transforms.functional as TF
+    bilinear = TF.InterpolationMode.BILINEAR
+    view = TF.center_crop(TF.resize(image, 256, interpolation=bilinear), 224)
+    fill = tuple(round(255 * m) for m in MEAN)
+    out = []
+    for f in sorted(f for f in fractions if f < 1):  # zoom out: 0.5x first
+        side = round(224 * f)
+        canvas = Image.new("RGB", (224, 224), fill)
+        canvas.paste(TF.resize(view, [side, side], interpolation=bilinear), ((224 - side) // 2, (224 - side) // 2))
+        out.append(canvas)
+    out.append(view)
+    for f in sorted((f for f in fractions if f < 1), reverse=True):  # zoom in: 1/0.9 first, 2x last
+        out.append(TF.resize(TF.center_crop(view, round(224 * f)), [224, 224], interpolation=bilinear))
+    return torch.stack([TF.pil_to_tensor(v) for v in out])
+
+
+def zooms(fractions):
+    """The zoom factor of each of zoom_views' views, in order: f (out) ascending, 1, then 1/f ascending."""
+    small = sorted(f for f in fractions if f < 1)
+    return small + [1.0] + [1 / f for f in reversed(small)]
+
+
+class ZoomFolder(torch.utils.data.Dataset):
+    """Item i: (uint8 zoom views of image ids[i] from ONE decode, i)."""
+
+    def __init__(self, root, paths, ids, fractions):
+        self.root, self.paths, self.ids, self.fractions = root, list(paths), list(ids), list(fractions)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return zoom_views(decode_rgb(os.path.join(self.root, self.paths[self.ids[i]])), self.fractions), i
 
 
 class ImageNetFolder(torch.utils.data.Dataset):

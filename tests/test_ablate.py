@@ -287,16 +287,15 @@ def test_run_pass_resumes_from_partial_counts(folder, model, tmp_path, monkeypat
     plan = [(3, torch.rand(128), ablate.masks_for([[1, 2], [3]], 128))]
     args = ("t", model, ds, [0, 50], plan, torch.device("cpu"), None, 64, str(tmp_path), {"k": 1})
     full = ablate.run_pass(*args)
-    assert full.shape == (2, 3) and full.dtype == torch.int64
+    assert full.shape == (2, 3, 4) and full.dtype == torch.bool  # (scale, condition, image)
     partial = tmp_path / ".partial-t.pt"
-    state = torch.load(partial)
-    assert state["done"] == 4 and torch.equal(state["correct"], full)
-    # Pretend a run stopped after 3 images with planted counts: the rerun adds only image 3.
-    ds2 = stream.ImageNetFolder(folder, paths[3:], labels[3:])
-    tail = ablate.run_pass("tail", model, ds2, [0, 50], plan, torch.device("cpu"), None, 64, str(tmp_path), {"k": 1})
-    planted = torch.full((2, 3), 100, dtype=torch.int64)
-    stream.save_pt({"key": state["key"], "done": 3, "correct": planted}, str(partial))
-    assert torch.equal(ablate.run_pass(*args), planted + tail)
+    state = torch.load(partial, weights_only=False)
+    assert state["done"] == 4 and np.array_equal(np.unpackbits(state["hits"], axis=-1, count=4).astype(bool), full.numpy())
+    # Pretend a run stopped after 3 images with planted hits: the rerun computes only image 3 and keeps the rest.
+    planted = torch.from_numpy(np.random.default_rng(0).random((2, 3, 3)) < 0.5)
+    stream.save_pt({**state, "done": 3, "hits": np.packbits(planted.numpy(), axis=-1)}, str(partial))
+    again = ablate.run_pass(*args)
+    assert torch.equal(again[..., :3], planted) and torch.equal(again[..., 3], full[..., 3])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -431,9 +430,12 @@ def test_screening_accepts_some_and_rejects_others(swept):
         expect = [j for j, d in enumerate(diff) if (d <= bound if op == "<=" else d < bound)]
         assert 0 < len(expect) < len(diff)
         r = run_script(*swept.base, "--n_trials", str(len(expect)), "--stages", "sweep", "--ablate_blocks", "2.1",
-                       "--screen_margin", f"2.1:{op}{bound}")
+                       "--screen_margin", f"2.1:{op}{bound}", "--variants", "paper,unscreened")
         assert r.returncode == 0, r.stderr
         out = json.load(open(os.path.join(swept.results, "ablation", "2.1.json")))
+        control = json.load(open(os.path.join(swept.results, "ablation", "2.1.unscreened.json")))
+        assert control["random_sets"] == [d["channels"] for d in draws[:len(expect)]]  # exactly the first N draws
+        assert control["random_sets"] != out["random_sets"] or expect == list(range(len(expect)))
         assert out["screening"]["accepted_draws"] == expect, (op, bound, diff)
         assert [d["accepted"] for d in out["screening"]["draws"]] == [j in expect for j in range(len(diff))]
         assert out["random_sets"] == [draws[j]["channels"] for j in expect]
@@ -442,7 +444,7 @@ def test_screening_accepts_some_and_rejects_others(swept):
     # A rule that a set could meet but none of the draws does: stops at the cap, saying how many it found.
     if values[0] > -round(100 * passing):  # some draw scored above 0%, so '< lowest' is meetable in principle
         cap = run_script(*swept.base, "--n_trials", "1", "--stages", "sweep", "--ablate_blocks", "2.1",
-                         "--screen_margin", f"2.1:<{values[0]}")
+                         "--screen_margin", f"2.1:<{values[0]}", "--variants", "paper")
         assert cap.returncode == 1 and "Traceback" not in cap.stderr
         assert "block 2.1: found 0 of 1 accepted random sets in 8 draws" in cap.stderr, cap.stderr
 
@@ -514,3 +516,87 @@ def test_passing_sets_from_criteria_json(tmp_path, monkeypatch):
             f"--pre_as_released False --batch 64 --weights random --results {tmp_path}") in text
     monkeypatch.setattr(ablate, "SETS", "3.1:4,2")  # named by hand: allowed
     assert ablate.passing_sets("random:0") == {"2.1": [1, 5, 9], "3.1": [2, 4]}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Beyond the paper's Fig. 2: held-out screening, the unscreened control, and the test of the claim.
+
+def test_stratified_split_is_stratified_and_reproducible():
+    labels = np.repeat(np.arange(7), [1, 2, 3, 4, 7, 10, 13])[np.random.default_rng(5).permutation(40)]
+    screen, report = ablate.stratified_split(labels, 0.5, seed=0)
+    assert len(report) == 20 and np.array_equal(np.sort(np.concatenate([screen, report])), np.arange(40))
+    for c in range(7):
+        n_c, k = (labels == c).sum(), (labels[report] == c).sum()
+        assert np.floor(0.5 * n_c) <= k <= np.ceil(0.5 * n_c), (c, n_c, k)
+    again = ablate.stratified_split(labels, 0.5, seed=0)
+    assert np.array_equal(again[1], report) and np.array_equal(again[0], screen)
+    assert not np.array_equal(ablate.stratified_split(labels, 0.5, seed=1)[1], report)
+    _, quarter = ablate.stratified_split(labels, 0.25, seed=0)
+    assert len(quarter) == 10 and all(np.floor(0.25 * (labels == c).sum()) <= (labels[quarter] == c).sum()
+                                      <= np.ceil(0.25 * (labels == c).sum()) for c in range(7))
+
+
+def test_sign_flip_p_values_on_planted_differences():
+    below = -np.linspace(0.1, 0.3, 10)  # every trial's scaled ratio below its no-scale ratio
+    assert ablate.sign_flip_p(below, 10000, 0) == (1 / 1024, "exact")  # only the observed signs reach that mean
+    assert ablate.sign_flip_p(-below, 10000, 0)[0] == 1.0
+    p, how = ablate.sign_flip_p(np.array([0.2, -0.2, 0.1, -0.1, 0.05, -0.05, 0.3, -0.3]), 10000, 0)  # symmetric: none
+    assert how == "exact" and 0.5 <= p <= 0.7
+    p, how = ablate.sign_flip_p(-np.linspace(0.1, 0.3, 20), 999, 0)  # 2^20 flips: random ones
+    assert how == "999 random flips" and p == 1 / 1000
+    assert ablate.sign_flip_p([np.nan, np.nan], 100, 0) == (None, "no trials")
+    # claim_test on planted per-trial ratios: a clear effect and none
+    g = np.random.default_rng(0)
+    n_trials, scales = 12, 4
+    hits_p = g.random((scales, 300)) < 0.5
+    hits_r = g.random((n_trials, scales, 300)) < 0.5
+    effect = np.column_stack([np.full(n_trials, 1.0) + g.normal(0, 0.02, n_trials)] + [np.full(n_trials, 0.9) + g.normal(0, 0.02, n_trials)] * 3)
+    t = ablate.claim_test(effect, hits_p, hits_r, 0)
+    assert t["p_below"] < 0.001 and t["permutations"] == "exact" and all(p < 0.001 for p in t["p_below_per_scale"])
+    assert np.allclose(t["difference"], effect[:, 1:].mean(0) - effect[:, 0].mean())
+    noise = 1.0 + g.normal(0, 0.05, (n_trials, scales))
+    assert ablate.claim_test(noise, hits_p, hits_r, 0)["p_below"] > 0.05
+
+
+def test_bootstrap_interval_on_planted_hits():
+    """Per-image hits whose answer is known: the passing set loses 15 points at every scale and the random sets do
+    not (difference -0.3 at each scale), and a case with no difference at all."""
+    g = np.random.default_rng(1)
+    n, n_trials = 2000, 10
+    base = g.random(n)
+    hits_r = np.stack([np.stack([g.random(n) < 0.5 for _ in range(4)]) for _ in range(n_trials)])
+    effect = np.stack([base < 0.5] + [base < 0.35] * 3)  # 50% at no scale, 35% scaled
+    boot = ablate.bootstrap_differences(effect, hits_r, 500, seed=0)
+    assert boot.shape == (500, 3)
+    lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
+    truth = 0.35 / 0.5 - 0.5 / 0.5  # ratios against random sets at 50%
+    assert (hi < 0).all() and (lo < truth).all() and (truth < hi).all()
+    none = np.stack([base < 0.5] * 4)
+    lo, hi = np.percentile(ablate.bootstrap_differences(none, hits_r, 500, seed=0), [2.5, 97.5], axis=0)
+    assert ((lo < 0) & (0 < hi)).all()
+    assert np.array_equal(ablate.bootstrap_differences(none, hits_r, 50, seed=3), ablate.bootstrap_differences(none, hits_r, 50, seed=3))
+
+
+def test_heldout_cells_are_counted_on_heldout_images_only(swept):
+    """ablate.py's held-out variant against the independent slow path on exactly the split's report images."""
+    split = json.load(open(os.path.join(swept.results, "ablation", "split.json")))
+    report = split["report_index"]
+    labels = swept.labels.numpy()
+    assert split["report"] == len(report) == LIMIT // 2 and split["screen"] == LIMIT - len(report)
+    assert np.array_equal(ablate.stratified_split(labels, 0.5, 0)[1], report)  # the recorded split is the seeded one
+    paths = [swept.paths[i] for i in report]
+    summary = torch.load(os.path.join(swept.results, "natural", "summary.pt"), weights_only=False)
+    for block in SETS:
+        out = json.load(open(os.path.join(swept.results, "ablation", f"{block}.heldout.json")))
+        assert out["variant"] == "heldout" and out["n_images"] == len(report) and out["split"]["report"] == len(report)
+        mean = summary["mean"][stream.BLOCKS[block][2]]
+        for name, channels, accuracy in [("passing", out["passing"], out["accuracy"]["passing"])] + \
+                [(f"random {k}", c, a) for k, (c, a) in enumerate(zip(out["random_sets"], out["accuracy"]["random"]))]:
+            for k, scale in enumerate(out["scales"]):
+                logits = reference_logits(swept.model, swept.root, paths, scale, block, channels, mean)
+                correct, ambiguous = count_correct(logits, swept.labels[report])
+                assert abs(round(accuracy[k] * len(report)) - correct) <= ambiguous, (block, name, scale)
+        # screening was on the other images: its accuracies are counts out of the screening part
+        assert out["screening"]["n_images"] == split["screen"]
+        assert all(round(d["accuracy"] * split["screen"], 6) == int(round(d["accuracy"] * split["screen"])) for d in out["screening"]["draws"])
+        assert set(out["test"]) >= {"difference", "ci", "p_below", "method"} and len(out["test"]["ci"]) == len(out["scales"]) - 1

@@ -442,3 +442,52 @@ def test_spectrum_explains_a_missing_spearman(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "no rho with bn2_abs for block 2.1: every channel has the same value (random weights?)" in r.stdout
     assert "no rho with conv2_abs_mean" not in r.stdout
+
+
+def add_variants(results):
+    """Held-out and unscreened files next to make_results' paper files: lower no-scale ratios, known p-values."""
+    for block in ("2.1", "3.1"):
+        paper = json.loads(open(stream.ablation_path(results, block)).read())
+        for k, v in enumerate(("heldout", "unscreened")):
+            d = json.loads(json.dumps(paper))
+            d["variant"], d["config"]["variant"] = v, v
+            d["ratio"] = [r - 0.05 * (k + 1) * (i == 0) for i, r in enumerate(paper["ratio"])]
+            d["test"] = {"p_below": 0.25 + 0.5 * k, "n_trials": 10, "difference": [0.0] * 5, "ci": [[0, 0]] * 5}
+            if v == "heldout":
+                d["split"] = {"screen": 6, "report": 6, "fraction": 0.5, "seed": 0}
+                d["n_images"] = 6
+            stream.save_json(d, stream.ablation_path(results, block, v))
+
+
+def test_fig2_draws_the_variants_below_the_papers(tmp_path):
+    results = make_results(tmp_path / "results", natural=False)
+    add_variants(results)
+    r, figs = capture("plot_ratios.py", "--results", results)
+    assert r.returncode == 0, r.stderr
+    axes = [ax for ax in figs[0].axes if ax.get_title()]
+    assert len(axes) == 6  # 3 rows (paper, held-out, unscreened) x 2 blocks
+    for ax in axes:
+        block = ax.get_title().split(":")[0].split()[-1]
+        v = "heldout" if "held-out" in ax.get_title() else "unscreened" if "unscreened" in ax.get_title() else "paper"
+        d = json.loads(open(stream.ablation_path(results, block, v)).read())
+        blue = [line for line in ax.get_lines() if line.get_color() == "tab:blue"]
+        assert np.allclose(blue[0].get_ydata(), d["ratio"][0]), (block, v)
+        x, y = ax.containers[0].lines[0].get_data()
+        assert np.allclose(y, d["ratio"][1:])
+        p = [t.get_text().split("\n")[1] for t in ax.get_legend().get_texts() if "p(scaled < none)" in t.get_text()]
+        assert (p == [f"p(scaled < none) = {d['test']['p_below']:.3g} (sign flips)"]) if "test" in d else not p
+        same = [a for a in axes if a.get_title().split(":")[0] == ax.get_title().split(":")[0]]
+        assert all(a.get_ylim() == ax.get_ylim() for a in same)  # one y axis per block: the bias shows
+    assert "screened on 6 images, reported on 6" in " ".join(ax.get_title() for ax in axes)
+    assert "p (scaled ratios below the no-scale ratio) = 0.7500" in r.stdout
+
+
+def test_fig2_refuses_variants_of_another_run(tmp_path):
+    results = make_results(tmp_path / "results", natural=False)
+    add_variants(results)
+    path = stream.ablation_path(results, "3.1", "unscreened")
+    d = json.loads(open(path).read())
+    d["config"]["n_trials"] = 100
+    stream.save_json(d, path)
+    r, _ = capture("plot_ratios.py", "--results", results)
+    assert r.returncode != 0 and "3.1.unscreened.json was made under another config" in r.stderr and "n_trials" in r.stderr
