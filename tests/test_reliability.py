@@ -48,7 +48,7 @@ def test_a_second_fzs_on_the_same_folder_is_refused_and_a_kill_leaves_no_stale_l
         while time.time() < deadline and not (os.path.isfile(lock) and f"pid {first.pid}" in open(lock).read()):
             time.sleep(0.05)
         t0 = time.time()
-        second = script("fzs.py", *args, check=False)
+        second = script("fzs.py", *args, check=False, timeout=60)  # not refused: a TimeoutExpired fails the test
         assert second.returncode != 0 and time.time() - t0 < 30  # refused at once, no hang
         assert f"is in use by another fzs.py (pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1
@@ -135,7 +135,8 @@ def test_readme_smoke_pipeline_makes_every_figure_with_content(tmp_path):
         assert p.returncode == 0, f"{line}\n{p.stderr[-3000:]}"
         outputs[argv[1]] = outputs.get(argv[1], "") + p.stdout
     figures = tmp_path / "results" / "figures"
-    for name in ("grids_selected", "ratios", "mix_hist", "mix_vs_bn2", "mix_vs_conv2", "pass_frequency"):
+    for name in ("grids_selected", "ratios", "mix_hist", "mix_vs_bn2", "mix_vs_conv2", "pass_frequency", "tuning_curves_2.1",
+                 "tuning_curves_3.1", "tuning_si", "tuning_zoom"):
         assert (figures / f"{name}.png").stat().st_size > 20_000 and (figures / f"{name}.pdf").is_file(), name
     assert "missing" not in outputs["plot_grids.py"]  # center FZs, channel FZs and top-9 natural images of every grid
     for block in ("2.1", "3.1"):

@@ -86,6 +86,8 @@ def test_pre_is_bn2_not_the_post_sum(model):
     for block, (_, pre, post) in stream.BLOCKS.items():
         ours = stream.features(model, x, [pre])[pre]
         assert torch.allclose(ours, copied[pre], atol=1e-5)
+        both = stream.features(model, x, [pre, post])  # Pre read in the same pass as Post: not overwritten by the sum
+        assert torch.allclose(both[pre], copied[pre], atol=1e-5) and torch.allclose(both[post], copied[post], atol=1e-5)
         assert torch.equal(referenced[pre], referenced[post])  # the aliasing METHOD.md warns about
         assert not torch.allclose(ours, copied[post], atol=1e-3)
         assert (ours < 0).any()  # Pre can be negative; Post cannot
