@@ -41,7 +41,18 @@ MIX_IF_PRE_NONPOS = 10.0  # m_c when Post_c(X̂_Pre) <= 0 (released code; its ru
 MIX_IF_IN_NONPOS = 0.0  # m_c when Post_c(X̂_In) <= 0 < Post_c(X̂_Pre) (released code)
 
 # Fixed by the paper and by the result-file contract (not command-line options: written as expressions).
-PAPER_COUNTS = dict([("1.1", 6), ("2.0", 2), ("2.1", 23), ("3.0", 0), ("3.1", 46), ("4.0", 0), ("4.1", 0)])  # main paper, section 3
+# The paper's passing channels (zero-indexed, its Figs. 1, 3 and 4): the reference for resnet18 with IMAGENET1K_V1.
+PAPER_PASSING = dict([
+    ("1.1", [10, 19, 21, 25, 44, 50]),
+    ("2.0", [50, 53]),
+    ("2.1", [13, 15, 18, 21, 25, 30, 31, 35, 36, 47, 48, 52, 56, 67, 68, 72, 88, 105, 106, 108, 110, 124, 127]),
+    ("3.0", []),
+    ("3.1", [1, 9, 13, 14, 16, 22, 29, 48, 58, 59, 63, 67, 69, 80, 88, 100, 113, 117, 126, 132, 135, 137, 141, 144, 147, 149,
+             153, 158, 161, 163, 164, 168, 178, 179, 180, 187, 188, 192, 198, 200, 204, 206, 215, 220, 226, 250]),
+    ("4.0", []),
+    ("4.1", []),
+])
+PAPER_WEIGHTS = "IMAGENET1K_V1"  # the weights the paper's lists were measured with
 CSV_COLUMNS = "block channel pre_in pre_zoom_in post_in post_pre eq1 eq2 passes mix bn2_abs conv2_abs_mean".split()
 
 
@@ -274,6 +285,15 @@ def write_csv(rows, columns, path):
     stream.atomic_write(path, write)
 
 
+def paper_overlap(block, passing, measured):
+    """Our passing set against the paper's, over the channels we measured: counts, Jaccard, each side only, and the
+    paper's channels we did not measure."""
+    paper, ours, measured = set(PAPER_PASSING[block]), set(passing), set(measured)
+    seen = paper & measured
+    return {"ours": len(ours), "paper": len(paper), "both": len(ours & seen), "jaccard": jaccard(ours, seen),
+            "ours_only": sorted(ours - paper), "paper_only": sorted(seen - ours), "paper_unmeasured": sorted(paper - measured)}
+
+
 def print_summary(result, wid):
     print(f"\nScale-invariance criteria (Eq. 1 and Eq. 2 of METHOD section 3), weights {wid}"
           + ("  ** RANDOM WEIGHTS: not the paper's model **" if wid.startswith("random") else ""))
@@ -284,9 +304,16 @@ def print_summary(result, wid):
         s = result["blocks"][block]
         m = len(s["measured"])
         of = f"{m} channels" if m == s["n_channels"] else f"{m} measured channels (of {s['n_channels']})"
-        paper = PAPER_COUNTS[block]
+        paper = len(PAPER_PASSING[block])
         print(f"  block {block}: {s['count']} of {of} pass ({s['percent']:.1f}%)   "
               f"[Eq. 1: {s['eq1_count']}, Eq. 2: {s['eq2_count']}]   paper: {paper} ({100 * paper / s['n_channels']:.1f}%)")
+        o = s.get("paper_overlap")
+        if o:
+            unmeasured = f"; {len(o['paper_unmeasured'])} of the paper's not measured here" if o["paper_unmeasured"] else ""
+            print(f"      vs the paper's list: ours {o['ours']}, paper {o['paper']}, both {o['both']}, Jaccard {o['jaccard']:.2f}; "
+                  f"ours only {o['ours_only'] or 'none'}; paper only {o['paper_only'] or 'none'}{unmeasured}")
+    if wid != PAPER_WEIGHTS:
+        print(f"  (no published reference exists for weights {wid}: the paper's channel lists are for resnet18 with {PAPER_WEIGHTS})")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -376,6 +403,9 @@ def main():
                 print(f"block {block}: not measured: {reason}", file=sys.stderr)
             die(f"no block could be measured from {os.path.join(RESULTS, 'fzs')}: the reason for each block is above")
         results[os.path.abspath(RESULTS)] = result
+        if wid == PAPER_WEIGHTS:  # the paper's published lists are the reference for these weights only
+            for block, s in result["blocks"].items():
+                s["paper_overlap"] = paper_overlap(block, s["passing"], s["measured"])
         save_json({"config": config, "fz_files": result["fz_files"], "fz_sha256": result["fz_sha256"],
                    "blocks": result["blocks"], "skipped": result["skipped"]}, os.path.join(RESULTS, "criteria.json"))
         write_csv(csv_rows(result["values"]), CSV_COLUMNS, os.path.join(RESULTS, "criteria.csv"))

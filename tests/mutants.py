@@ -24,14 +24,14 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 A, C, F, S, P = "tests/test_ablate.py", "tests/test_criteria.py", "tests/test_fzs.py", "tests/test_stream.py", "tests/test_plots.py"
-R = "tests/test_reliability.py"
+R, TU = "tests/test_reliability.py", "tests/test_tuning.py"
 
 MUTANTS = [
     # --- ImageNet labels, views and accuracy (METHOD.md sections 4 and 5)
     ("labels-by-folder-order", "stream.py", "labels.append(WNID_INDEX[name])", "labels.append(folders.index(name))",
      [f"{A}::test_counts_equal_independent_recomputation"]),
-    ("errors-counted-as-hits", "ablate.py", "(predictions(model, x, plan_dev, suffix_batch) == labels[None]).sum(1)",
-     "(predictions(model, x, plan_dev, suffix_batch) != labels[None]).sum(1)", [f"{A}::test_counts_equal_independent_recomputation"]),
+    ("errors-counted-as-hits", "ablate.py", "(predictions(model, x, plan_dev, suffix_batch) == labels[None]).cpu()",
+     "(predictions(model, x, plan_dev, suffix_batch) != labels[None]).cpu()", [f"{A}::test_counts_equal_independent_recomputation"]),
     ("zero-ablation", "ablate.py", "mean.to(h.dtype)[None, None, :, None, None]", "torch.zeros_like(mean).to(h.dtype)[None, None, :, None, None]",
      [f"{A}::test_counts_equal_independent_recomputation"]),
     ("released-crop", "stream.py", "return 256 - (256 * int(percent)) // 100", "return int(224 * (1 - int(percent) / 100))",
@@ -123,12 +123,41 @@ MUTANTS = [
      [f"{F}::test_bad_input_is_one_line_error"]),
     ("error-split-at-imageerror", "stream.py", 'die(text[text.rindex("cannot read image"):].splitlines()[0] if "cannot read image" in text else "cannot read an image")',
      'die(text.splitlines()[-1].split("ImageError: ", 1)[-1])', [f"{A}::test_unreadable_image_is_one_line"]),
-    ("impossible-rule-undetected", "ablate.py", "if not accepted(rules[b], 0, cells[b, \"passing\", 0], n):", "if False:",
+    ("impossible-rule-undetected", "ablate.py", "if not accepted(rules[b], 0, passing_hits, len(on)):", "if False:",
      [f"{A}::test_refusals_and_the_cap"]),
     ("refusal-reasons-not-printed", "criteria.py", 'print(f"block {block}: not measured: {reason}", file=sys.stderr)', "pass",
      [f"{C}::test_every_refusal_prints_its_reason"]),
     ("suggestion-without-settings", "criteria.py", "like = load_fz(fz_path(results, other[0])) if other else any_fz(results)",
      "like = load_fz(fz_path(results, other[0])) if other else None", [f"{C}::test_run_refuses_mixed_configs_and_names_the_missing_fzs"]),
+    # --- Fig. 2 without its built-in bias (issue: held-out screening, more trials, a test of the claim)
+    ("split-by-position-not-class", "ablate.py", "report = np.sort(order[np.floor((k + 1) * fraction) > np.floor(k * fraction)])",
+     "report = np.sort(order[k < int(fraction * len(order))])", [f"{A}::test_stratified_split_is_stratified_and_reproducible"]),
+    ("heldout-reported-on-screening-images", "ablate.py", 'images["heldout"] = (screen, report)', 'images["heldout"] = (screen, screen)',
+     [f"{A}::test_heldout_cells_are_counted_on_heldout_images_only"]),
+    ("unscreened-takes-the-accepted-sets", "ablate.py", "chosen[v, b] = list(range(min(N_TRIALS, len(draws[b]))))",
+     'chosen[v, b] = chosen["paper", b]', [f"{A}::test_screening_accepts_some_and_rejects_others"]),
+    ("bootstrap-without-images", "ablate.py", "weights = np.bincount(draw.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)",
+     "weights = np.ones((b, n), dtype=np.float32)", [f"{A}::test_bootstrap_interval_on_planted_hits"]),
+    ("p-value-wrong-tail", "ablate.py", "return float(((signs * d).mean(1) <= observed + tol).mean()), \"exact\"",
+     "return float(((signs * d).mean(1) >= observed - tol).mean()), \"exact\"", [f"{A}::test_sign_flip_p_values_on_planted_differences"]),
+    ("fig2-variants-not-same-y", "plot_ratios.py", "        for ax in drawn:\n            ax.set_ylim(lo, hi)", "        pass",
+     [f"{P}::test_fig2_draws_the_variants_below_the_papers"]),
+    # --- Beyond the paper: tuning on natural images (tuning.py)
+    ("si-without-the-minimum", "tuning.py", "1 - (top - low) / np.where(top > 0, top, 1.0)", "1 - top / np.where(top > 0, top, 1.0)",
+     [f"{TU}::test_analogues_and_index_on_planted_values"]),
+    ("eq1n-without-relu", "tuning.py", "diff = np.where(ok, pre_zoomed - np.maximum(pre, 0.0), 0.0)", "diff = np.where(ok, pre_zoomed - pre, 0.0)",
+     [f"{TU}::test_analogues_and_index_on_planted_values"]),
+    ("eq2n-zero-denominator-kept", "tuning.py", "return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)",
+     "return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.inf)", [f"{TU}::test_analogues_and_index_on_planted_values"]),
+    ("zoom-out-padded-black", "stream.py", "fill = tuple(round(255 * m) for m in MEAN)", "fill = (0, 0, 0)",
+     [f"{TU}::test_zoom_views_equal_torchvision_on_pil"]),
+    ("top-k-lowest", "tuning.py", "return np.argsort(-acts.astype(np.float32), axis=0, kind=\"stable\")[:k]",
+     "return np.argsort(acts.astype(np.float32), axis=0, kind=\"stable\")[:k]", [f"{TU}::test_unit_sets_are_unions_of_the_three_top_k"]),
+    ("curves-over-the-whole-set", "tuning.py", "own = np.where(member[..., None], values.transpose(0, 2, 1, 3), np.nan)",
+     "own = np.where((member | True)[..., None], values.transpose(0, 2, 1, 3), np.nan)", [f"{TU}::test_each_image_once_and_equal_to_hooks_per_unit"]),
+    # --- The paper's channel lists as a reference (criteria.py)
+    ("paper-overlap-counts-unmeasured", "criteria.py", "    seen = paper & measured\n", "    seen = paper\n",
+     [f"{C}::test_overlap_with_the_papers_lists_on_planted_sets"]),
 ]
 
 

@@ -283,3 +283,22 @@ def test_every_refusal_prints_its_reason(tmp_path, monkeypatch, capsys):
     assert any(l.startswith("block 2.1: not measured:") and "seed: 0 vs 1" in l for l in err), err
     assert any(l.startswith("block 3.1: not measured:") and "steps: 2 vs 9" in l for l in err), err
     assert any(l.startswith("block 4.1: not measured: no center FZs for layer4.0, layer4.1.bn2") for l in err), err
+
+
+def test_overlap_with_the_papers_lists_on_planted_sets(capsys, monkeypatch):
+    monkeypatch.setattr(criteria, "BLOCKS", ["2.1"])
+    assert criteria.PAPER_PASSING["2.0"] == [50, 53] and len(criteria.PAPER_PASSING["3.1"]) == 46
+    o = criteria.paper_overlap("2.1", [13, 15, 99, 127], range(128))
+    assert (o["ours"], o["paper"], o["both"]) == (4, 23, 3) and o["ours_only"] == [99]
+    assert o["jaccard"] == pytest.approx(3 / 24) and 18 in o["paper_only"] and 13 not in o["paper_only"]
+    part = criteria.paper_overlap("2.1", [13], range(16))  # measured 0..15: the paper's 13, 15 are in range
+    assert part["paper_only"] == [15] and part["jaccard"] == 0.5 and len(part["paper_unmeasured"]) == 21
+    assert criteria.paper_overlap("4.1", [], range(512))["jaccard"] == 1.0  # both empty
+    s = {"count": 4, "n_channels": 128, "measured": list(range(128)), "percent": 3.1, "eq1_count": 9, "eq2_count": 30,
+         "passing": [13, 15, 99, 127], "paper_overlap": o}
+    criteria.print_summary({"blocks": {"2.1": s}, "skipped": {}}, "IMAGENET1K_V1")
+    out = capsys.readouterr().out
+    assert "vs the paper's list: ours 4, paper 23, both 3, Jaccard 0.12; ours only [99]; paper only [18, 21" in out
+    assert "no published reference" not in out
+    criteria.print_summary({"blocks": {"2.1": {**s, "paper_overlap": None}}, "skipped": {}}, "random:0")
+    assert "no published reference exists for weights random:0" in capsys.readouterr().out
