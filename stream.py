@@ -233,11 +233,17 @@ def stem(model, x):
 
 
 def block_forward(block, x, part="post"):
-    """One BasicBlock: {'in': skip summand, 'pre': bn2 output, 'post': ReLU(in + pre)}, as far as `part`."""
+    """One residual block: {'in': skip summand, 'pre': the last BatchNorm's output before the sum (bn2 of a
+    BasicBlock, bn3 of a Bottleneck), 'post': ReLU(in + pre)}, as far as `part`. Nothing is done in place, so
+    Pre stays the true BatchNorm output (torchvision's own forward adds and applies the ReLU in place)."""
     out = {"in": block.downsample(x) if block.downsample is not None else x}
     if part == "in":
         return out
-    out["pre"] = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
+    h = torch.relu(block.bn1(block.conv1(x)))
+    if hasattr(block, "bn3"):  # Bottleneck: 1x1, 3x3, 1x1
+        out["pre"] = block.bn3(block.conv3(torch.relu(block.bn2(block.conv2(h)))))
+    else:
+        out["pre"] = block.bn2(block.conv2(h))
     if part == "post":
         out["post"] = torch.relu(out["pre"] + out["in"])
     return out

@@ -24,7 +24,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 A, C, F, S, P = "tests/test_ablate.py", "tests/test_criteria.py", "tests/test_fzs.py", "tests/test_stream.py", "tests/test_plots.py"
-R, TU = "tests/test_reliability.py", "tests/test_tuning.py"
+R, TU, AR = "tests/test_reliability.py", "tests/test_tuning.py", "tests/test_arch.py"
 
 MUTANTS = [
     # --- ImageNet labels, views and accuracy (METHOD.md sections 4 and 5)
@@ -158,6 +158,13 @@ MUTANTS = [
     # --- The paper's channel lists as a reference (criteria.py)
     ("paper-overlap-counts-unmeasured", "criteria.py", "    seen = paper & measured\n", "    seen = paper\n",
      [f"{C}::test_overlap_with_the_papers_lists_on_planted_sets"]),
+    # --- Beyond ResNet18: the table derived from the model (arch.py), Bottleneck Pre (stream.block_forward)
+    ("bottleneck-pre-is-bn2", "stream.py", 'if hasattr(block, "bn3"):  # Bottleneck: 1x1, 3x3, 1x1', "if False:",
+     [f"{AR}::test_truncated_reader_equals_hooks"]),
+    ("jitter-rule-by-stage-only", "arch.py", "if stage == 1 or (stage == 2 and position == 0):", "if stage == 1:",
+     [f"{AR}::test_jitter_rule_reproduces_the_resnet18_table"]),
+    ("maxpool-skip-probed", "arch.py", "        if skip is not None:", "        if True:",
+     [f"{AR}::test_resnet18_table_is_the_typed_in_one"]),
 ]
 
 

@@ -1,0 +1,107 @@
+"""The residual stream of any torchvision ResNet, derived from the model rather than typed in.
+
+Every torchvision ResNet has the same residual stream; only the block type differs (BasicBlock in resnet18/34,
+Bottleneck in resnet50 and up). For each block L.B of stage L (1..4), position B:
+- In: the skip path's summand when it is a residual-stream layer: the block's own downsample BatchNorm
+  (`layerL.B.downsample.1`) when it has one, else the previous block's output. ResNet18's block 1.0 has neither
+  (its skip path adds the max-pool output), so it is not probed; that is why the paper starts at 1.1. In a
+  Bottleneck network block 1.0 has a downsample, so it is probed.
+- Pre: the block's last BatchNorm before the sum (`bn2` in a BasicBlock, `bn3` in a Bottleneck).
+- Post: the block output.
+
+The FZ jitter rule (METHOD.md section 2's table for ResNet18, by stage and position): jitter 0 in stage 1 and in
+the first block of stage 2; 4 in the rest of stage 2 and the first block of stage 3; 16 in the rest of stage 3
+and in stage 4. It reproduces ResNet18's table exactly (a test) and extends to any depth.
+
+This module is the foundation of the ARCH constant (the issue "Beyond ResNet18"): the scripts still use
+stream.BLOCKS, which equals block_table(resnet18) (a test).
+"""
+
+import torch
+import torchvision
+
+# every torchvision ResNet (a tuple() call, not a literal, so that it is no command-line flag)
+ARCHS = tuple(["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
+               "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"])
+
+
+def residual_blocks(model):
+    """The torchvision module names of the residual blocks, in forward order: ['layer1.0', 'layer1.1', ...]."""
+    return [f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in range(len(model.get_submodule(f"layer{s}")))]
+
+
+def block_table(model):
+    """{block 'L.B': (In, Pre, Post) module names} for every probed block, in forward order."""
+    table, previous = {}, None
+    for name in residual_blocks(model):
+        block = model.get_submodule(name)
+        pre = f"{name}.bn3" if hasattr(block, "bn3") else f"{name}.bn2"
+        skip = f"{name}.downsample.1" if block.downsample is not None else previous
+        if skip is not None:  # block 1.0 of a BasicBlock network adds the max-pool output: not a residual-stream layer
+            table[name[5:]] = (skip, pre, name)
+        previous = name
+    return table
+
+
+def layers_of(table):
+    """The distinct layers of a block table, in forward order."""
+    return list(dict.fromkeys(layer for roles in table.values() for layer in roles))
+
+
+def channels(model, layer):
+    """The number of channels of a layer (a BatchNorm, or a block whose output is its last BatchNorm's)."""
+    module = model.get_submodule(layer)
+    if isinstance(module, torch.nn.BatchNorm2d):
+        return module.num_features
+    return (module.bn3 if hasattr(module, "bn3") else module.bn2).num_features
+
+
+def units(model):
+    """The number of units (center neurons) of a full sweep: the channels of every probed layer."""
+    return sum(channels(model, layer) for layer in layers_of(block_table(model)))
+
+
+def jitter(block_name):
+    """The FZ pad/jitter of the layers of block 'layerL.B' (METHOD.md section 2, by stage and position)."""
+    stage, position = int(block_name[5]), int(block_name.split(".")[1])
+    if stage == 1 or (stage == 2 and position == 0):
+        return 0
+    if stage == 2 or (stage == 3 and position == 0):
+        return 4
+    return 16
+
+
+def build(arch, num_classes=1000):
+    """An untrained torchvision model of that architecture (weights are loaded by the caller)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; the torchvision ResNets are: {', '.join(ARCHS)}")
+    return getattr(torchvision.models, arch)(weights=None, num_classes=num_classes).eval()
+
+
+# ----------------------------------------------------------------------------------------------------
+# `python arch.py --arch resnet50`: the block table, the unit count and the cost of a full center sweep.
+
+ARCH = "resnet18"  # a torchvision ResNet: resnet18, resnet34, resnet50, resnet101, resnet152, wide_resnet50_2, ... (see ARCHS)
+STEPS = 2560  # optimisation steps per unit (the paper's)
+
+
+def main():
+    from stream import configure, die
+    configure(globals())
+    if ARCH not in ARCHS:
+        die(f"unknown architecture {ARCH!r}; the torchvision ResNets are: {', '.join(ARCHS)}")
+    if STEPS < 1:
+        die(f"--steps must be at least 1, not {STEPS}")
+    model = build(ARCH)
+    table = block_table(model)
+    print(f"{ARCH}: {len(residual_blocks(model))} residual blocks, {len(table)} probed (In / Pre / Post; channels)")
+    for b, (In, Pre, Post) in table.items():
+        print(f"  {b:>5}  {In:<24} {Pre:<16} {Post:<10} {channels(model, Post):>5}   jitter {jitter(Post)}")
+    layers = layers_of(table)
+    n = units(model)
+    print(f"{len(layers)} layers, {n:,} units; a full center sweep at {STEPS:,} steps is {n * STEPS / 1e6:,.1f} M image-steps")
+
+
+if __name__ == "__main__":
+    from stream import main_guard
+    main_guard(main)
