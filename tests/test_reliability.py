@@ -91,6 +91,14 @@ def test_a_rerun_finishes_a_merge_a_dead_process_left_half_done(tmp_path):
     assert merged["channels"].tolist() == [0, 1, 2, 3] and not os.path.exists(parts)
     out = script("fzs.py", *common, "--channels", "0:4", "--results", done).stdout
     assert "0 unit(s) to make" in out and "(4 already made)" in out  # units merged earlier count as made
+    # a leftover part holding units the rerun asks for: counted as made (not recomputed), then merged
+    script("fzs.py", *common, "--channels", "4:6", "--results", str(tmp_path / "third"))
+    os.makedirs(parts)
+    os.replace(os.path.join(tmp_path, "third", "fzs", "layer1.0", "center.pt"), os.path.join(parts, "0002-00000000.pt"))
+    out = script("fzs.py", *common, "--channels", "0:6", "--results", done).stdout
+    assert "0 unit(s) to make" in out and "(6 already made)" in out
+    merged = torch.load(os.path.join(done, "fzs", "layer1.0", "center.pt"), weights_only=False)
+    assert merged["channels"].tolist() == [0, 1, 2, 3, 4, 5] and not os.path.exists(parts)
 
 
 # ----------------------------------------------------------------------------------------------------
