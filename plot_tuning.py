@@ -75,6 +75,7 @@ def si_figure(blocks, si_of, weights):
                     label=f"FZ-passing ({np.isfinite(fz).sum()})")
         ax.set_title(f"Block {b}", fontsize=9)
         ax.set_xlabel("Post's scale-invariance index", fontsize=8)
+        ax.set_ylabel("density (channels, normalised per group)", fontsize=7.5)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, frameon=False)
     fig.suptitle("Is Post more scale invariant on natural images where the FZ criteria pass?", fontsize=10)
@@ -103,7 +104,7 @@ def zoom_figure(blocks, pairs, zoom, weights):
         ax.set_title(f"Block {b}", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, frameon=False, loc="lower right")
-    fig.suptitle("Preferred zoom on natural images, In against Pre (above the diagonal: In prefers its feature smaller)", fontsize=10)
+    fig.suptitle("Preferred zoom on natural images, In against Pre\n(above the diagonal: In prefers its feature smaller than Pre)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     stamp(fig, weights)
     return fig
