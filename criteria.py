@@ -17,7 +17,7 @@ stability of the passing sets, which the papers do not measure.
     python criteria.py --runs results_seed0,results_seed1,results_seed2
 """
 
-import csv
+import functools
 import hashlib
 import os
 import sys
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import stream
 from stream import (EQ2_HIGH, EQ2_LOW, config_mismatch, configure, die, fzs_command, load_pt, load_resnet18, lock_results,
-                    main_guard, n_channels, normalize, pick_device, read_center, save_json, to_float, versions, zoom)
+                    main_guard, n_channels, normalize, pick_device, read_center, save_json, to_float, versions, write_csv, zoom)
 
 WEIGHTS = "IMAGENET1K_V1"  # model weights: IMAGENET1K_V1, random[:SEED] (tests and smoke runs only) or a state_dict path
 RESULTS = "results"  # folder holding fzs/ (from fzs.py); criteria.json and criteria.csv are written here
@@ -213,12 +213,13 @@ def run_criteria(model, wid, results, blocks, weights, device, batch, strict_wei
     "fz_sha256": {layer: hash}, "skipped": {block: reason}} for the FZs under results/fzs."""
     out = {"blocks": {}, "values": {}, "fz_files": {}, "fz_sha256": {}, "skipped": {}}
     ready = {}
+    first_fz = functools.lru_cache(maxsize=None)(lambda: any_fz(results))  # read once, whichever blocks need it
     for block in blocks:
         In, Pre, Post = stream.BLOCKS[block]
         missing = [layer for layer in (In, Pre) if not os.path.isfile(fz_path(results, layer))]
         if missing:
             other = [layer for layer in (In, Pre) if layer not in missing]
-            like = load_fz(fz_path(results, other[0])) if other else any_fz(results)  # copy the settings of FZs made here
+            like = load_fz(fz_path(results, other[0])) if other else first_fz()  # copy the settings of FZs made here
             made = like["channels"].tolist() if like else []
             some = like is not None and len(made) < n_channels(like["config"].get("layer", Pre))  # not all its channels
             channels = ([c for c in made if c < n_channels(Pre)] or None) if some else None
@@ -274,15 +275,6 @@ def csv_rows(values):
                          "mix": repr(float(v["mix"][i])),
                          **{k: f"{float(v[k][i]):.9g}" for k in ("bn2_abs", "conv2_abs_mean")}})
     return rows
-
-
-def write_csv(rows, columns, path):
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=columns)
-            w.writeheader()
-            w.writerows(rows)
-    stream.atomic_write(path, write)
 
 
 def paper_overlap(block, passing, measured):

@@ -486,6 +486,18 @@ def save_pt(obj, path):
     atomic_write(path, write)
 
 
+def write_csv(rows, columns, path):
+    """A list of dicts as a CSV file with these columns, atomically."""
+    import csv
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+    atomic_write(path, write)
+
+
 def save_json(obj, path):
     def write(tmp):
         with open(tmp, "w") as f:

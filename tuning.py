@@ -30,7 +30,6 @@ Writes <RESULTS>/tuning/values.pt (every measured value, resumable), tuning.json
 (per channel).
 """
 
-import csv
 import os
 import time
 
@@ -40,7 +39,7 @@ from tqdm import tqdm
 
 from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, LAYERS, ZoomFolder, config_mismatch, configure, die, guarded, image_loader,
                     load_json, load_pt, load_resnet18, lock_results, main_guard, n_channels, normalize, pick_device,
-                    read_center, save_json, save_pt, to_float, versions, zooms)
+                    read_center, save_json, save_pt, to_float, versions, write_csv, zooms)
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
 WEIGHTS = "IMAGENET1K_V1"  # must be the weights of the natural stage: IMAGENET1K_V1, random[:SEED] or a state_dict path
@@ -140,9 +139,8 @@ def measure(model, root, paths, ids, sets, columns, sample_pos, device, state_pa
     G, slots = sets.shape
     Z = len(zooms(FRACTIONS))
     total = sum(n_channels(layer) for layer in LAYERS)
-    pos_of = {int(i): p for p, i in enumerate(ids)}
     g_idx, slot_idx = np.nonzero(sets >= 0)
-    e_pos = np.array([pos_of[int(i)] for i in sets[g_idx, slot_idx]], dtype=np.int64)
+    e_pos = np.searchsorted(ids, sets[g_idx, slot_idx])  # ids: sorted, and holding every image of every set
     order = np.argsort(e_pos, kind="stable")
     e_pos, g_idx, slot_idx = e_pos[order], g_idx[order], slot_idx[order]
     state = {"config": config, "done": 0, "values": np.full((G, slots, 3, Z), np.nan, dtype=np.float32),
@@ -318,27 +316,26 @@ def main():
     save_json({"config": run_config, "blocks": blocks}, os.path.join(RESULTS, "tuning.json"))
     save_pt({"config": run_config, "units": units, "zooms": zoom, **a},
             os.path.join(folder, "curves.pt"))
-    write_csv(os.path.join(RESULTS, "tuning.csv"), units, a, criteria)
+    write_csv(*csv_table(units, a, criteria), os.path.join(RESULTS, "tuning.csv"))
     report(blocks, k, time.time() - t0)
     return cfg
 
 
-def write_csv(path, units, a, criteria):
-    import io
-    buf = io.StringIO()
-    w = csv.writer(buf)
+def csv_table(units, a, criteria):
+    """(rows, columns) of tuning.csv: one row per channel."""
     roles = ("in", "pre", "post")
-    w.writerow(["block", "channel", *[f"{r}_si" for r in roles], *[f"{r}_preferred_zoom" for r in roles],
-                *[f"{r}_sample_si" for r in roles], "eq1n_fraction", "eq1n_mean_diff", "eq2n", "passes_natural", "passes_fz"])
+    columns = (["block", "channel"] + [f"{r}_si" for r in roles] + [f"{r}_preferred_zoom" for r in roles] +
+               [f"{r}_sample_si" for r in roles] + ["eq1n_fraction", "eq1n_mean_diff", "eq2n", "passes_natural", "passes_fz"])
     fz = {b: set(v["passing"]) for b, v in (criteria or {}).get("blocks", {}).items()}
     measured = {b: set(v.get("measured", range(v["n_channels"]))) for b, v in (criteria or {}).get("blocks", {}).items()}
     num = lambda v: "" if not np.isfinite(v) else f"{v:.6g}"  # noqa: E731
+    rows = []
     for i, (b, c) in enumerate(units):
-        w.writerow([b, c, *[num(v) for v in a["si"][i]], *[f"{v:.4g}" for v in a["preferred"][i]], *[num(v) for v in a["sample_si"][i]],
-                    num(a["eq1n_fraction"][i]), num(a["eq1n_mean_diff"][i]), num(a["eq2n"][i]), int(a["passes"][i]),
-                    "" if c not in measured.get(b, ()) else int(c in fz[b])])
-    from stream import atomic_write
-    atomic_write(path, lambda tmp: open(tmp, "w").write(buf.getvalue()))
+        values = [b, c, *[num(v) for v in a["si"][i]], *[f"{v:.4g}" for v in a["preferred"][i]], *[num(v) for v in a["sample_si"][i]],
+                  num(a["eq1n_fraction"][i]), num(a["eq1n_mean_diff"][i]), num(a["eq2n"][i]), int(a["passes"][i]),
+                  "" if c not in measured.get(b, ()) else int(c in fz[b])]
+        rows.append(dict(zip(columns, values)))
+    return rows, columns
 
 
 def report(blocks, k, seconds):

@@ -13,7 +13,7 @@ These fixtures make such mistakes change the numbers:
   by construction (every kept image is predicted with a clear margin), ablations change some counts, and a
   labelling by folder order scores 0.
 
-Tests never read ../shared: everything here is generated.
+Tests never read the team's shared data folder (a user's clone has none): everything here is generated.
 """
 
 import os

@@ -127,7 +127,7 @@ MUTANTS = [
      [f"{A}::test_refusals_and_the_cap"]),
     ("refusal-reasons-not-printed", "criteria.py", 'print(f"block {block}: not measured: {reason}", file=sys.stderr)', "pass",
      [f"{C}::test_every_refusal_prints_its_reason"]),
-    ("suggestion-without-settings", "criteria.py", "like = load_fz(fz_path(results, other[0])) if other else any_fz(results)",
+    ("suggestion-without-settings", "criteria.py", "like = load_fz(fz_path(results, other[0])) if other else first_fz()",
      "like = load_fz(fz_path(results, other[0])) if other else None", [f"{C}::test_run_refuses_mixed_configs_and_names_the_missing_fzs"]),
     # --- Fig. 2 without its built-in bias (issue: held-out screening, more trials, a test of the claim)
     ("split-by-position-not-class", "ablate.py", "report = np.sort(order[np.floor((k + 1) * fraction) > np.floor(k * fraction)])",

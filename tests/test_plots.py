@@ -107,18 +107,7 @@ def make_results(root, weights="random:0", channel_fzs=True, natural=True, passi
 
 def run(script, *args):
     """Run a script's main() in this process (fresh constants: the module is reloaded), as the command line would."""
-    module = importlib.reload(importlib.import_module(script.removesuffix(".py")))
-    out, argv = io.StringIO(), sys.argv
-    sys.argv = [script, *map(str, args)]
-    try:
-        with contextlib.redirect_stdout(out):
-            module.main()
-        rc, err = 0, ""
-    except SystemExit as e:
-        rc, err = e.code if isinstance(e.code, int) else 1, str(e.code)
-    finally:
-        sys.argv = argv
-    return types.SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err)
+    return capture(script, *args)[0]
 
 
 def run_process(script, *args):
@@ -308,12 +297,13 @@ def test_weights_of_and_stamp(tmp_path):
 def capture(script, *args):
     """Run a script's main() in this process and return (result, [figures it saved]), each figure's artists intact."""
     module = importlib.reload(importlib.import_module(script.removesuffix(".py")))
-    figures, real = [], module.save_figure
+    figures, real = [], getattr(module, "save_figure", None)
 
     def keep(figs, path, dpi=200):
         figures.extend(figs if isinstance(figs, (list, tuple)) else [figs])
         return real(figs, path, dpi)
-    module.save_figure = keep
+    if real is not None:  # a plot script: keep its figures
+        module.save_figure = keep
     out, argv = io.StringIO(), sys.argv
     sys.argv = [script, *map(str, args)]
     try:
