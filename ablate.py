@@ -1,7 +1,7 @@
 """Natural-image activations and mean ablation of the criteria-passing channels (METHOD.md sections 4 and 5).
 
 Stage `natural`: one pass over ImageNet validation (standard eval view, float32) records the center-neuron
-activation of every channel of the 18 layers: per-image activations (float16 .npy per layer), the top-9
+activation of every channel of the probed layers (18 in resnet18): per-image activations (float16 .npy per layer), the top-9
 images per unit, and the mean activation per unit (the values that mean ablation writes).
 
 Stage `sweep`: for blocks 2.1 and 3.1, mean-ablate the passing channels of the block output, and random
@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stream import (ABLATION_VARIANTS, BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, parse_block_channels, config_mismatch, configure, die, fzs_command,
-                    guarded, head, image_loader, imagenet_folder, load_json, load_pt, load_resnet18, lock_results, main_guard,
+from stream import (ABLATION_VARIANTS, BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, parse_block_channels, check_arch,
+                    config_mismatch, configure, current_arch, die, fzs_command, guarded, head, image_loader, imagenet_folder,
+                    load_json, load_pt, load_model, lock_results, main_guard, use_arch,
                     n_channels, normalize, pick_device, read_center, save_json, save_pt, stem, to_float,
                     versions, where, write_fake_imagenet, ablation_path)
 
@@ -44,7 +45,8 @@ DATA = ""  # ImageNet validation folder in the prepared layout, one sub-folder p
 FAKE = 0  # smoke runs without ImageNet: first write this many generated JPEGs into DATA, labelled with the model's predictions
 LIMIT = 0  # use only this many images, evenly spaced over the sorted file list (0 = all)
 STAGES = ["natural", "sweep"]  # stages to run, in order: natural (activations, top-9, means), sweep (screening + ablation)
-WEIGHTS = "IMAGENET1K_V1"  # IMAGENET1K_V1, random[:SEED] (tests and smoke runs only) or a state_dict path
+ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its blocks)
+WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path
 RESULTS = "results"  # output folder
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
 AMP = "auto"  # sweep precision: auto = bf16 autocast on CUDA and fp32 on CPU, or bf16 / fp32 (natural stage: always fp32)
@@ -52,7 +54,7 @@ BATCH = 128  # images per batch
 SUFFIX_BATCH = 0  # images x conditions per forward after the ablated block (0 = auto: 512 on CPU, 4096 on CUDA)
 WORKERS = -1  # DataLoader worker processes decoding JPEGs (-1 = one per CPU core, at most 16)
 SEED = 0  # seeds the random channel sets (together with the block)
-ABLATE_BLOCKS = ["2.1", "3.1"]  # blocks to ablate (METHOD.md section 5)
+ABLATE_BLOCKS = []  # blocks to ablate (empty: resnet18 -> 2.1,3.1 as in METHOD.md section 5; other ARCH -> the two with the largest passing fraction)
 SETS = ""  # passing sets by hand, e.g. "2.1:3,17,40:48;3.1:0,9" (blocks not named: RESULTS/criteria.json)
 N_TRIALS = 10  # accepted random sets per block
 VARIANTS = ["paper", "heldout", "unscreened"]  # reported: paper (Fig. 2 as published), heldout (screen on part, report on the rest), unscreened (first N_TRIALS draws)
@@ -61,10 +63,11 @@ BOOTSTRAP = 2000  # bootstrap replicates (trials and images resampled) for the i
 CI = 0.95  # level of the bootstrap intervals
 PERMUTATIONS = 10000  # random sign flips for the p-value (every one of the 2^N_TRIALS when that is fewer)
 SCALES = [10, 20, 30, 40, 50]  # scale transforms in percent; no scale (0) is always evaluated too
-SCREEN_MARGIN = "2.1:<0;3.1:<=1"  # per block: accept a random set if its no-scale top-1 minus the passing set's, in percentage points, is < or <= this
+SCREEN_MARGIN = "2.1:<0;3.1:<=1;*:<=1"  # per block (* = any other): accept a random set if its no-scale top-1 minus the passing set's, in percentage points, is < or <= this
 SCREEN_DRAWS = 20  # random sets drawn per block in the first screening pass
 SCREEN_CAP = 200  # most random sets drawn per block before screening gives up
 CHECKPOINT_SECONDS = 30  # save the partial counts of a pass at most this often (and on Ctrl-C)
+PAPER_SCREEN_MARGIN = SCREEN_MARGIN  # (not a flag) the default; its 2.1 and 3.1 rules are for resnet18's blocks only
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -192,9 +195,18 @@ def parse_rules(spec):
             margin = float(rule.strip()[len(op):]) if op else None
         except ValueError:
             margin = None
-        if block.strip() not in BLOCKS or margin is None:
-            die(f"cannot read screening rule {item!r}: use e.g. '2.1:<0;3.1:<=1' (block:< or <= margin in percentage points)")
+        if (block.strip() not in BLOCKS and block.strip() != "*") or margin is None:
+            die(f"cannot read screening rule {item!r}: use e.g. '2.1:<0;3.1:<=1;*:<=1' (block:< or <= margin in percentage points; * = any other block)")
         rules[block.strip()] = (op, margin)
+    return rules
+
+
+def screening_rules(spec):
+    """parse_rules, except that the default's per-block rules (2.1 and 3.1) are the paper's for resnet18's blocks:
+    with another architecture only its '*' rule applies, unless --screen_margin names blocks."""
+    rules = parse_rules(spec)
+    if current_arch() != "resnet18" and spec == PAPER_SCREEN_MARGIN:
+        rules = {"*": rules["*"]}
     return rules
 
 
@@ -346,12 +358,13 @@ def natural_stage(model, wid, dataset, root, device):
     folder = os.path.join(RESULTS, "natural")
     os.makedirs(folder, exist_ok=True)
     n = len(dataset)
-    config = {"stage": "natural", "weights": wid, "data": root, "fake": FAKE, "limit": LIMIT, "count": n,
+    config = {"stage": "natural", "arch": current_arch(), "weights": wid, "data": root, "fake": FAKE, "limit": LIMIT, "count": n,
               "paths": digest(dataset.paths), "seed": SEED, "batch": BATCH, "precision": "fp32", "versions": versions()}
     keys = ["weights", "data", "limit", "count", "paths"]
     summary_path = os.path.join(folder, "summary.pt")
     if os.path.isfile(summary_path):
         old = load_pt(summary_path, "natural-image summary")
+        check_arch(old["config"], summary_path)
         why = config_mismatch(old["config"], config, keys)
         if why:
             die(f"{summary_path} was made under another config ({why}); use another --results or delete {folder}")
@@ -381,7 +394,7 @@ def natural_stage(model, wid, dataset, root, device):
 
     dataset.scales = [0]  # this stage reads the standard eval view only
     loader = image_loader(dataset, BATCH, WORKERS, device, start=state["done"])
-    bar = tqdm(total=n, initial=state["done"], unit="img", desc="natural: 18 layers, center neurons", dynamic_ncols=True)
+    bar = tqdm(total=n, initial=state["done"], unit="img", desc=f"natural: {len(LAYERS)} layers, center neurons", dynamic_ncols=True)
     last_save = time.time()
     try:
         with torch.inference_mode():
@@ -417,24 +430,59 @@ def natural_stage(model, wid, dataset, root, device):
     save_pt(summary, summary_path)
     if os.path.isfile(progress_path):
         os.remove(progress_path)
-    print(f"natural: wrote {folder}/<layer>.npy (float16, {n} x C) for the 18 layers and {summary_path}")
+    print(f"natural: wrote {folder}/<layer>.npy (float16, {n} x C) for the {len(LAYERS)} layers and {summary_path}")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Stage 2: screening and the ablation sweep (METHOD.md section 5).
 
+def read_criteria(wid):
+    """RESULTS/criteria.json, refused if made with another architecture or weights; None if there is none."""
+    path = os.path.join(RESULTS, "criteria.json")
+    if not os.path.isfile(path):
+        return None
+    crit = load_json(path, "criteria file")
+    check_arch(crit.get("config", {}), path)
+    made = crit.get("config", {}).get("weights_id", crit.get("config", {}).get("weights"))
+    made = "random:0" if made == "random" else made
+    if made is not None and made != wid:
+        die(f"{path} was made with weights {made!r}, this run uses {wid!r}: rerun criteria.py or name the sets with --sets")
+    return crit
+
+
+def default_blocks(crit, named):
+    """The sweep's blocks when --ablate_blocks is empty: resnet18's are the paper's (2.1 and 3.1); for another
+    architecture the blocks named in --sets, else the two blocks with the largest passing fraction in criteria.json
+    (ties: the earlier block)."""
+    if current_arch() == "resnet18":
+        return ["2.1", "3.1"]
+    if named:
+        return sorted(named, key=list(BLOCKS).index)
+    if crit is None:
+        die(f"no blocks to ablate: run criteria.py first ({RESULTS}/criteria.json is missing), or pass --ablate_blocks / --sets")
+    fraction = {b: v["percent"] for b, v in crit.get("blocks", {}).items() if b in BLOCKS and v.get("count")}
+    if not fraction:
+        die(f"no block of {RESULTS}/criteria.json has passing channels: nothing to ablate (name a set with --sets)")
+    best = sorted(fraction, key=lambda b: (-fraction[b], list(BLOCKS).index(b)))[:2]
+    return sorted(best, key=list(BLOCKS).index)
+
+
 def passing_sets(wid):
+    global ABLATE_BLOCKS
     sets = parse_sets(SETS)
+    crit = read_criteria(wid)
+    if not ABLATE_BLOCKS:
+        ABLATE_BLOCKS = default_blocks(crit, list(sets))
+        print(f"sweep: blocks {','.join(ABLATE_BLOCKS)}" + (" (the paper's)" if current_arch() == "resnet18" else
+                                                             " (the largest passing fractions; --ablate_blocks to choose)"))
+    for b in ABLATE_BLOCKS:
+        if b not in BLOCKS:
+            die(f"--ablate_blocks: unknown block {b!r}; the blocks of {current_arch()} are: {', '.join(BLOCKS)}")
     missing = [b for b in ABLATE_BLOCKS if b not in sets]
     if missing:
         path = os.path.join(RESULTS, "criteria.json")
-        if not os.path.isfile(path):
+        if crit is None:
             die(f"no passing set for block(s) {', '.join(missing)}: run criteria.py first ({path} is missing) or name them with --sets")
-        crit = load_json(path, "criteria file")
-        made = crit.get("config", {}).get("weights_id", crit.get("config", {}).get("weights"))
-        made = "random:0" if made == "random" else made
-        if made is not None and made != wid:
-            die(f"{path} was made with weights {made!r}, this run uses {wid!r}: rerun criteria.py or name the sets with --sets")
         for b in missing:
             if b not in crit.get("blocks", {}):
                 die(f"{path} has no block {b}; name its passing set with --sets")
@@ -514,12 +562,14 @@ def compute_cells(name, model, dataset, scales, wanted, means, device, dtype, su
 def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
     n = len(dataset)
     summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run the natural stage first)")
+    check_arch(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
     mine = {"weights": wid, "data": root, "limit": LIMIT, "count": n, "paths": digest(dataset.paths)}
     why = config_mismatch(summary["config"], mine, list(mine))
     if why:
         die(f"{RESULTS}/natural/summary.pt was made under another config ({why}): run the natural stage with the same --data/--limit/--weights")
-    rules = parse_rules(SCREEN_MARGIN)
+    rules = screening_rules(SCREEN_MARGIN)
     passing = passing_sets(wid)
+    rules = {b: rules.get(b, rules.get("*")) for b in ABLATE_BLOCKS if rules.get(b, rules.get("*"))}
     means, key, nonpassing, rngs = {}, {}, {}, {}
     for b in ABLATE_BLOCKS:
         post = BLOCKS[b][2]
@@ -529,7 +579,7 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
         nonpassing[b] = sorted(set(range(n_channels(post))) - set(passing[b]))
         if len(nonpassing[b]) < len(passing[b]):
             die(f"block {b}: {len(passing[b])} passing channels but only {len(nonpassing[b])} others to draw random sets from")
-        key[b] = {"weights": wid, "data": root, "limit": LIMIT, "n_images": n, "paths": digest(dataset.paths),
+        key[b] = {"arch": current_arch(), "weights": wid, "data": root, "limit": LIMIT, "n_images": n, "paths": digest(dataset.paths),
                   "mean": digest(means[b].numpy()), "precision": "bf16" if dtype is not None else "fp32",
                   "passing": passing[b], "seed": SEED, "cells": "per-image hits"}
         rngs[b] = np.random.default_rng([SEED, int(b.replace(".", ""))])
@@ -677,6 +727,7 @@ def print_block(out):
 
 def main():
     cfg = configure(globals())
+    use_arch(ARCH)
     for stage in STAGES:
         if stage not in ("natural", "sweep"):
             die(f"unknown stage {stage!r}: the stages are natural, sweep")
@@ -711,7 +762,7 @@ def main():
     if not FAKE:
         imagenet_folder(root, LIMIT)  # a bad folder stops here, before the model is loaded
     lock = lock_results(RESULTS, "ablate.py")  # noqa: F841 (held until the process ends)
-    model, wid = load_resnet18(WEIGHTS, device)
+    model, wid = load_model(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU, same fp32 arithmetic
     if FAKE:  # smoke data, labelled with this model's predictions
         write_fake_imagenet(root, FAKE, predict=lambda views: model(normalize(to_float(views.to(device)))).argmax(1).cpu())

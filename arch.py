@@ -13,9 +13,10 @@ The FZ jitter rule (METHOD.md section 2's table for ResNet18, by stage and posit
 the first block of stage 2; 4 in the rest of stage 2 and the first block of stage 3; 16 in the rest of stage 3
 and in stage 4. It reproduces ResNet18's table exactly (a test) and extends to any depth.
 
-This module is the foundation of the ARCH constant (the issue "Beyond ResNet18"): the scripts still use
-stream.BLOCKS, which equals block_table(resnet18) (a test).
+The scripts read these tables through stream.use_arch(ARCH) (stream.BLOCKS, LAYERS, RESIDUAL_BLOCKS, WIDTHS).
 """
+
+import functools
 
 import torch
 import torchvision
@@ -71,6 +72,21 @@ def jitter(block_name):
     return 16
 
 
+def build_meta(arch):
+    """The model's structure on the meta device: no memory, no initialisation cost."""
+    with torch.device("meta"):
+        return build(arch)
+
+
+@functools.lru_cache(maxsize=None)
+def tables(arch):
+    """(block table, residual blocks, {layer or block: channels}) of an architecture."""
+    model = build_meta(arch)
+    names = residual_blocks(model)
+    table = block_table(model)
+    return table, names, {n: channels(model, n) for n in dict.fromkeys(layers_of(table) + names)}
+
+
 def build(arch, num_classes=1000):
     """An untrained torchvision model of that architecture (weights are loaded by the caller)."""
     if arch not in ARCHS:
@@ -85,6 +101,18 @@ ARCH = "resnet18"  # a torchvision ResNet: resnet18, resnet34, resnet50, resnet1
 STEPS = 2560  # optimisation steps per unit (the paper's)
 
 
+def describe(arch, steps):
+    """The block table, the unit count and the image-steps of a full center sweep, as printed lines."""
+    model = build_meta(arch)
+    table = block_table(model)
+    lines = [f"{arch}: {len(residual_blocks(model))} residual blocks, {len(table)} probed (In / Pre / Post; channels; FZ jitter)"]
+    for b, (In, Pre, Post) in table.items():
+        lines.append(f"  {b:>5}  {In:<24} {Pre:<16} {Post:<10} {channels(model, Post):>5}   jitter {jitter(Post)}")
+    n = units(model)
+    lines.append(f"{len(layers_of(table))} layers, {n:,} units; a full center sweep at {steps:,} steps is {n * steps / 1e6:,.1f} M image-steps")
+    return lines
+
+
 def main():
     from stream import configure, die
     configure(globals())
@@ -92,14 +120,7 @@ def main():
         die(f"unknown architecture {ARCH!r}; the torchvision ResNets are: {', '.join(ARCHS)}")
     if STEPS < 1:
         die(f"--steps must be at least 1, not {STEPS}")
-    model = build(ARCH)
-    table = block_table(model)
-    print(f"{ARCH}: {len(residual_blocks(model))} residual blocks, {len(table)} probed (In / Pre / Post; channels)")
-    for b, (In, Pre, Post) in table.items():
-        print(f"  {b:>5}  {In:<24} {Pre:<16} {Post:<10} {channels(model, Post):>5}   jitter {jitter(Post)}")
-    layers = layers_of(table)
-    n = units(model)
-    print(f"{len(layers)} layers, {n:,} units; a full center sweep at {STEPS:,} steps is {n * STEPS / 1e6:,.1f} M image-steps")
+    print("\n".join(describe(ARCH, STEPS)))
 
 
 if __name__ == "__main__":

@@ -28,12 +28,14 @@ import torch
 from tqdm import tqdm
 
 import stream
-from stream import (EQ2_HIGH, EQ2_LOW, config_mismatch, configure, die, fzs_command, load_pt, load_resnet18, lock_results,
-                    main_guard, n_channels, normalize, pick_device, read_center, save_json, to_float, versions, write_csv, zoom)
+from stream import (EQ2_HIGH, EQ2_LOW, check_arch, config_mismatch, configure, die, fzs_command, is_random, load_pt, load_model,
+                    lock_results, main_guard, n_channels, normalize, pick_device, read_center, save_json, to_float, use_arch,
+                    versions, write_csv, zoom)
 
-WEIGHTS = "IMAGENET1K_V1"  # model weights: IMAGENET1K_V1, random[:SEED] (tests and smoke runs only) or a state_dict path
+ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its blocks); must be the one the FZs were made with
+WEIGHTS = "IMAGENET1K_V1"  # model weights: torchvision's (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path
 RESULTS = "results"  # folder holding fzs/ (from fzs.py); criteria.json and criteria.csv are written here
-BLOCKS = ["1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"]  # blocks to measure
+BLOCKS = []  # blocks to measure, e.g. 2.1,3.1 (empty: every probed block of ARCH; resnet18's are 1.1,2.0,2.1,3.0,3.1,4.0,4.1)
 RUNS = []  # results folders of FZ runs made with different seeds, for the stability report (empty: no report)
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
 BATCH = 64  # images per forward pass
@@ -52,7 +54,7 @@ PAPER_PASSING = dict([
     ("4.0", []),
     ("4.1", []),
 ])
-PAPER_WEIGHTS = "IMAGENET1K_V1"  # the weights the paper's lists were measured with
+PAPER_WEIGHTS = "IMAGENET1K_V1"  # the weights the paper's lists were measured with (resnet18's: an id without an architecture)
 CSV_COLUMNS = "block channel pre_in pre_zoom_in post_in post_pre eq1 eq2 passes mix bn2_abs conv2_abs_mean".split()
 
 
@@ -101,6 +103,7 @@ def load_fz(path):
     fz = load_pt(path, "FZ file")
     if not isinstance(fz, dict) or not all(k in fz for k in ("images", "channels", "config")):
         die(f"{path} is not an FZ file of fzs.py (a dict with images, channels, activation, config)")
+    check_arch(fz["config"], path)
     images, channels = fz["images"], torch.as_tensor(fz["channels"]).long()
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, 224, 224) or len(images) != len(channels):
         die(f"{path}: expected uint8 images (N,3,224,224) and N channels, found {images.dtype} {tuple(images.shape)} and {len(channels)} channels")
@@ -157,8 +160,9 @@ def measure(model, images, channels, layers, device, batch, transform=None, bar=
 
 
 def weight_magnitudes(model, pre, channels):
-    """|bn2.weight[c]| and mean |conv2.weight[c]| (the output channel's kernel) of the block whose bn2 is `pre`."""
-    bn2, conv2 = model.get_submodule(pre), model.get_submodule(pre.removesuffix("bn2") + "conv2")
+    """|bn.weight[c]| and mean |conv.weight[c]| (the output channel's kernel) of Pre's BatchNorm and the convolution
+    before it: bn2 and conv2 of a BasicBlock, bn3 and conv3 of a Bottleneck (the CSV calls them bn2_abs, conv2_abs_mean)."""
+    bn2, conv2 = model.get_submodule(pre), model.get_submodule(pre[:-3] + "conv" + pre[-1])
     c = channels.cpu()
     return bn2.weight.detach().cpu()[c].abs(), conv2.weight.detach().cpu()[c].abs().flatten(1).mean(1)
 
@@ -288,7 +292,7 @@ def paper_overlap(block, passing, measured):
 
 def print_summary(result, wid):
     print(f"\nScale-invariance criteria (Eq. 1 and Eq. 2 of METHOD section 3), weights {wid}"
-          + ("  ** RANDOM WEIGHTS: not the paper's model **" if wid.startswith("random") else ""))
+          + ("  ** RANDOM WEIGHTS: not the paper's model **" if is_random(wid) else ""))
     for block in BLOCKS:
         if block in result["skipped"]:
             print(f"  block {block}: not measured: {result['skipped'][block]}")
@@ -296,9 +300,9 @@ def print_summary(result, wid):
         s = result["blocks"][block]
         m = len(s["measured"])
         of = f"{m} channels" if m == s["n_channels"] else f"{m} measured channels (of {s['n_channels']})"
-        paper = len(PAPER_PASSING[block])
-        print(f"  block {block}: {s['count']} of {of} pass ({s['percent']:.1f}%)   "
-              f"[Eq. 1: {s['eq1_count']}, Eq. 2: {s['eq2_count']}]   paper: {paper} ({100 * paper / s['n_channels']:.1f}%)")
+        paper = len(PAPER_PASSING[block]) if wid == PAPER_WEIGHTS else None
+        print(f"  block {block}: {s['count']} of {of} pass ({s['percent']:.1f}%)   [Eq. 1: {s['eq1_count']}, Eq. 2: {s['eq2_count']}]"
+              + (f"   paper: {paper} ({100 * paper / s['n_channels']:.1f}%)" if paper is not None else ""))
         o = s.get("paper_overlap")
         if o:
             unmeasured = f"; {len(o['paper_unmeasured'])} of the paper's not measured here" if o["paper_unmeasured"] else ""
@@ -316,7 +320,7 @@ def stability(runs):
     run: pass frequency per channel, pairwise Jaccard of the passing sets, channels passing in every run."""
     folders = list(runs)
     out, skipped = {}, {}
-    for block in BLOCKS:
+    for block in BLOCKS or stream.BLOCKS:
         lacking = [f for f in folders if block not in runs[f]["blocks"]]
         if lacking:
             skipped[block] = f"not measured in {', '.join(lacking)}" if len(lacking) < len(folders) else "not measured in any run"
@@ -361,7 +365,11 @@ def print_stability(folders, blocks, skipped):
 # ----------------------------------------------------------------------------------------------------
 
 def main():
+    global BLOCKS
     cfg = configure(globals())
+    use_arch(ARCH)
+    BLOCKS = BLOCKS or list(stream.BLOCKS)
+    cfg["BLOCKS"] = BLOCKS
     for block in BLOCKS:
         if block not in stream.BLOCKS:
             die(f"unknown block {block!r}; the blocks are: {', '.join(stream.BLOCKS)}")
@@ -380,10 +388,10 @@ def main():
     torch.backends.cudnn.allow_tf32 = False  # these are measurements: true float32 convolutions on a GPU too
     torch.backends.cuda.matmul.allow_tf32 = False
     t0 = time.time()
-    model, wid = load_resnet18(WEIGHTS, device)
+    model, wid = load_model(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and GPUs alike, still float32
-    config = {**cfg, "weights_id": wid, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": str(device), "versions": versions()}
-    if wid.startswith("random"):
+    config = {**cfg, "arch": ARCH, "weights_id": wid, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": str(device), "versions": versions()}
+    if is_random(wid):
         print(f"** weights {wid}: random weights, not the paper's model **")
 
     results = {}

@@ -1,4 +1,4 @@
-"""Feature visualisations (FZs) of the units of ResNet18's residual stream (METHOD.md section 2).
+"""Feature visualisations (FZs) of the units of ResNet18's residual stream (METHOD.md section 2; any torchvision ResNet with --arch).
 
 For every unit (layer, channel) of the 18 In/Pre/Post layers: the image that maximises its center neuron
 (and, when asked, the whole channel), made as in Olah et al. (Distill 2017) with lucent's image
@@ -27,11 +27,13 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from tqdm import tqdm
 
-from stream import (BLOCKS, amp_dtype, autocast, center, config_mismatch, configure, die, features, load_json, lock_results,
-                    load_pt, load_resnet18, main_guard, n_channels, normalize, parse_channels, parse_layers,
-                    pick_device, save_pt, to_float, versions)
+import arch
+from stream import (BLOCKS, amp_dtype, autocast, block_of, center, check_arch, config_mismatch, configure, current_arch, die, features,
+                    load_json, lock_results, load_pt, load_model, main_guard, n_channels, normalize, parse_channels,
+                    parse_layers, pick_device, save_pt, to_float, use_arch, versions, where)
 
-WEIGHTS = "IMAGENET1K_V1"  # IMAGENET1K_V1, a path to a ResNet18 state_dict, or random[:SEED] (smoke runs only)
+ARCH = "resnet18"  # a torchvision ResNet: resnet18, resnet34, resnet50, resnet101, ... (--list prints its blocks and units)
+WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), a state_dict path, or random[:SEED] (smoke runs only)
 LAYERS = "all"  # 'all', layer names (layer2.1.bn2) or blocks (2.1 = its In, Pre and Post), comma-separated
 CHANNELS = ":"  # Python-style ranges for every layer (0:16 or 3,7,10:20), or 'passing' (from RESULTS/criteria.json)
 OBJECTIVES = ["center"]  # center (the center neuron; all analyses) and/or channel (channel mean; figure grids)
@@ -42,7 +44,7 @@ SEED = 0  # base seed: each batch of units derives its own from it, the layer an
 SIZE = 224  # image size (pixels)
 SCALES = [1.0, 0.975, 1.025, 0.95, 1.05]  # lucent random_scale choices
 ANGLES = [-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5]  # lucent random_rotate choices (degrees)
-JITTER = {"layer1.0": 0, "layer1.1": 0, "layer2.0": 0, "layer2.1": 4, "layer3.0": 4, "layer3.1": 16, "layer4.0": 16, "layer4.1": 16}  # pad/jitter by the BasicBlock a layer belongs to
+JITTER = ""  # pad/jitter overrides by residual block, e.g. layer2.1:16,layer3.0:8 (default: arch.jitter's rule, ResNet18's table of METHOD.md section 2)
 PRE_AS_RELEASED = False  # True: Pre (bn2) units are optimised through the block output, as lucent's hooks did in the released scripts
 AMP = "auto"  # bf16 autocast for the optimisation: auto (CUDA, or a CPU with native bf16), bf16 or fp32
 FOLD_BN = True  # fold eval-mode BatchNorm into the convolutions for the optimisation (the same function, faster)
@@ -50,9 +52,10 @@ COMPILE = False  # torch.compile the truncated network (worth it on CUDA for lon
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)
 RESULTS = "results"  # results folder
 PNG = True  # also write one PNG per unit, RESULTS/fzs/<layer>/<objective>/<channel>.png
+LIST = False  # print ARCH's probed blocks (In / Pre / Post), its unit count and the cost of a full sweep at STEPS, then stop
 
 # config entries that must agree for FZs to share a file (not an option: written as an expression)
-FZ_KEYS = tuple("layer objective weights seed steps lr batch size scales angles jitter pre_as_released fold_bn amp".split())
+FZ_KEYS = tuple("arch layer objective weights seed steps lr batch size scales angles jitter pre_as_released fold_bn amp".split())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -176,7 +179,7 @@ def transforms_for(j, scales, angles, size):
 
 def fold_batchnorm(model):
     """A copy of the eval-mode model with every BatchNorm folded into the convolution before it. Each layer
-    computes the same function (bn2 folded into conv2 still outputs Pre); only rounding differs."""
+    computes the same function (bn2 folded into conv2, or bn3 into conv3, still outputs Pre); only rounding differs."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
     m = copy.deepcopy(model)
     m.conv1, m.bn1 = fuse_conv_bn_eval(m.conv1, m.bn1), torch.nn.Identity()
@@ -184,6 +187,8 @@ def fold_batchnorm(model):
         for b in block:
             b.conv1, b.bn1 = fuse_conv_bn_eval(b.conv1, b.bn1), torch.nn.Identity()
             b.conv2, b.bn2 = fuse_conv_bn_eval(b.conv2, b.bn2), torch.nn.Identity()
+            if hasattr(b, "bn3"):  # Bottleneck
+                b.conv3, b.bn3 = fuse_conv_bn_eval(b.conv3, b.bn3), torch.nn.Identity()
             if b.downsample is not None:
                 b.downsample = torch.nn.Sequential(fuse_conv_bn_eval(b.downsample[0], b.downsample[1]), torch.nn.Identity())
     return m.requires_grad_(False)
@@ -202,7 +207,18 @@ def objective(fmap, channels, kind):
 def target_layer(layer, pre_as_released):
     """The layer whose output the optimisation reads. The released scripts' lucent hooks held a reference to
     bn2's output, which the block's in-place add and ReLU turn into the block output."""
-    return layer[: -len(".bn2")] if pre_as_released and layer.endswith(".bn2") else layer
+    return block_of(layer) if pre_as_released and where(layer)[1] == "pre" else layer
+
+
+def parse_jitter(spec):
+    """'layer2.1:16,layer3.0:8' -> {residual block: pad}, the overrides of arch.jitter's rule."""
+    out, blocks = {}, arch.tables(current_arch())[1]
+    for item in [t.strip() for t in str(spec).split(",") if t.strip()]:
+        block, _, value = item.partition(":")
+        if block.strip() not in blocks or not value.strip().isdigit():
+            die(f"--jitter: cannot read {item!r}; use block:pad, e.g. layer2.1:16 (blocks of {current_arch()}: {blocks[0]} .. {blocks[-1]})")
+        out[block.strip()] = int(value)
+    return out
 
 
 def render(model, layer, channels, kind, cfg, unit_seeds, transform_seed, device, amp, forward=None, on_step=None):
@@ -280,6 +296,7 @@ def part_path(results, layer, kind, group, channels):
 
 
 def check_config(path, cfg, stored):
+    check_arch(stored, path)
     why = config_mismatch(stored, cfg, FZ_KEYS)
     if why:
         die(f"{path} was made under another config ({why}); use another --results folder or remove it")
@@ -339,7 +356,9 @@ def passing_channels(results, layer):
     path = os.path.join(results, "criteria.json")
     if not os.path.exists(path):
         die(f"--channels passing needs {path}: run criteria.py first")
-    blocks = load_json(path, "criteria file").get("blocks", {})
+    crit = load_json(path, "criteria file")
+    check_arch(crit.get("config", {}), path)
+    blocks = crit.get("blocks", {})
     return sorted({c for b, names in BLOCKS.items() if layer in names for c in blocks.get(b, {}).get("passing", [])})
 
 
@@ -347,6 +366,10 @@ def passing_channels(results, layer):
 
 def main():
     configure(globals())
+    use_arch(ARCH)
+    if LIST:
+        print("\n".join(arch.describe(ARCH, STEPS)))
+        return
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = pick_device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if DEVICE == "auto" and world > 1 and torch.cuda.is_available() else DEVICE)
     if device.type == "cuda":
@@ -368,7 +391,8 @@ def main():
         die(f"--scales must be one or more positive factors such as 1,0.975,1.025, not {','.join(map(str, SCALES)) or 'empty'}")
     if not ANGLES:
         die("--angles must list one or more angles in degrees, such as -5,0,5")
-    for block, j in JITTER.items():
+    jitter = {b: arch.jitter(b) for b in arch.tables(ARCH)[1]} | parse_jitter(JITTER)
+    for block, j in jitter.items():
         if j < 0 or j == 1:
             die(f"jitter of {block} must be 0 or at least 2 (lucent's jitter(d) needs d > 1), not {j}")
     if rank == 0:
@@ -379,7 +403,7 @@ def main():
         if CHANNELS == "passing" and not channels:
             print(f"fzs: no channel of {layer} passes the criteria in {os.path.join(RESULTS, 'criteria.json')}: nothing to "
                   f"make for it (name channels by hand with --channels, e.g. --channels 0:8)")
-    model, weights_id = load_resnet18(WEIGHTS, device)
+    model, weights_id = load_model(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # measures the stored images
     amp = amp_dtype(AMP, device)
     optimised = fold_batchnorm(model) if FOLD_BN else copy.deepcopy(model)  # runs the optimisation
@@ -390,9 +414,9 @@ def main():
     plan, cfgs, made = [], {}, 0
     for layer, channels in channels_of.items():
         for kind in kinds:
-            cfg = {"layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
+            cfg = {"arch": ARCH, "layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
                    "batch": BATCH, "size": SIZE, "scales": list(SCALES), "angles": list(ANGLES),
-                   "jitter": JITTER[layer[:8]], "pre_as_released": PRE_AS_RELEASED, "fold_bn": FOLD_BN,
+                   "jitter": jitter[block_of(layer)], "pre_as_released": PRE_AS_RELEASED, "fold_bn": FOLD_BN,
                    "amp": "bf16" if amp is not None else "fp32", "param": "lucent fft, decorrelate, sd 0.01",
                    "device": device.type}
             cfgs[layer, kind] = cfg

@@ -20,10 +20,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from stream import (BLOCKS, FZ_MATCH_KEYS, ImageError, config_mismatch, configure, decode_rgb, die, eval_views, fzs_command,
-                    load_json, load_pt, main_guard, n_channels, parse_block_channels, save_figure, stamp, weights_of)
+from stream import (BLOCKS, FZ_MATCH_KEYS, ImageError, check_arch, config_mismatch, configure, current_arch, decode_rgb, die,
+                    eval_views, fzs_command, load_json, load_pt, main_guard, n_channels, parse_block_channels, save_figure,
+                    split_weights_id, stamp, use_arch, weights_of)
 
 RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
+ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
 CHANNELS = ""  # channels named by hand, 'block:channels;block:channels' e.g. '2.1:5,17;3.1:40'; empty: the passing channels of criteria.json
 ONLY_BLOCKS = ""  # comma-separated blocks to plot (e.g. 2.1,3.1); empty: every block with passing channels
 PER_ROW = 4  # channel grids per row of a page
@@ -45,6 +47,7 @@ def read_fzs(results, layer, objective):
     if not os.path.isfile(path):
         return {}, None
     d = load_pt(path, f"{objective} FZ file")
+    check_arch(d.get("config", {}), path)
     images = d["images"].numpy().transpose(0, 2, 3, 1)
     acts = d["activation"].tolist() if d.get("activation") is not None else [None] * len(images)
     return {int(c): (images[i], acts[i]) for i, c in enumerate(d["channels"].tolist())}, d.get("config", {})
@@ -141,8 +144,11 @@ def draw_page(grids, title, weights):
 
 def main():
     cfg = configure(globals())
+    use_arch(ARCH)
     criteria_path = os.path.join(RESULTS, "criteria.json")
     criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else None
+    if criteria is not None:
+        check_arch(criteria.get("config", {}), criteria_path)
     chosen = which_channels(criteria, CHANNELS, ONLY_BLOCKS)
     if not chosen:
         print("no block has passing channels in criteria.json: nothing to plot "
@@ -151,6 +157,8 @@ def main():
 
     summary_path = os.path.join(RESULTS, "natural", "summary.pt")
     summary = load_pt(summary_path, "natural-image summary") if os.path.isfile(summary_path) else None
+    if summary is not None:
+        check_arch(summary.get("config", {}), summary_path)
     configs, missing, grids_by_block, center_config = [], [], {}, {}
     if criteria is not None:
         configs.append(criteria.get("config", {}))
@@ -233,7 +241,8 @@ def main():
 def report_missing(missing, weights, like):
     """Say which panels are missing and the commands that fill them (one fzs.py command per block and objective,
     with the settings of the center FZs found, so that both rows come from the same optimisation)."""
-    w = weights if not weights.startswith("file:") else "/path/to/the/checkpoint"
+    w = split_weights_id(weights)[1]
+    w = (w if not w.startswith("file:") else "/path/to/the/checkpoint") + (f" --arch {current_arch()}" if current_arch() != "resnet18" else "")
     same = "".join(f" --{k} {like[k]}" for k in ("steps", "seed") if k in like) + (" --pre_as_released true" if like.get("pre_as_released") else "")
     for objective in ("center", "channel"):
         for block in dict.fromkeys(b for o, b, _, _ in missing if o == objective):

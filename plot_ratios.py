@@ -17,10 +17,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import ABLATION_VARIANTS, ablation_path, config_mismatch, configure, die, load_json, main_guard, save_figure, stamp, weights_of
+from stream import (ABLATION_VARIANTS, BLOCKS, ablation_path, check_arch, config_mismatch, configure, die, load_json, main_guard,
+                    save_figure, stamp, use_arch, weights_of)
 
 RESULTS = "results"  # results folder: reads ablation/<block>.json, writes figures/ratios.*
-ABLATED = ["2.1", "3.1"]  # blocks to plot, one column each (those without an ablation file are skipped, with a note)
+ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
+ABLATED = []  # blocks to plot, one column each, e.g. 2.1,3.1 (empty: every block with an ablation file; named ones without are skipped, with a note)
 VARIANTS = ["paper", "heldout", "unscreened"]  # rows: the paper's protocol, then each variant whose files exist
 SHOW_TEST = True  # write each panel's test of the claim (p that the scaled ratios are below the no-scale ratio)
 SAME_RUN = ("weights", "data", "limit", "paths", "mean", "precision", "passing", "seed", "n_trials", "screen_margin")  # variants must share these
@@ -29,6 +31,7 @@ DPI = 200  # PNG resolution
 
 def read_ablation(path):
     d = load_json(path, "ablation file")
+    check_arch(d.get("config", {}), path)
     for key in ("scales", "ratio", "sem", "accuracy", "random_sets", "passing"):
         if key not in d:
             die(f"ablation file {path} has no {key!r}: is it from an older ablate.py? run python ablate.py again")
@@ -72,7 +75,10 @@ def draw(ax, block, d, variant="paper"):
 
 
 def main():
+    global ABLATED
     cfg = configure(globals())
+    use_arch(ARCH)
+    ABLATED = ABLATED or [b for b in BLOCKS if os.path.isfile(ablation_path(RESULTS, b))] or ["2.1", "3.1"]
     for v in VARIANTS:
         if v not in ABLATION_VARIANTS:
             die(f"unknown variant {v!r}: the variants are {', '.join(ABLATION_VARIANTS)}")

@@ -4,9 +4,12 @@
                  with the overwrite / mix / skip regions shaded and the criteria-passing channels stacked on top;
 - mix_vs_bn2:    per block, m against |bn2.weight[c]|, with Spearman's rank correlation;
 - mix_vs_conv2:  per block, m against the mean |conv2.weight[c]|, with Spearman's rank correlation;
-- pass_frequency (when several FZ seeds were run, stability.json): how often each channel passed, per block.
+- pass_frequency (when several FZ seeds were run, stability.json): how often each channel passed, per block;
+- across_archs (with --across, results folders of other architectures): the percentage of criteria-passing channels
+                 per block against relative depth, one line per architecture (the paper's future work).
 
     python plot_spectrum.py
+    python plot_spectrum.py --across results,results_resnet34,results_resnet50
 
 Reads <RESULTS>/criteria.csv, criteria.json and stability.json; writes <RESULTS>/figures/<name>.png and .pdf.
 """
@@ -21,12 +24,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import BLOCKS, EQ2_HIGH, EQ2_LOW, configure, die, load_json, main_guard, mix_regions, save_figure, stamp, weights_of
+import arch
+from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, check_arch, configure, die, is_random, load_json, main_guard, mix_regions, save_figure,
+                    split_weights_id, stamp, use_arch, weights_of)
 
 RESULTS = "results"  # results folder: reads criteria.csv/json and stability.json, writes figures/
+ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
 MIX_CLIP = 5.0  # m is clipped here in the plots (the released code's convention; m = 10 marks Post_c(FZ_Pre) <= 0)
 BINS = 25  # histogram bins over [0, MIX_CLIP]
 PANELS_PER_ROW = 4  # block panels per row
+ACROSS = []  # results folders, any architectures (each with criteria.json): draw RESULTS/figures/across_archs from them
 DPI = 200  # PNG resolution
 
 
@@ -218,37 +225,97 @@ def pass_frequency(stability, weights):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Across architectures.
+
+def relative_depth(arch_name, block):
+    """Where block 'L.B' sits in the network: its position among all residual blocks, 1..n, divided by n (the last
+    block is at 1; resnet18's 1.1 at 2/8, resnet50's 1.0 at 1/16)."""
+    residual = arch.tables(arch_name)[1]
+    return (residual.index(f"layer{block}") + 1) / len(residual)
+
+
+def passing_by_depth(folders):
+    """{folder: (architecture, weights id, [(relative depth, percent passing, block), ...])} from each criteria.json."""
+    out = {}
+    for folder in folders:
+        path = os.path.join(folder, "criteria.json")
+        if not os.path.isfile(path):
+            die(f"--across: no {path}: run python criteria.py --results {folder} (with that run's --arch) first")
+        crit = load_json(path, "criteria file")
+        config = crit.get("config", {})
+        name = config.get("arch", "resnet18")
+        if name not in arch.ARCHS:
+            die(f"{path}: unknown architecture {name!r}")
+        points = sorted((relative_depth(name, b), s["percent"], b) for b, s in crit.get("blocks", {}).items())
+        if not points:
+            die(f"{path} has no measured block")
+        out[folder] = (name, config.get("weights_id", "unknown"), points)
+    return out
+
+
+def across_architectures(runs):
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for folder, (name, wid, points) in runs.items():
+        x, y, blocks = zip(*points)
+        line, = ax.plot(x, y, marker="o", label=f"{name}, {split_weights_id(wid)[1]} ({folder})")
+        for xi, yi, b in points:
+            ax.annotate(b, (xi, yi), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6, color=line.get_color())
+    ax.set_xlim(0, 1.05)
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("relative depth (block position among the residual blocks / their number)")
+    ax.set_ylabel("criteria-passing channels (% of measured)")
+    ax.set_title("Scale-invariance criteria (Eq. 1 and Eq. 2) across architectures", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    wids = sorted({wid for _, wid, _ in runs.values()}, key=lambda w: (not is_random(w), w))  # a random one first: the loud stamp
+    fig.subplots_adjust(bottom=0.16)
+    stamp(fig, "; ".join(wids))
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------
 
 def main():
     cfg = configure(globals())
-    table = read_table(os.path.join(RESULTS, "criteria.csv"))
-    criteria_path = os.path.join(RESULTS, "criteria.json")
-    criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else {}
-    weights = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}))
+    use_arch(ARCH)
     figures_dir = os.path.join(RESULTS, "figures")
     written = []
-    written += save_figure(mix_histogram(table, weights), os.path.join(figures_dir, "mix_hist"), dpi=DPI)
-    written += save_figure(mix_scatter(table, "bn2_abs", "|bn2 weight| of the channel",
-                                       "Mix ratio against the block's |bn2 weight| per channel", weights),
-                           os.path.join(figures_dir, "mix_vs_bn2"), dpi=DPI)
-    written += save_figure(mix_scatter(table, "conv2_abs_mean", "mean |conv2 weight| of the channel",
-                                       "Mix ratio against the mean |conv2 weight| feeding the channel", weights),
-                           os.path.join(figures_dir, "mix_vs_conv2"), dpi=DPI)
-    print("Spearman rank correlation of the mix ratio with  |bn2 weight|  mean |conv2 weight|")
-    for block, t in table.items():
-        rhos = {key: spearman(t[key], t["mix"]) for key in ("bn2_abs", "conv2_abs_mean")}
-        print(f"  block {block:>4} ({len(t['mix'])} channels): {rhos['bn2_abs']:+18.3f}  {rhos['conv2_abs_mean']:+20.3f}")
-        for key, rho in rhos.items():
-            if rho != rho:
-                print(f"    no rho with {key} for block {block}: {no_rho(t[key])}")
-
-    stability_path = os.path.join(RESULTS, "stability.json")
-    if os.path.isfile(stability_path):
-        stability = load_json(stability_path, "stability file")
-        w = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}), stability)
-        written += save_figure(pass_frequency(stability, w), os.path.join(figures_dir, "pass_frequency"), dpi=DPI)
+    if ACROSS and not os.path.isfile(os.path.join(RESULTS, "criteria.csv")):
+        print(f"note: no {os.path.join(RESULTS, 'criteria.csv')}: only the across-architectures figure is drawn")
     else:
-        print(f"note: no {stability_path}, so no pass-frequency plot (make one with python criteria.py --runs DIR1,DIR2,... over FZ runs of different seeds)")
+        table = read_table(os.path.join(RESULTS, "criteria.csv"))
+        criteria_path = os.path.join(RESULTS, "criteria.json")
+        criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else {}
+        check_arch(criteria.get("config", {}), criteria_path)
+        weights = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}))
+        written += save_figure(mix_histogram(table, weights), os.path.join(figures_dir, "mix_hist"), dpi=DPI)
+        written += save_figure(mix_scatter(table, "bn2_abs", "|bn2 weight| of the channel",
+                                           "Mix ratio against the block's |bn2 weight| per channel", weights),
+                               os.path.join(figures_dir, "mix_vs_bn2"), dpi=DPI)
+        written += save_figure(mix_scatter(table, "conv2_abs_mean", "mean |conv2 weight| of the channel",
+                                           "Mix ratio against the mean |conv2 weight| feeding the channel", weights),
+                               os.path.join(figures_dir, "mix_vs_conv2"), dpi=DPI)
+        print("Spearman rank correlation of the mix ratio with  |bn2 weight|  mean |conv2 weight|")
+        for block, t in table.items():
+            rhos = {key: spearman(t[key], t["mix"]) for key in ("bn2_abs", "conv2_abs_mean")}
+            print(f"  block {block:>4} ({len(t['mix'])} channels): {rhos['bn2_abs']:+18.3f}  {rhos['conv2_abs_mean']:+20.3f}")
+            for key, rho in rhos.items():
+                if rho != rho:
+                    print(f"    no rho with {key} for block {block}: {no_rho(t[key])}")
+
+        stability_path = os.path.join(RESULTS, "stability.json")
+        if os.path.isfile(stability_path):
+            stability = load_json(stability_path, "stability file")
+            w = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}), stability)
+            written += save_figure(pass_frequency(stability, w), os.path.join(figures_dir, "pass_frequency"), dpi=DPI)
+        else:
+            print(f"note: no {stability_path}, so no pass-frequency plot (make one with python criteria.py --runs DIR1,DIR2,... over FZ runs of different seeds)")
+    if ACROSS:
+        runs = passing_by_depth(ACROSS)
+        print("Criteria-passing channels by relative depth:")
+        for folder, (name, wid, points) in runs.items():
+            print(f"  {name:<18} {wid:<28} " + "  ".join(f"{b} ({d:.2f}): {p:.1f}%" for d, p, b in points))
+        written += save_figure(across_architectures(runs), os.path.join(figures_dir, "across_archs"), dpi=DPI)
     for path in written:
         print(f"wrote {path}")
 

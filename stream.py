@@ -1,4 +1,4 @@
-"""What the scripts share: ResNet18 and its residual-stream layers (METHOD.md section 1), the
+"""What the scripts share: the ResNet (resnet18 unless --arch) and its residual-stream layers (METHOD.md section 1), the
 center-neuron reader, the command-line constants, and atomic result files that carry their config.
 
 Nothing here is specific to one stage of the pipeline; each script reads top to bottom on its own.
@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
+
+import arch
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation, METHOD.md section 1
 STD = (0.229, 0.224, 0.225)
@@ -41,18 +43,42 @@ def ablation_path(results, block, variant="paper"):
     return os.path.join(results, "ablation", f"{block}.json" if variant == "paper" else f"{block}.{variant}.json")
 
 # ----------------------------------------------------------------------------------------------------
-# The probed blocks and their three layers (METHOD.md section 1), by torchvision module name.
-BLOCKS = {  # block: (In, Pre, Post)
-    "1.1": ("layer1.0", "layer1.1.bn2", "layer1.1"),
-    "2.0": ("layer2.0.downsample.1", "layer2.0.bn2", "layer2.0"),
-    "2.1": ("layer2.0", "layer2.1.bn2", "layer2.1"),
-    "3.0": ("layer3.0.downsample.1", "layer3.0.bn2", "layer3.0"),
-    "3.1": ("layer3.0", "layer3.1.bn2", "layer3.1"),
-    "4.0": ("layer4.0.downsample.1", "layer4.0.bn2", "layer4.0"),
-    "4.1": ("layer4.0", "layer4.1.bn2", "layer4.1"),
-}
-LAYERS = list(dict.fromkeys(name for block in BLOCKS.values() for name in block))  # the 18, forward order
-RESIDUAL_BLOCKS = [f"layer{s}.{b}" for s in (1, 2, 3, 4) for b in (0, 1)]  # the 8 BasicBlocks, in order
+# The architecture and its probed blocks (METHOD.md section 1; arch.py derives them from the model). BLOCKS,
+# LAYERS, RESIDUAL_BLOCKS and WIDTHS are filled in place by use_arch(), so that `from stream import BLOCKS`
+# follows a script's --arch. ResNet18's table (the paper's):
+#   1.1: layer1.0, layer1.1.bn2, layer1.1        2.0: layer2.0.downsample.1, layer2.0.bn2, layer2.0
+#   2.1: layer2.0, layer2.1.bn2, layer2.1        3.0, 3.1, 4.0, 4.1 likewise; 18 layers, 4,672 units.
+BLOCKS = {}  # block 'L.B': (In, Pre, Post) torchvision module names
+LAYERS = []  # the distinct layers of BLOCKS, forward order
+RESIDUAL_BLOCKS = []  # every residual block ('layer1.0', ...), forward order
+WIDTHS = {}  # layer or residual block: its channels
+_ARCH = ["resnet18"]
+
+
+def use_arch(name):
+    """Point BLOCKS, LAYERS, RESIDUAL_BLOCKS and WIDTHS at the torchvision ResNet `name` (in place)."""
+    if name not in arch.ARCHS:
+        die(f"unknown architecture {name!r}; the torchvision ResNets are: {', '.join(arch.ARCHS)}")
+    table, residual, widths = arch.tables(name)
+    BLOCKS.clear()
+    BLOCKS.update(table)
+    LAYERS[:] = arch.layers_of(table)
+    RESIDUAL_BLOCKS[:] = residual
+    WIDTHS.clear()
+    WIDTHS.update(widths)
+    _ARCH[0] = name
+
+
+def current_arch():
+    return _ARCH[0]
+
+
+def check_arch(config, path):
+    """Die when the result file at `path` (its config) was made with another architecture than this run's."""
+    made = config.get("arch", "resnet18")
+    if made != current_arch():
+        die(f"{path} was made with --arch {made}, this run is --arch {current_arch()}: pass --arch {made}, "
+            f"or use another --results folder for {current_arch()} (architectures are never mixed)")
 
 
 def die(message):
@@ -61,17 +87,27 @@ def die(message):
 
 
 def where(layer):
-    """(index of its BasicBlock in RESIDUAL_BLOCKS, part): part is 'in' (the skip path's summand),
-    'pre' (the block's bn2 output, before the sum) or 'post' (the block output)."""
-    m = re.fullmatch(r"(layer[1-4]\.[01])(\.bn2|\.downsample\.1)?", layer)
-    if m is None or (m.group(2) == ".downsample.1" and not m.group(1).endswith(".0")) or m.group(1) == "layer1.0" and m.group(2):
-        die(f"unknown layer {layer!r}; the layers are: {', '.join(LAYERS)}")
-    part = {None: "post", ".bn2": "pre", ".downsample.1": "in"}[m.group(2)]
+    """(index of its residual block in RESIDUAL_BLOCKS, part): part is 'in' (the skip path's summand), 'pre' (the
+    block's last BatchNorm output, before the sum) or 'post' (the block output). Only the probed layers are known."""
+    m = re.fullmatch(r"(layer[1-4]\.\d+)(\.bn[23]|\.downsample\.1)?", layer)
+    if m is None or layer not in LAYERS:
+        die(f"unknown layer {layer!r} for {current_arch()}; the layers are: {', '.join(LAYERS)}")
+    part = {None: "post", ".downsample.1": "in"}.get(m.group(2), "pre")
     return RESIDUAL_BLOCKS.index(m.group(1)), part
 
 
+def block_of(layer):
+    """The residual block a layer belongs to: 'layer2.1.bn2' -> 'layer2.1'."""
+    return RESIDUAL_BLOCKS[where(layer)[0]]
+
+
 def n_channels(layer):
-    return 64 * 2 ** (int(layer[5]) - 1)
+    if layer not in WIDTHS:
+        die(f"unknown layer {layer!r} for {current_arch()}; the layers are: {', '.join(LAYERS)}")
+    return WIDTHS[layer]
+
+
+use_arch("resnet18")  # the default; each script calls use_arch(ARCH) after reading its flags
 
 
 def parse_block_channels(spec, flag="--channels"):
@@ -145,7 +181,8 @@ FZ_MATCH_KEYS = ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "ba
 
 
 def fzs_command(layers, results="results", weights="IMAGENET1K_V1", like=None, channels=None, objective="center"):
-    """The fzs.py command that makes the FZs of these layers (and channels); `like`: the config of FZs the new ones
+    """The fzs.py command that makes the FZs of these layers (and channels), for the current architecture and these
+    weights (an id or a flag value); `like`: the config of FZs the new ones
     must match (their seed, steps, lr, amp, pre_as_released and batch are copied)."""
     cmd = f"python fzs.py --layers {','.join(layers)}"
     if objective != "center":
@@ -155,6 +192,9 @@ def fzs_command(layers, results="results", weights="IMAGENET1K_V1", like=None, c
     for key in FZ_MATCH_KEYS[1:]:
         if like and key in like:
             cmd += f" --{key} {like[key]}"
+    weights = split_weights_id(weights)[1]
+    if current_arch() != "resnet18":
+        cmd += f" --arch {current_arch()}"
     if str(weights).startswith("file:"):  # a weights id, not the path: name the flag
         weights = "/path/to/the/checkpoint"
     if weights != "IMAGENET1K_V1":
@@ -167,44 +207,72 @@ def fzs_command(layers, results="results", weights="IMAGENET1K_V1", like=None, c
 # ----------------------------------------------------------------------------------------------------
 # The model. Random weights only when asked for ('random' or 'random:SEED'); never as a fallback.
 
-def load_resnet18(weights="IMAGENET1K_V1", device="cpu"):
-    """torchvision's ResNet18 in eval mode without weight gradients, and a string that identifies its weights.
+def weights_id(arch_name, name):
+    """The id a result file records for its weights: the architecture comes first unless it is resnet18
+    ('IMAGENET1K_V1', 'random:0', 'resnet50:IMAGENET1K_V2', 'resnet50:file:ckpt.pth:sha256=...'), so that every
+    check of the weights also refuses another architecture."""
+    return name if arch_name == "resnet18" else f"{arch_name}:{name}"
 
-    weights: 'IMAGENET1K_V1' (torchvision's cache, downloading if online), a path to a state_dict
-    checkpoint, or 'random' / 'random:SEED' (He-initialised, for tests and smoke runs)."""
-    weights = str(weights)
+
+def split_weights_id(wid):
+    """'resnet50:IMAGENET1K_V2' -> ('resnet50', 'IMAGENET1K_V2'); 'random:3' -> ('resnet18', 'random:3')."""
+    head_, sep, rest = str(wid).partition(":")
+    return (head_, rest) if sep and head_ in arch.ARCHS else ("resnet18", str(wid))
+
+
+def is_random(wid):
+    return split_weights_id(wid)[1].startswith("random")
+
+
+def load_model(weights="IMAGENET1K_V1", device="cpu"):
+    """The torchvision model of the current architecture (use_arch) in eval mode without weight gradients, and
+    the id of its weights (weights_id).
+
+    weights: a weights enum member of that architecture ('IMAGENET1K_V1', 'IMAGENET1K_V2' for resnet50, ...) or
+    'DEFAULT' (torchvision's cache, downloading if online), a path to a state_dict checkpoint, or 'random' /
+    'random:SEED' (He-initialised, for tests and smoke runs)."""
+    name, weights = current_arch(), str(weights)
     if weights.startswith("random"):
-        seed = int(weights.split(":")[1]) if ":" in weights else 0
+        try:
+            seed = int(weights.split(":")[1]) if ":" in weights else 0
+        except ValueError:
+            die(f"--weights {weights!r}: use random or random:SEED with an integer SEED")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = torchvision.models.resnet18(weights=None)
+            model = arch.build(name)
         wid = f"random:{seed}"
-    elif weights == "IMAGENET1K_V1":
-        w = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    elif re.fullmatch(r"[A-Z][A-Z0-9_]*", weights) and not os.path.exists(weights):
+        enum = torchvision.models.get_model_weights(name)
+        if weights not in enum.__members__:
+            die(f"--weights {weights!r}: {name} has the torchvision weights {', '.join(enum.__members__)}; "
+                f"or pass a checkpoint path, or random[:SEED]")
+        w = enum[weights]
         cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(w.url))
         timeout = socket.getdefaulttimeout()
         try:
             socket.setdefaulttimeout(60)
-            model = torchvision.models.resnet18(weights=w)
+            model = getattr(torchvision.models, name)(weights=w)
         except Exception as e:  # offline, or a broken cached file
             reason = str(e).splitlines()[0][:150] if str(e) else type(e).__name__
-            die(f"cannot load the IMAGENET1K_V1 weights ({reason}). Download {w.url} and put it at {cached} "
+            die(f"cannot load the {name} {w.name} weights ({reason}). Download {w.url} and put it at {cached} "
                 f"(torchvision's cache; set TORCH_HOME to move it), or pass the file: --weights /path/to/{os.path.basename(w.url)}")
         finally:
             socket.setdefaulttimeout(timeout)
-        wid = "IMAGENET1K_V1"
+        wid = w.name
     else:
-        model = torchvision.models.resnet18(weights=None)
+        model = arch.build(name)
         model.load_state_dict(read_state_dict(weights))
         with open(weights, "rb") as f:
             wid = f"file:{os.path.basename(weights)}:sha256={hashlib.sha256(f.read()).hexdigest()[:16]}"
     model.eval().requires_grad_(False)
-    return model.to(device), wid
+    return model.to(device), weights_id(name, wid)
 
 
 def read_state_dict(path):
+    """A checkpoint's state_dict, checked against the current architecture's keys and shapes."""
+    name = current_arch()
     if not os.path.isfile(path):
-        die(f"weights: no such file {path!r} (use IMAGENET1K_V1, random, or a path to a ResNet18 state_dict)")
+        die(f"weights: no such file {path!r} (use IMAGENET1K_V1, DEFAULT, random, or a path to a {name} state_dict)")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -215,12 +283,13 @@ def read_state_dict(path):
     if not isinstance(sd, dict):
         die(f"weights: {path!r} does not hold a state_dict")
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    expected = torchvision.models.resnet18(weights=None).state_dict()
+    with torch.device("meta"):
+        expected = arch.build(name).state_dict()
     missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     bad = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
     if missing or extra or bad:
         what = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {extra[:3]}" if extra else "") + (f" wrong shape {bad[:3]}" if bad else "")
-        die(f"weights: {path!r} is not a torchvision ResNet18 state_dict ({what.strip()})")
+        die(f"weights: {path!r} is not a torchvision {name} state_dict ({what.strip()}); is --arch right?")
     return sd
 
 
@@ -401,7 +470,8 @@ def configure(g, argv=None, description=None):
         shown = (",".join(map(str, default)) if isinstance(default, (list, tuple)) else
                  ",".join(f"{k}:{v}" for k, v in default.items()) if isinstance(default, dict) else default)
         flags = dict.fromkeys([f"--{name.lower()}", f"--{name.lower().replace('_', '-')}"])  # --pre_as_released, --pre-as-released
-        parser.add_argument(*flags, dest=name, metavar=type(default).__name__.upper(),
+        extra = dict(nargs="?", const="true") if isinstance(default, bool) else {}  # --list alone means --list true
+        parser.add_argument(*flags, dest=name, metavar=type(default).__name__.upper(), **extra,
                             help=f"{comment} (default: {shown})".replace("%", "%%"))
     args = parser.parse_args(argv)
     for name in consts:
@@ -535,9 +605,10 @@ def load_json(path, what="result file"):
 
 def config_mismatch(a, b, keys):
     """The first key on which two configs differ, as 'key: a vs b', or None."""
+    defaults = {"arch": "resnet18"}  # files from before --arch existed are resnet18's
     for k in keys:
-        if a.get(k) != b.get(k):
-            return f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
+        if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)):
+            return f"{k}: {a.get(k, defaults.get(k))!r} vs {b.get(k, defaults.get(k))!r}"
     return None
 
 
@@ -547,7 +618,7 @@ def config_mismatch(a, b, keys):
 
 def weights_of(*configs):
     """The one weights id recorded ('weights' or 'weights_id', at any depth) in the configs of a figure's inputs; dies
-    when they disagree, 'unknown' when none records one. 'random' is read as 'random:0', as load_resnet18 does."""
+    when they disagree, 'unknown' when none records one. 'random' is read as 'random:0', as load_model does."""
     found = set()
 
     def walk(d):
@@ -567,7 +638,7 @@ def weights_of(*configs):
 def stamp(fig, weights):
     """The weights id in small print along the bottom edge (keep the bottom 0.2 inches free for it); when they are
     random, that line is red and a large translucent red warning runs across the figure."""
-    if not str(weights).startswith("random"):
+    if not is_random(weights):
         fig.text(0.003, 0.003, f"weights: {weights}", fontsize=6, color="0.3", ha="left", va="bottom")
         return
     text = f"RANDOM WEIGHTS ({weights}) \u2014 not a result"

@@ -37,13 +37,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, LAYERS, ZoomFolder, config_mismatch, configure, die, guarded, image_loader,
-                    load_json, load_pt, load_resnet18, lock_results, main_guard, n_channels, normalize, pick_device,
+from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, LAYERS, ZoomFolder, check_arch, config_mismatch, configure, die, guarded, image_loader,
+                    is_random, load_json, load_pt, load_model, lock_results, main_guard, n_channels, normalize, pick_device, use_arch,
                     read_center, save_json, save_pt, to_float, versions, write_csv, zooms)
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
-WEIGHTS = "IMAGENET1K_V1"  # must be the weights of the natural stage: IMAGENET1K_V1, random[:SEED] or a state_dict path
-TUNE_BLOCKS = ["1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"]  # blocks whose channels are measured (the seven probed blocks)
+ARCH = "resnet18"  # a torchvision ResNet; must be the natural stage's
+WEIGHTS = "IMAGENET1K_V1"  # must be the weights of the natural stage: IMAGENET1K_V1, DEFAULT, random[:SEED] or a state_dict path
+TUNE_BLOCKS = []  # blocks whose channels are measured (empty: every probed block of ARCH, resnet18's seven)
 TOP_K = 16  # each unit's own top-K natural images (the paper shows 9)
 SAMPLE = 200  # a fixed, seeded random sample of the natural stage's images (every unit's curve over it too)
 FRACTIONS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]  # crop fractions f: zoom in 1/f (up to 2x) and zoom out f (down to 0.5x)
@@ -245,7 +246,10 @@ def compare(block, chans, a, rows, fz_block, seed):
 # ----------------------------------------------------------------------------------------------------
 
 def main():
+    global TUNE_BLOCKS
     cfg = configure(globals())
+    use_arch(ARCH)
+    TUNE_BLOCKS = TUNE_BLOCKS or list(BLOCKS)
     for name, value, least in (("top_k", TOP_K, 1), ("sample", SAMPLE, 0), ("batch", BATCH, 1), ("permutations", PERMUTATIONS, 1)):
         if value < least:
             die(f"--{name} must be at least {least}, not {value}")
@@ -255,14 +259,15 @@ def main():
         if b not in BLOCKS:
             die(f"unknown block {b!r}: the probed blocks are {', '.join(BLOCKS)}")
     summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run python ablate.py --stages natural first)")
+    check_arch(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
     device = pick_device(DEVICE)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # true fp32, as the natural stage measured
     lock = lock_results(RESULTS, "tuning.py")  # noqa: F841 (held until the process ends)
-    model, wid = load_resnet18(WEIGHTS, device)
+    model, wid = load_model(WEIGHTS, device)
     if summary["config"].get("weights") != wid:
         die(f"{RESULTS}/natural was made with weights {summary['config'].get('weights')!r}, this run uses {wid!r}: pass the same --weights")
     model = model.to(memory_format=torch.channels_last)
-    if wid.startswith("random"):
+    if is_random(wid):
         print(f"** weights {wid}: random weights, not the paper's model **")
     t0 = time.time()
 
@@ -287,7 +292,7 @@ def main():
           f"weights {wid}, {device}")
 
     # The measurement.
-    config = {"weights": wid, "natural": {k_: summary["config"].get(k_) for k_ in ("data", "limit", "count", "paths")},
+    config = {"arch": ARCH, "weights": wid, "natural": {k_: summary["config"].get(k_) for k_ in ("data", "limit", "count", "paths")},
               "blocks": list(TUNE_BLOCKS), "top_k": k, "sample": len(sample), "fractions": list(FRACTIONS), "seed": SEED}
     folder = os.path.join(RESULTS, "tuning")
     os.makedirs(folder, exist_ok=True)
@@ -300,6 +305,7 @@ def main():
     crit_path = os.path.join(RESULTS, "criteria.json")
     if os.path.isfile(crit_path):
         criteria = load_json(crit_path, "criteria file")
+        check_arch(criteria.get("config", {}), crit_path)
         made = criteria.get("config", {}).get("weights_id")
         if made is not None and made != wid:
             die(f"{crit_path} was made with weights {made!r}, this run uses {wid!r}: rerun criteria.py with the same --weights")

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ablate  # noqa: E402
-from stream import (BLOCKS, ImageNetFolder, configure, die, guarded, image_loader, imagenet_folder, load_resnet18,  # noqa: E402
+from stream import (BLOCKS, ImageNetFolder, configure, die, guarded, image_loader, imagenet_folder, load_model,  # noqa: E402
                     main_guard, n_channels, pick_device, where, write_fake_imagenet)
 
 DATA = ""  # image folder in the prepared layout (one sub-folder per wnid); empty: generate one with FAKE
@@ -73,7 +73,7 @@ def main():
           f"{len(blocks)} blocks x {len(scales)} scales x {1 + N_TRIALS} conditions = {n_cells} cells")
 
     # Ours: one pass, every cell (and the unablated baseline).
-    model = load_resnet18(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
+    model = load_model(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
     ablate.BATCH, ablate.WORKERS, ablate.CHECKPOINT_SECONDS = BATCH, WORKERS, 10 ** 9
     plan = [(where(BLOCKS[b][2])[0], means[b], ablate.masks_for(sets[b], len(means[b]))) for b in blocks]
     suffix_batch = SUFFIX_BATCH or (4096 if device.type == "cuda" else 512)
@@ -89,7 +89,7 @@ def main():
         return
 
     # The released way: one DataLoader pass per (block, scale, condition), the whole network, a hook.
-    ref_model, _ = load_resnet18(WEIGHTS, device)
+    ref_model, _ = load_model(WEIGHTS, device)
     todo = [(b, v, k) for b in blocks for v in range(len(scales)) for k in range(1 + N_TRIALS)]
     if REF_PASSES:
         todo = [todo[i] for i in np.unique(np.linspace(0, len(todo) - 1, REF_PASSES).round().astype(int))]

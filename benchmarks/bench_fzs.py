@@ -26,8 +26,10 @@ import torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import arch  # noqa: E402
 import fzs  # noqa: E402
-from stream import configure, load_resnet18, main_guard, pick_device  # noqa: E402
+import stream  # noqa: E402
+from stream import configure, load_model, main_guard, pick_device  # noqa: E402
 
 WEIGHTS = "random"  # weights for both paths (no pretrained weights needed to compare speed)
 LAYERS = ["layer1.0", "layer2.0.downsample.1", "layer2.1", "layer3.0", "layer3.1", "layer4.0.downsample.1", "layer4.1"]  # Post and downsample layers
@@ -51,7 +53,7 @@ def reference(units, device):
     from lucent.optvis import objectives, param, render
     t0 = time.time()
     model = torchvision.models.resnet18(weights=None)
-    model.load_state_dict(load_resnet18(WEIGHTS)[0].state_dict())
+    model.load_state_dict(load_model(WEIGHTS)[0].state_dict())
     model.to(device).eval()  # weights keep requires_grad, as in the released scripts
     images = []
     for i, (layer, c) in enumerate(units):
@@ -60,7 +62,7 @@ def reference(units, device):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = render.render_vis(model, objectives.neuron(layer.replace(".", "_"), c), param_f=lambda: param.image(fzs.SIZE),
-                                    optimizer=lambda p: torch.optim.Adam(p, lr=fzs.LR), transforms=lucent_transforms(fzs.JITTER[layer[:8]]),
+                                    optimizer=lambda p: torch.optim.Adam(p, lr=fzs.LR), transforms=lucent_transforms(arch.jitter(stream.block_of(layer))),
                                     thresholds=(STEPS,), show_image=False, progress=False)
         images.append((torch.from_numpy(out[-1]).permute(0, 3, 1, 2) * 255).to(torch.uint8))
         print(f"  lucent {i + 1}/{len(units)} ({layer}:{c}) {time.time() - t0:.0f} s", end="\r", flush=True)
@@ -97,7 +99,7 @@ def main():
     configure(globals())
     device = pick_device(DEVICE)
     units = [(layer, c) for layer in LAYERS for c in range(CHANNELS)]
-    model = load_resnet18(WEIGHTS, device)[0]
+    model = load_model(WEIGHTS, device)[0]
     print(f"bench_fzs: {len(units)} units ({CHANNELS} per layer of {', '.join(LAYERS)}), {STEPS} steps, {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     ref_images, ref_s = reference(units, device)

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import arch  # noqa: E402
 import fzs  # noqa: E402
-from stream import amp_dtype, autocast, configure, features, load_resnet18, main_guard, normalize, pick_device  # noqa: E402
+import stream  # noqa: E402
+from stream import amp_dtype, autocast, configure, features, load_model, main_guard, normalize, pick_device  # noqa: E402
 
 WEIGHTS = "random"  # weights (the timing does not depend on them)
 LAYERS = ["layer1.0", "layer2.1", "layer3.1", "layer4.1"]  # layers to profile (their jitter is fzs.py's)
@@ -36,7 +38,7 @@ def sync(device):
 
 def profile_layer(model, layer, device, amp):
     """{phase: seconds per step} for one layer."""
-    cfg = dict(steps=0, lr=fzs.LR, jitter=fzs.JITTER[layer[:8]], scales=fzs.SCALES, angles=fzs.ANGLES, size=fzs.SIZE)
+    cfg = dict(steps=0, lr=fzs.LR, jitter=arch.jitter(stream.block_of(layer)), scales=fzs.SCALES, angles=fzs.ANGLES, size=fzs.SIZE)
     channels = list(range(BATCH))
     spectrum, image = fzs.fft_image(channels, fzs.SIZE, device)
     optimizer = torch.optim.Adam([spectrum], lr=fzs.LR)
@@ -74,7 +76,7 @@ def main():
     configure(globals())
     device = pick_device(DEVICE)
     amp = amp_dtype(AMP, device)
-    model = load_resnet18(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
+    model = load_model(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
     model = fzs.fold_batchnorm(model) if FOLD_BN else model
     model = model.to(amp) if amp is not None else model  # as fzs.py: weights cast once
     print(f"profile_fzs: batch {BATCH}, {STEPS} timed steps per layer, {'bf16' if amp else 'fp32'}, fold_bn {FOLD_BN}, "

@@ -131,7 +131,7 @@ def fixture_weights(tmp_path_factory):
 def fixture_model(fixture_weights):
     """The fixture model as the scripts load it (eval mode, no weight gradients)."""
     import stream
-    return stream.load_resnet18(fixture_weights)[0]
+    return stream.load_model(fixture_weights)[0]
 
 
 @pytest.fixture(scope="session")
@@ -145,3 +145,12 @@ def fixture_folder(tmp_path_factory, fixture_model):
 def pytest_configure(config):
     # kornia 0.4.1 (lucent's pin; imported only by the tests that compare with lucent) calls torch.jit.script at import
     config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script` is deprecated:FutureWarning")
+
+
+@pytest.fixture(autouse=True)
+def resnet18_tables():
+    """stream's block tables are resnet18's in every test, whatever an earlier test set with use_arch."""
+    import stream
+    stream.use_arch("resnet18")
+    yield
+    stream.use_arch("resnet18")

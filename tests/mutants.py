@@ -163,8 +163,23 @@ MUTANTS = [
      [f"{AR}::test_truncated_reader_equals_hooks"]),
     ("jitter-rule-by-stage-only", "arch.py", "if stage == 1 or (stage == 2 and position == 0):", "if stage == 1:",
      [f"{AR}::test_jitter_rule_reproduces_the_resnet18_table"]),
-    ("maxpool-skip-probed", "arch.py", "        if skip is not None:", "        if True:",
-     [f"{AR}::test_resnet18_table_is_the_typed_in_one"]),
+    ("resnet18-block-1.0-probed", "arch.py", 'else previous\n', 'else (previous or name)\n',
+     [f"{AR}::test_resnet18_table_is_the_papers"]),
+    # --- ARCH in every script (issue "Beyond ResNet18")
+    ("weights-id-drops-arch", "stream.py", 'return name if arch_name == "resnet18" else f"{arch_name}:{name}"', "return name",
+     [f"{AR}::test_weights_ids_carry_the_architecture"]),
+    ("arch-never-checked", "stream.py", "    if made != current_arch():\n", "    if False:\n",
+     [f"{AR}::test_tiny_resnet50_end_to_end_and_mixing_refused"]),
+    ("where-accepts-unprobed", "stream.py", "    if m is None or layer not in LAYERS:\n", "    if m is None:\n",
+     ["tests/test_stream.py::test_unknown_layer_is_one_line_error"]),
+    ("bottleneck-fold-skips-bn3", "fzs.py", 'if hasattr(b, "bn3"):  # Bottleneck', "if False:",
+     [f"{AR}::test_folding_covers_the_bottleneck"]),
+    ("relative-depth-zero-based", "plot_spectrum.py", 'return (residual.index(f"layer{block}") + 1) / len(residual)',
+     'return residual.index(f"layer{block}") / len(residual)', [f"{AR}::test_passing_percent_by_relative_depth_across_architectures"]),
+    ("sweep-blocks-smallest-fraction", "ablate.py", "key=lambda b: (-fraction[b], list(BLOCKS).index(b)))[:2]",
+     "key=lambda b: (fraction[b], list(BLOCKS).index(b)))[:2]", [f"{AR}::test_sweep_default_blocks"]),
+    ("paper-screening-rules-on-any-arch", "ablate.py", 'if current_arch() != "resnet18" and spec == PAPER_SCREEN_MARGIN:',
+     "if False:", [f"{AR}::test_sweep_default_blocks"]),
 ]
 
 

@@ -46,7 +46,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    return stream.load_resnet18("random:3")[0]
+    return stream.load_model("random:3")[0]
 
 
 def error_of(fn, *args):
@@ -195,7 +195,7 @@ def test_eq3_on_planted_accuracies():
 
 def test_screening_rule_per_block():
     rules = ablate.parse_rules(ablate.SCREEN_MARGIN)
-    assert rules == {"2.1": ("<", 0.0), "3.1": ("<=", 1.0)}
+    assert rules == {"2.1": ("<", 0.0), "3.1": ("<=", 1.0), "*": ("<=", 1.0)}  # * : any other block (other architectures)
     n = 200  # 1 pp = 2 images
     assert ablate.accepted(rules["2.1"], 49, 50, n) and not ablate.accepted(rules["2.1"], 50, 50, n)
     assert ablate.accepted(rules["3.1"], 52, 50, n) and not ablate.accepted(rules["3.1"], 53, 50, n)

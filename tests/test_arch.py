@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import arch
-import fzs
 import stream
 
 
@@ -23,17 +22,33 @@ def nontrivial_batchnorms(model, seed=0):
     return model.eval().requires_grad_(False)
 
 
-def test_resnet18_table_is_the_typed_in_one():
+# METHOD.md section 1's table (the paper's 18 layers) and section 2's jitter table, typed in: the facts the derived
+# tables must reproduce.
+PAPER_TABLE = {
+    "1.1": ("layer1.0", "layer1.1.bn2", "layer1.1"),
+    "2.0": ("layer2.0.downsample.1", "layer2.0.bn2", "layer2.0"),
+    "2.1": ("layer2.0", "layer2.1.bn2", "layer2.1"),
+    "3.0": ("layer3.0.downsample.1", "layer3.0.bn2", "layer3.0"),
+    "3.1": ("layer3.0", "layer3.1.bn2", "layer3.1"),
+    "4.0": ("layer4.0.downsample.1", "layer4.0.bn2", "layer4.0"),
+    "4.1": ("layer4.0", "layer4.1.bn2", "layer4.1"),
+}
+PAPER_JITTER = {"layer1.0": 0, "layer1.1": 0, "layer2.0": 0, "layer2.1": 4, "layer3.0": 4, "layer3.1": 16, "layer4.0": 16, "layer4.1": 16}
+
+
+def test_resnet18_table_is_the_papers():
     model = arch.build("resnet18")
     table = arch.block_table(model)
-    assert table == stream.BLOCKS  # block by block, layer by layer
-    assert arch.layers_of(table) == stream.LAYERS and arch.residual_blocks(model) == stream.RESIDUAL_BLOCKS
-    assert all(arch.channels(model, layer) == stream.n_channels(layer) for layer in stream.LAYERS)
+    assert table == PAPER_TABLE and list(table) == list(PAPER_TABLE)  # block by block, layer by layer, in order
+    assert stream.BLOCKS == PAPER_TABLE and len(stream.LAYERS) == 18  # what the scripts use by default
+    assert stream.RESIDUAL_BLOCKS == list(PAPER_JITTER)
+    widths = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
+    assert all(stream.n_channels(layer) == widths[layer[:6]] for layer in stream.LAYERS)
     assert arch.units(model) == 4672
 
 
 def test_jitter_rule_reproduces_the_resnet18_table():
-    assert {b: arch.jitter(b) for b in stream.RESIDUAL_BLOCKS} == fzs.JITTER
+    assert {b: arch.jitter(b) for b in stream.RESIDUAL_BLOCKS} == PAPER_JITTER
 
 
 @pytest.mark.parametrize("name,probed,first", [("resnet34", 15, "1.1"), ("resnet50", 16, "1.0")])
@@ -81,6 +96,11 @@ def test_truncated_reader_equals_hooks(name):
         assert torch.allclose(got[layer], value, rtol=1e-4, atol=1e-4 * float(value.abs().max())), layer
     pre = next(p for _, p, _ in table.values())
     assert (got[pre] < 0).any()  # the true BatchNorm output, not the in-place sum after the ReLU
+    stream.use_arch(name)  # the scripts' reader: stream.features over the tables use_arch set
+    read = stream.features(model, x, stream.LAYERS)
+    assert set(read) == set(ref)
+    for layer, value in ref.items():
+        assert torch.allclose(read[layer], value, rtol=1e-4, atol=1e-4 * float(value.abs().max())), layer
 
 
 def test_list_prints_the_table_units_and_cost():
@@ -93,3 +113,184 @@ def test_list_prints_the_table_units_and_cost():
     bad = subprocess.run([sys.executable, "arch.py", "--arch", "resnet19"], capture_output=True, text=True,
                          cwd=stream.os.path.dirname(stream.__file__))
     assert bad.returncode == 1 and "unknown architecture 'resnet19'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# ARCH everywhere: weights, ids, the fold, the sweep's default blocks, the cross-architecture figure, and a tiny
+# resnet50 run through the whole pipeline, with mixing refused.
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*argv, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    return subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def one_line_error(p, *words):
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-1500:]
+    line = p.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and all(w in line for w in words), line
+    return line
+
+
+def test_weights_ids_carry_the_architecture():
+    assert stream.weights_id("resnet18", "IMAGENET1K_V1") == "IMAGENET1K_V1"  # resnet18's ids are unchanged
+    assert stream.weights_id("resnet50", "IMAGENET1K_V2") == "resnet50:IMAGENET1K_V2"
+    for wid, pair in (("random:3", ("resnet18", "random:3")), ("resnet50:random:0", ("resnet50", "random:0")),
+                      ("wide_resnet50_2:file:a.pth:sha256=1f", ("wide_resnet50_2", "file:a.pth:sha256=1f"))):
+        assert stream.split_weights_id(wid) == pair
+    assert stream.is_random("resnet50:random:0") and not stream.is_random("resnet50:IMAGENET1K_V2")
+    stream.use_arch("resnet50")
+    _, wid = stream.load_model("random:2")
+    assert wid == "resnet50:random:2"
+    assert stream.fzs_command(["layer2.1.bn3"], "r50", wid) == "python fzs.py --layers layer2.1.bn3 --arch resnet50 --weights random:2 --results r50"
+
+
+def test_torchvision_weights_by_name_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))  # an empty cache: no download is possible here
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    stream.use_arch("resnet50")
+    for name, file in (("IMAGENET1K_V1", "resnet50-0676ba61.pth"), ("IMAGENET1K_V2", "resnet50-11ad3fa6.pth"),
+                       ("DEFAULT", "resnet50-11ad3fa6.pth")):  # DEFAULT is V2 for resnet50
+        with pytest.raises(SystemExit) as e:
+            stream.load_model(name)
+        msg = str(e.value)
+        assert "resnet50 IMAGENET1K_V" in msg and file in msg and os.path.join(str(tmp_path / "hub"), "hub", "checkpoints", file) in msg
+    with pytest.raises(SystemExit, match="resnet50 has the torchvision weights IMAGENET1K_V1, IMAGENET1K_V2"):
+        stream.load_model("IMAGENET1K_V3")
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(arch.build("resnet18").state_dict(), path)
+    stream.use_arch("resnet50")
+    with pytest.raises(SystemExit, match="is not a torchvision resnet50 state_dict .*is --arch right"):
+        stream.load_model(str(path))
+    stream.use_arch("resnet18")
+    assert stream.load_model(str(path))[1].startswith("file:r18.pth:sha256=")
+
+
+def test_folding_covers_the_bottleneck():
+    import fzs
+    stream.use_arch("resnet50")
+    model = nontrivial_batchnorms(arch.build("resnet50"), seed=3)
+    folded = fzs.fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = stream.normalize(torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0)))
+    ref, got = stream.features(model, x, stream.LAYERS), stream.features(folded, x, stream.LAYERS)
+    for name in stream.LAYERS:  # Pre (bn3 folded into conv3) included
+        assert (got[name] - ref[name]).abs().max() <= 1e-4 * ref[name].abs().max(), name
+
+
+def test_jitter_rule_extends_and_can_be_overridden():
+    import fzs
+    assert [arch.jitter(f"layer3.{b}") for b in range(6)] == [4, 16, 16, 16, 16, 16]  # resnet50's stage 3
+    stream.use_arch("resnet50")
+    assert fzs.parse_jitter("layer3.5:8") == {"layer3.5": 8}
+    with pytest.raises(SystemExit, match="--jitter: cannot read 'layer3.6:8'"):
+        fzs.parse_jitter("layer3.6:8")  # resnet50's stage 3 has blocks 0..5
+
+
+def planted_criteria(folder, arch_name, percents):
+    os.makedirs(folder, exist_ok=True)
+    blocks = {b: {"n_channels": 100, "count": int(p), "percent": float(p), "passing": list(range(int(p))), "measured": list(range(100)),
+                  "missing": []} for b, p in percents.items()}
+    with open(os.path.join(folder, "criteria.json"), "w") as f:
+        json.dump({"config": {"arch": arch_name, "weights_id": stream.weights_id(arch_name, "random:0")}, "blocks": blocks}, f)
+
+
+def test_sweep_default_blocks(tmp_path, monkeypatch):
+    import ablate
+    monkeypatch.setattr(ablate, "RESULTS", str(tmp_path))
+    stream.use_arch("resnet50")
+    crit = {"blocks": {"1.0": {"count": 3, "percent": 3.0}, "2.3": {"count": 9, "percent": 9.0}, "3.1": {"count": 12, "percent": 12.0},
+                       "3.4": {"count": 9, "percent": 9.0}, "4.2": {"count": 0, "percent": 0.0}}}
+    assert ablate.default_blocks(crit, []) == ["2.3", "3.1"]  # the two largest fractions, in forward order; a tie goes to the earlier
+    assert ablate.default_blocks(crit, ["3.4", "1.2"]) == ["1.2", "3.4"]  # the blocks named in --sets come first
+    with pytest.raises(SystemExit, match="criteria.json is missing"):
+        ablate.default_blocks(None, [])
+    with pytest.raises(SystemExit, match="has passing channels"):
+        ablate.default_blocks({"blocks": {"4.2": {"count": 0, "percent": 0.0}}}, [])
+    assert ablate.screening_rules(ablate.SCREEN_MARGIN) == {"*": ("<=", 1.0)}  # the paper's 2.1 / 3.1 rules are resnet18's
+    assert ablate.screening_rules("2.1:<0") == {"2.1": ("<", 0.0)}  # named by the user: kept
+    stream.use_arch("resnet18")
+    assert ablate.default_blocks(crit, []) == ["2.1", "3.1"]  # resnet18: the paper's blocks (METHOD.md section 5)
+    assert ablate.screening_rules(ablate.SCREEN_MARGIN)["2.1"] == ("<", 0.0)
+
+
+def test_passing_percent_by_relative_depth_across_architectures(tmp_path):
+    r18, r50 = str(tmp_path / "r18"), str(tmp_path / "r50")
+    planted_criteria(r18, "resnet18", {"1.1": 9.4, "2.1": 18.0, "4.1": 0.0})
+    planted_criteria(r50, "resnet50", {"1.0": 2.0, "2.3": 7.0, "4.2": 1.0})
+    p = run("plot_spectrum.py", "--results", r18, "--across", f"{r18},{r50}")
+    assert p.returncode == 0, p.stderr[-1500:]
+    assert os.path.isfile(os.path.join(r18, "figures", "across_archs.png"))
+    import plot_spectrum
+    runs = plot_spectrum.passing_by_depth([r18, r50])
+    fig = plot_spectrum.across_architectures(runs)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 2  # one line per architecture
+    assert np.allclose(lines[0].get_xdata(), [2 / 8, 4 / 8, 8 / 8]) and np.allclose(lines[0].get_ydata(), [9.4, 18.0, 0.0])
+    assert np.allclose(lines[1].get_xdata(), [1 / 16, 7 / 16, 16 / 16]) and np.allclose(lines[1].get_ydata(), [2.0, 7.0, 1.0])
+    assert "RANDOM WEIGHTS" in " ".join(t.get_text() for t in fig.texts)
+
+
+def test_tiny_resnet50_end_to_end_and_mixing_refused(tmp_path):
+    """fzs.py, criteria.py, both stages of ablate.py, the plots, on a resnet50 with non-trivial BatchNorms (a
+    checkpoint) and generated images labelled with its own predictions; then every script refuses to mix it with
+    resnet18."""
+    ck, res, data = tmp_path / "r50.pth", tmp_path / "r50", tmp_path / "fake"
+    torch.save(nontrivial_batchnorms(arch.build("resnet50"), seed=4).state_dict(), ck)
+    a50 = ["--arch", "resnet50", "--weights", ck, "--results", res]
+    p = run("fzs.py", *a50, "--layers", "2.1", "--channels", "0:6", "--steps", "3", "--batch", "6", "--png", "false")
+    assert p.returncode == 0, p.stderr[-1500:]
+    for layer, jitter in (("layer2.0", 0), ("layer2.1.bn3", 4), ("layer2.1", 4)):  # In, Pre (bn3) and Post of resnet50's 2.1
+        fz = torch.load(res / "fzs" / layer / "center.pt", weights_only=False)
+        assert fz["config"]["arch"] == "resnet50" and fz["config"]["weights"].startswith("resnet50:file:r50.pth")
+        assert fz["images"].shape == (6, 3, 224, 224) and fz["config"]["jitter"] == jitter  # by the block the layer is in
+    p = run("criteria.py", *a50, "--blocks", "2.1", "--batch", "6")
+    assert p.returncode == 0, p.stderr[-1500:]
+    assert "no published reference exists for weights resnet50:file:r50.pth" in p.stdout
+    crit = json.load(open(res / "criteria.json"))
+    assert crit["config"]["arch"] == "resnet50" and crit["blocks"]["2.1"]["n_channels"] == 512 and crit["blocks"]["2.1"]["measured"] == list(range(6))
+    assert "paper_overlap" not in crit["blocks"]["2.1"]
+    p = run("ablate.py", *a50, "--data", data, "--fake", "12", "--workers", "0", "--batch", "12", "--sets", "2.1:0:3",
+            "--scales", "20", "--n_trials", "2", "--screen_draws", "2", "--screen_cap", "20", "--screen_margin", "*:<=100",
+            "--bootstrap", "10", "--permutations", "4", "--variants", "paper")
+    assert p.returncode == 0, p.stderr[-1500:]
+    assert "sweep: blocks 2.1" in p.stdout  # no --ablate_blocks: the blocks named in --sets
+    natural = torch.load(res / "natural" / "summary.pt", weights_only=False)
+    assert natural["config"]["arch"] == "resnet50" and natural["mean"]["layer3.5"].shape == (1024,)
+    assert np.load(res / "natural" / "layer4.2.npy").shape == (12, 2048)
+    ab = json.load(open(res / "ablation" / "2.1.json"))
+    assert ab["config"]["arch"] == "resnet50" and ab["config"]["passing"] == [0, 1, 2]
+    assert ab["accuracy"]["none"][0] == 1.0  # the generated images are labelled with this model's own predictions
+    p = run("tuning.py", *a50, "--tune_blocks", "2.1", "--top_k", "4", "--sample", "4", "--fractions", "1,0.5", "--workers", "0",
+            "--permutations", "10")
+    assert p.returncode == 0, p.stderr[-1500:]
+    tuning = json.load(open(res / "tuning.json"))
+    assert tuning["config"]["arch"] == "resnet50" and tuning["blocks"]["2.1"]["n_channels"] == 512
+    for script, extra in (("plot_ratios.py", []), ("plot_spectrum.py", []), ("plot_grids.py", ["--channels", "2.1:0,1"]),
+                          ("plot_tuning.py", [])):
+        p = run(script, "--arch", "resnet50", "--results", res, *extra)
+        assert p.returncode == 0, (script, p.stderr[-1500:])
+    assert os.path.isfile(res / "figures" / "ratios.png") and os.path.isfile(res / "figures" / "mix_hist.png")
+
+    # Mixing is refused: each script, run as resnet18 on the resnet50 results, stops with one line naming the file.
+    a18 = ["--weights", "random", "--results", res]
+    for script, extra in (("fzs.py", ["--layers", "2.1", "--channels", "0:2", "--steps", "1"]), ("criteria.py", ["--blocks", "2.1"]),
+                          ("ablate.py", ["--stages", "sweep", "--data", data, "--workers", "0", "--sets", "2.1:0:3"])):
+        one_line_error(run(script, *a18, *extra), "was made with --arch resnet50", "--arch resnet18")
+    one_line_error(run("tuning.py", *a18), "was made with --arch resnet50")
+    for script in ("plot_ratios.py", "plot_spectrum.py", "plot_grids.py", "plot_tuning.py"):
+        one_line_error(run(script, "--results", res), "was made with --arch resnet50")
+    p = run("fzs.py", "--arch", "resnet34", "--weights", "random", "--results", res, "--layers", "2.1", "--channels", "0:2", "--steps", "1")
+    one_line_error(p, "was made with --arch resnet50", "this run is --arch resnet34")

@@ -101,7 +101,7 @@ WEIGHTS = "random"
 @pytest.fixture(scope="module")
 def model(fixture_model, fixture_weights):
     """The fixture model (conftest.py: every BatchNorm non-trivial) and its weights id."""
-    return fixture_model, stream.load_resnet18(fixture_weights)[1]
+    return fixture_model, stream.load_model(fixture_weights)[1]
 
 
 def make_fz(results, layer, channels, model=None, seed=0, **config):

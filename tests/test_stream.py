@@ -94,9 +94,9 @@ def test_pre_is_bn2_not_the_post_sum(model):
 
 
 def test_random_weights_are_deterministic_and_labelled():
-    a, wid = stream.load_resnet18("random")
-    b, _ = stream.load_resnet18("random")
-    c, wid3 = stream.load_resnet18("random:3")
+    a, wid = stream.load_model("random")
+    b, _ = stream.load_model("random")
+    c, wid3 = stream.load_model("random:3")
     assert wid == "random:0" and wid3 == "random:3"
     assert torch.equal(a.conv1.weight, b.conv1.weight) and not torch.equal(a.conv1.weight, c.conv1.weight)
     assert not any(p.requires_grad for p in a.parameters()) and not a.training
@@ -106,16 +106,16 @@ def test_checkpoint_path_and_bad_files(tmp_path):
     src = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
-    model, wid = stream.load_resnet18(str(path))
+    model, wid = stream.load_model(str(path))
     assert torch.equal(model.fc.weight, src.fc.weight) and wid.startswith("file:resnet18.pth:sha256=")
     with pytest.raises(SystemExit, match="no such file"):
-        stream.load_resnet18(str(tmp_path / "nope.pth"))
+        stream.load_model(str(tmp_path / "nope.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="cannot read"):
-        stream.load_resnet18(str(tmp_path / "junk.pth"))
+        stream.load_model(str(tmp_path / "junk.pth"))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
-    with pytest.raises(SystemExit, match="not a torchvision ResNet18"):
-        stream.load_resnet18(str(tmp_path / "other.pth"))
+    with pytest.raises(SystemExit, match="not a torchvision resnet18 state_dict"):
+        stream.load_model(str(tmp_path / "other.pth"))
 
 
 def test_offline_imagenet_weights_name_the_file(tmp_path, monkeypatch):
@@ -125,7 +125,7 @@ def test_offline_imagenet_weights_name_the_file(tmp_path, monkeypatch):
         raise urllib.error.URLError("Name or service not known")
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(SystemExit) as e:
-        stream.load_resnet18("IMAGENET1K_V1")
+        stream.load_model("IMAGENET1K_V1")
     msg = str(e.value)
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg
     assert "--weights" in msg and "\n" not in msg

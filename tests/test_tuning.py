@@ -93,7 +93,7 @@ def natural(fixture_folder, fixture_weights, tmp_path_factory):
                         "--results", results, "--stages", "natural", "--workers", "0", "--limit", "24"],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
-    wid = stream.load_resnet18(fixture_weights)[1]
+    wid = stream.load_model(fixture_weights)[1]
     stream.save_json({"config": {"weights_id": wid}, "blocks": {"2.1": {"n_channels": 128, "passing": list(range(0, 128, 5)),
                                                                          "measured": list(range(128))}}},
                      os.path.join(results, "criteria.json"))
