@@ -35,13 +35,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stream import (ABLATION_VARIANTS, BLOCKS, LAYERS, RESIDUAL_BLOCKS, ImageNetFolder, block_forward, parse_block_channels, check_arch,
-                    config_mismatch, configure, current_arch, die, fzs_command, guarded, head, image_loader, imagenet_folder,
-                    load_json, load_pt, load_model, lock_results, main_guard, use_arch,
-                    n_channels, normalize, pick_device, read_center, save_json, save_pt, stem, to_float,
-                    versions, where, write_fake_imagenet, ablation_path)
+from imagenet import guarded, image_loader, imagenet_folder, ImageNetFolder, write_fake_imagenet
+from stream import (ABLATION_VARIANTS, BLOCKS, LAYERS, RESIDUAL_BLOCKS, block_forward, parse_block_channels, check_arch,
+                    config_mismatch, configure, current_arch, die, fzs_command, head, load_json, load_pt, load_model,
+                    lock_results, main_guard, use_arch, n_channels, normalize, pick_device, read_center, save_json, save_pt,
+                    stem, to_float, versions, where, ablation_path)
 
-DATA = ""  # ImageNet validation folder in the prepared layout, one sub-folder per wnid (required)
+DATA = ""  # ImageNet validation folder (required): root/<wnid>/ folders, a torchvision ImageNet root, or the flat folder with --labels
+LABELS = ""  # labels of a flat folder: ILSVRC2012_validation_ground_truth.txt[,map_clsloc.txt or meta.mat], val.txt or LOC_val_solution.csv
 FAKE = 0  # smoke runs without ImageNet: first write this many generated JPEGs into DATA, labelled with the model's predictions
 LIMIT = 0  # use only this many images, evenly spaced over the sorted file list (0 = all)
 STAGES = ["natural", "sweep"]  # stages to run, in order: natural (activations, top-9, means), sweep (screening + ablation)
@@ -359,8 +360,9 @@ def natural_stage(model, wid, dataset, root, device):
     os.makedirs(folder, exist_ok=True)
     n = len(dataset)
     config = {"stage": "natural", "arch": current_arch(), "weights": wid, "data": root, "fake": FAKE, "limit": LIMIT, "count": n,
-              "paths": digest(dataset.paths), "seed": SEED, "batch": BATCH, "precision": "fp32", "versions": versions()}
-    keys = ["weights", "data", "limit", "count", "paths"]
+              "paths": digest(dataset.paths), "labels": digest(dataset.labels), "label_file": LABELS, "seed": SEED, "batch": BATCH,
+              "precision": "fp32", "versions": versions()}
+    keys = ["weights", "data", "limit", "count", "paths", "labels"]
     summary_path = os.path.join(folder, "summary.pt")
     if os.path.isfile(summary_path):
         old = load_pt(summary_path, "natural-image summary")
@@ -507,8 +509,8 @@ def read_cell(block, condition, scale, channels, key):
     if not os.path.isfile(path):
         return None
     cell = load_json(path, "ablation cell")
-    if cell.get("run") != key or cell.get("channels") != list(channels):
-        why = "channels differ" if cell.get("run") == key else config_mismatch(cell.get("run", {}), key, list(key))
+    why = config_mismatch(cell.get("run", {}), key, list(key)) or (cell.get("channels") != list(channels) and "channels differ")
+    if why:  # a cell from before --arch existed (no arch in its run) is resnet18's
         die(f"{path} was made under another config ({why}); use another --results or delete {os.path.dirname(path)}")
     return unpack_hits(cell["hits"], cell["total"])
 
@@ -563,7 +565,7 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
     n = len(dataset)
     summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run the natural stage first)")
     check_arch(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
-    mine = {"weights": wid, "data": root, "limit": LIMIT, "count": n, "paths": digest(dataset.paths)}
+    mine = {"weights": wid, "data": root, "limit": LIMIT, "count": n, "paths": digest(dataset.paths), "labels": digest(dataset.labels)}
     why = config_mismatch(summary["config"], mine, list(mine))
     if why:
         die(f"{RESULTS}/natural/summary.pt was made under another config ({why}): run the natural stage with the same --data/--limit/--weights")
@@ -580,6 +582,7 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
         if len(nonpassing[b]) < len(passing[b]):
             die(f"block {b}: {len(passing[b])} passing channels but only {len(nonpassing[b])} others to draw random sets from")
         key[b] = {"arch": current_arch(), "weights": wid, "data": root, "limit": LIMIT, "n_images": n, "paths": digest(dataset.paths),
+                  "labels": digest(dataset.labels),
                   "mean": digest(means[b].numpy()), "precision": "bf16" if dtype is not None else "fp32",
                   "passing": passing[b], "seed": SEED, "cells": "per-image hits"}
         rngs[b] = np.random.default_rng([SEED, int(b.replace(".", ""))])
@@ -760,13 +763,14 @@ def main():
     if FAKE and not DATA:
         die("--fake needs --data: the folder to write the generated JPEGs into")
     if not FAKE:
-        imagenet_folder(root, LIMIT)  # a bad folder stops here, before the model is loaded
+        imagenet_folder(root, LIMIT, LABELS)  # a bad folder or label file stops here, before the model is loaded
     lock = lock_results(RESULTS, "ablate.py")  # noqa: F841 (held until the process ends)
     model, wid = load_model(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU, same fp32 arithmetic
     if FAKE:  # smoke data, labelled with this model's predictions
         write_fake_imagenet(root, FAKE, predict=lambda views: model(normalize(to_float(views.to(device)))).argmax(1).cpu())
-    paths, labels = imagenet_folder(root, LIMIT)
+    paths, labels, found = imagenet_folder(root, LIMIT, LABELS)
+    print(f"data: {root}: {found}")
     dataset = ImageNetFolder(root, paths, labels)
     if device.type == "cuda":  # fp32 means fp32 (no TF32): the natural stage measures, the fp32 sweep equals the reference
         torch.backends.cudnn.benchmark = True

@@ -20,9 +20,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from stream import (BLOCKS, FZ_MATCH_KEYS, ImageError, check_arch, config_mismatch, configure, current_arch, decode_rgb, die,
-                    eval_views, fzs_command, load_json, load_pt, main_guard, n_channels, parse_block_channels, save_figure,
-                    split_weights_id, stamp, use_arch, weights_of)
+from imagenet import decode_rgb, eval_views, ImageError
+from stream import (BLOCKS, FZ_MATCH_KEYS, check_arch, config_mismatch, configure, current_arch, die, fzs_command, load_json,
+                    load_pt, main_guard, n_channels, parse_block_channels, save_figure, split_weights_id, stamp, use_arch,
+                    weights_of)
 
 RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -215,7 +216,7 @@ def main():
     if CHANNELS:  # one figure of the channels named by hand, in the order given
         grids = [g for block, _ in chosen for g in grids_by_block[block]]
         pages = [draw_page(grids[i:i + page_size], "Selected channels: center-neuron FZ, whole-channel FZ, top-9 natural images\n"
-                           f"In = the block's skip input, Pre = its bn2 output, Post = its output; weights {weights}", weights)
+                           f"In = the block's skip input, Pre = its last BatchNorm's output, Post = its output; weights {weights}", weights)
                  for i in range(0, len(grids), page_size)]
         written = save_figure(pages, os.path.join(RESULTS, "figures", "grids_selected"), dpi=DPI)
     else:

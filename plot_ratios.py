@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import (ABLATION_VARIANTS, BLOCKS, ablation_path, check_arch, config_mismatch, configure, die, load_json, main_guard,
+from stream import (ABLATION_VARIANTS, BLOCKS, ablation_path, check_arch, config_mismatch, configure, current_arch, die, load_json, main_guard,
                     save_figure, stamp, use_arch, weights_of)
 
 RESULTS = "results"  # results folder: reads ablation/<block>.json, writes figures/ratios.*
@@ -86,7 +86,8 @@ def main():
     for block in ABLATED:
         path = ablation_path(RESULTS, block)
         if not os.path.isfile(path):
-            print(f"note: no {path}: block {block} is left out (make it with python ablate.py --ablate_blocks {block} --data /path/to/imagenet/val)")
+            print(f"note: no {path}: block {block} is left out (make it with python ablate.py --ablate_blocks {block} --data /path/to/imagenet/val"
+                  f"{'' if current_arch() == 'resnet18' else ' --arch ' + current_arch()}{'' if RESULTS == 'results' else ' --results ' + RESULTS})")
             continue
         found["paper", block] = paper = read_ablation(path)
         for v in VARIANTS:

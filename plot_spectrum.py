@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import arch
-from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, check_arch, configure, die, is_random, load_json, main_guard, mix_regions, save_figure,
+from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, check_arch, configure, current_arch, die, is_random, load_json, main_guard, mix_regions, save_figure,
                     split_weights_id, stamp, use_arch, weights_of)
 
 RESULTS = "results"  # results folder: reads criteria.csv/json and stability.json, writes figures/
@@ -286,16 +286,18 @@ def main():
         table = read_table(os.path.join(RESULTS, "criteria.csv"))
         criteria_path = os.path.join(RESULTS, "criteria.json")
         criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else {}
-        check_arch(criteria.get("config", {}), criteria_path)
+        if criteria:
+            check_arch(criteria.get("config", {}), criteria_path)
         weights = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}))
         written += save_figure(mix_histogram(table, weights), os.path.join(figures_dir, "mix_hist"), dpi=DPI)
-        written += save_figure(mix_scatter(table, "bn2_abs", "|bn2 weight| of the channel",
-                                           "Mix ratio against the block's |bn2 weight| per channel", weights),
+        bn, conv = ("bn2", "conv2") if current_arch() in ("resnet18", "resnet34") else ("bn3", "conv3")  # Pre's BatchNorm and convolution
+        written += save_figure(mix_scatter(table, "bn2_abs", f"|{bn} weight| of the channel",
+                                           f"Mix ratio against the block's |{bn} weight| per channel", weights),
                                os.path.join(figures_dir, "mix_vs_bn2"), dpi=DPI)
-        written += save_figure(mix_scatter(table, "conv2_abs_mean", "mean |conv2 weight| of the channel",
-                                           "Mix ratio against the mean |conv2 weight| feeding the channel", weights),
+        written += save_figure(mix_scatter(table, "conv2_abs_mean", f"mean |{conv} weight| of the channel",
+                                           f"Mix ratio against the mean |{conv} weight| feeding the channel", weights),
                                os.path.join(figures_dir, "mix_vs_conv2"), dpi=DPI)
-        print("Spearman rank correlation of the mix ratio with  |bn2 weight|  mean |conv2 weight|")
+        print(f"Spearman rank correlation of the mix ratio with  |{bn} weight|  mean |{conv} weight|")
         for block, t in table.items():
             rhos = {key: spearman(t[key], t["mix"]) for key in ("bn2_abs", "conv2_abs_mean")}
             print(f"  block {block:>4} ({len(t['mix'])} channels): {rhos['bn2_abs']:+18.3f}  {rhos['conv2_abs_mean']:+20.3f}")

@@ -5,11 +5,11 @@ incorporate responses to a wider range of natural images". This stage tests the 
 For a scale-invariant channel c of a block, In_c should prefer its feature small (zoomed out), Pre_c large (zoomed
 in), and Post_c = ReLU(In_c + Pre_c) respond about equally across that range.
 
-1. Per channel of the seven probed blocks, the image set U_c = the top-K natural images (from ablate.py's natural
+1. Per channel of the probed blocks (resnet18's seven; any --arch), the image set U_c = the top-K natural images (from ablate.py's natural
    stage) of In_c, of Pre_c and of Post_c. Every distinct image of all the U_c, plus a fixed seeded random
    sample, is decoded once into its zoom views (zoom out f: the eval view shrunk and padded with the mean colour;
    zoom in 1/f: its centre cropped and resized), and one batched, truncated pass per zoom reads the center neuron
-   of all 18 layers at once. An image shared by many units is computed once.
+   of all probed layers (resnet18's 18) at once. An image shared by many units is computed once.
 2. Tuning curves: In_c's mean response over its own top-K images at each zoom (likewise Pre_c, Post_c), and the
    three over the random sample.
 3. Natural-image analogues of the criteria, per channel:
@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, LAYERS, ZoomFolder, check_arch, config_mismatch, configure, die, guarded, image_loader,
-                    is_random, load_json, load_pt, load_model, lock_results, main_guard, n_channels, normalize, pick_device, use_arch,
-                    read_center, save_json, save_pt, to_float, versions, write_csv, zooms)
+from imagenet import guarded, image_loader, ZoomFolder, zooms
+from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, LAYERS, check_arch, config_mismatch, configure, die, is_random, load_json,
+                    load_pt, load_model, lock_results, main_guard, n_channels, normalize, pick_device, use_arch, read_center,
+                    save_json, save_pt, to_float, versions, write_csv)
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
 ARCH = "resnet18"  # a torchvision ResNet; must be the natural stage's
@@ -133,7 +134,7 @@ def mann_whitney(x, y, permutations, seed):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The measurement: every distinct image once, all zooms, all 18 layers per pass; resumable.
+# The measurement: every distinct image once, all zooms, all probed layers per pass; resumable.
 
 def measure(model, root, paths, ids, sets, columns, sample_pos, device, state_path, config):
     """values (G, 3k, 3, Z): each unit's three roles on each image of its set at each zoom; sample (S, Z, sum C)."""
@@ -158,7 +159,7 @@ def measure(model, root, paths, ids, sets, columns, sample_pos, device, state_pa
         return state
     sample_slot = {int(p): s for s, p in enumerate(sample_pos)}
     loader = image_loader(ZoomFolder(root, paths, ids, FRACTIONS), BATCH, WORKERS, device, start=state["done"])
-    bar = tqdm(total=len(ids), initial=state["done"], unit="img", desc=f"tuning: {Z} zooms x 18 layers", dynamic_ncols=True)
+    bar = tqdm(total=len(ids), initial=state["done"], unit="img", desc=f"tuning: {Z} zooms x {len(LAYERS)} layers", dynamic_ncols=True)
     last_save = time.time()
     try:
         with torch.inference_mode():

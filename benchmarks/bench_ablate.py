@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ablate  # noqa: E402
-from stream import (BLOCKS, ImageNetFolder, configure, die, guarded, image_loader, imagenet_folder, load_model,  # noqa: E402
-                    main_guard, n_channels, pick_device, where, write_fake_imagenet)
+from imagenet import guarded, image_loader, imagenet_folder, ImageNetFolder, write_fake_imagenet  # noqa: E402
+from stream import BLOCKS, configure, die, load_model, main_guard, n_channels, pick_device, where  # noqa: E402
 
 DATA = ""  # image folder in the prepared layout (one sub-folder per wnid); empty: generate one with FAKE
 FAKE = 0  # no DATA: write this many ImageNet-sized (500 x 375) generated JPEGs into FAKE_DIR first (kept for reruns)
@@ -56,7 +56,7 @@ def main():
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    paths, labels = imagenet_folder(root, LIMIT)
+    paths, labels, _ = imagenet_folder(root, LIMIT)
     n = len(paths)
     scales = [0] + list(SCALES)
     rng = np.random.default_rng(SEED)

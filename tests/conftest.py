@@ -95,7 +95,7 @@ def build_fixture_folder(root, model, n=60, seed=1):
     """Generate n candidate JPEGs, predict each with the model on torchvision's eval view of the decoded file,
     keep those predicted with a clear margin, and file each under the wnid of its predicted class.
     Returns {relative path: label}."""
-    from stream import WNIDS  # the canonical 1,000-wnid list
+    from imagenet import WNIDS  # the canonical 1,000-wnid list
     rng = np.random.default_rng(seed)
     staging = os.path.join(root, ".staging")
     kept = {}

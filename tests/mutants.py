@@ -25,18 +25,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 A, C, F, S, P = "tests/test_ablate.py", "tests/test_criteria.py", "tests/test_fzs.py", "tests/test_stream.py", "tests/test_plots.py"
 R, TU, AR = "tests/test_reliability.py", "tests/test_tuning.py", "tests/test_arch.py"
+IM, AT = "tests/test_imagenet.py", "tests/test_atlas.py"
 
 MUTANTS = [
     # --- ImageNet labels, views and accuracy (METHOD.md sections 4 and 5)
-    ("labels-by-folder-order", "stream.py", "labels.append(WNID_INDEX[name])", "labels.append(folders.index(name))",
+    ("labels-by-folder-order", "imagenet.py", "classes.append(WNID_INDEX[name])", "classes.append(folders.index(name))",
      [f"{A}::test_counts_equal_independent_recomputation"]),
     ("errors-counted-as-hits", "ablate.py", "(predictions(model, x, plan_dev, suffix_batch) == labels[None]).cpu()",
      "(predictions(model, x, plan_dev, suffix_batch) != labels[None]).cpu()", [f"{A}::test_counts_equal_independent_recomputation"]),
     ("zero-ablation", "ablate.py", "mean.to(h.dtype)[None, None, :, None, None]", "torch.zeros_like(mean).to(h.dtype)[None, None, :, None, None]",
      [f"{A}::test_counts_equal_independent_recomputation"]),
-    ("released-crop", "stream.py", "return 256 - (256 * int(percent)) // 100", "return int(224 * (1 - int(percent) / 100))",
+    ("released-crop", "imagenet.py", "return 256 - (256 * int(percent)) // 100", "return int(224 * (1 - int(percent) / 100))",
      [f"{A}::test_counts_equal_independent_recomputation"]),
-    ("eval-resize-224", "stream.py", "base = TF.resize(image, 256, interpolation=bilinear)", "base = TF.resize(image, 224, interpolation=bilinear)",
+    ("eval-resize-224", "imagenet.py", "base = TF.resize(image, 256, interpolation=bilinear)", "base = TF.resize(image, 224, interpolation=bilinear)",
      [f"{A}::test_counts_equal_independent_recomputation"]),
     ("natural-mean-by-batch", "ablate.py", '"mean": {l: (state["sum"][l] / n).float()', '"mean": {l: (state["sum"][l] / BATCH).float()',
      [f"{A}::test_natural_stage_values"]),
@@ -149,7 +150,7 @@ MUTANTS = [
      [f"{TU}::test_analogues_and_index_on_planted_values"]),
     ("eq2n-zero-denominator-kept", "tuning.py", "return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)",
      "return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.inf)", [f"{TU}::test_analogues_and_index_on_planted_values"]),
-    ("zoom-out-padded-black", "stream.py", "fill = tuple(round(255 * m) for m in MEAN)", "fill = (0, 0, 0)",
+    ("zoom-out-padded-black", "imagenet.py", "fill = tuple(round(255 * m) for m in MEAN)", "fill = (0, 0, 0)",
      [f"{TU}::test_zoom_views_equal_torchvision_on_pil"]),
     ("top-k-lowest", "tuning.py", "return np.argsort(-acts.astype(np.float32), axis=0, kind=\"stable\")[:k]",
      "return np.argsort(acts.astype(np.float32), axis=0, kind=\"stable\")[:k]", [f"{TU}::test_unit_sets_are_unions_of_the_three_top_k"]),
@@ -178,6 +179,21 @@ MUTANTS = [
      'return residual.index(f"layer{block}") / len(residual)', [f"{AR}::test_passing_percent_by_relative_depth_across_architectures"]),
     ("sweep-blocks-smallest-fraction", "ablate.py", "key=lambda b: (-fraction[b], list(BLOCKS).index(b)))[:2]",
      "key=lambda b: (fraction[b], list(BLOCKS).index(b)))[:2]", [f"{AR}::test_sweep_default_blocks"]),
+    # --- ImageNet as users have it (imagenet.py) and the atlas (atlas.py)
+    ("devkit-ids-zero-based", "imagenet.py", "put(f\"ILSVRC2012_val_{i:08d}\", WNID_INDEX[wnids[k - 1]], n)",
+     "put(f\"ILSVRC2012_val_{i:08d}\", WNID_INDEX[wnids[k % 1000]], n)", [f"{IM}::test_every_layout_and_label_form_gives_the_prepared_mapping"]),
+    ("duplicate-label-overwrites", "imagenet.py", "        if name in table:\n", "        if False:\n",
+     [f"{IM}::test_bad_label_files_name_the_file_and_the_line"]),
+    ("id-map-file-ignored", "imagenet.py", "    if not id_map:\n        return ILSVRC_IDS", "    if True:\n        return ILSVRC_IDS",
+     [f"{IM}::test_every_layout_and_label_form_gives_the_prepared_mapping"]),
+    ("layouts-sorted-by-path", "imagenet.py", "key=lambda i: (os.path.basename(paths[i]), paths[i])", "key=lambda i: paths[i]",
+     [f"{IM}::test_every_layout_and_label_form_gives_the_prepared_mapping"]),
+    ("kaggle-last-token", "imagenet.py", "wnid = row[1].split()[0] if", "wnid = row[1].split()[-1] if",
+     [f"{IM}::test_every_layout_and_label_form_gives_the_prepared_mapping"]),
+    ("atlas-filter-ignores-mix", "atlas.py", "(isNaN(lo)||(m!==null&&m>=lo))", "(true)", [f"{AT}::test_sorting_and_filtering_in_chromium"]),
+    ("atlas-sort-ignores-direction", "atlas.py", "*(desc?-1:1)", "*1", [f"{AT}::test_sorting_and_filtering_in_chromium"]),
+    ("atlas-top9-of-post-only", "atlas.py", "src = montages.get(layers[r], {}).get(c)", "src = montages.get(Post, {}).get(c)",
+     [f"{AT}::test_block_page_renders_rows_and_images_in_chromium"]),
     ("paper-screening-rules-on-any-arch", "ablate.py", 'if current_arch() != "resnet18" and spec == PAPER_SCREEN_MARGIN:',
      "if False:", [f"{AR}::test_sweep_default_blocks"]),
 ]

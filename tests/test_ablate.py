@@ -16,6 +16,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 import ablate
+import imagenet
 import stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,11 +32,11 @@ def make_folder(root, per_class=2, seed=0):
     """root/<wnid>/*.JPEG for CLASSES, with one grayscale and one CMYK JPEG among them."""
     rng = np.random.default_rng(seed)
     for c in CLASSES:
-        os.makedirs(os.path.join(root, stream.WNIDS[c]), exist_ok=True)
+        os.makedirs(os.path.join(root, imagenet.WNIDS[c]), exist_ok=True)
         for k in range(per_class):
-            smooth_rgb(rng, 90 + 10 * k, 120).save(os.path.join(root, stream.WNIDS[c], f"img{k}.JPEG"), quality=90)
-    smooth_rgb(rng, 100, 80).convert("L").save(os.path.join(root, stream.WNIDS[17], "gray.JPEG"))
-    smooth_rgb(rng, 80, 100).convert("CMYK").save(os.path.join(root, stream.WNIDS[999], "cmyk.JPEG"))
+            smooth_rgb(rng, 90 + 10 * k, 120).save(os.path.join(root, imagenet.WNIDS[c], f"img{k}.JPEG"), quality=90)
+    smooth_rgb(rng, 100, 80).convert("L").save(os.path.join(root, imagenet.WNIDS[17], "gray.JPEG"))
+    smooth_rgb(rng, 80, 100).convert("CMYK").save(os.path.join(root, imagenet.WNIDS[999], "cmyk.JPEG"))
     return root
 
 
@@ -61,42 +62,42 @@ def error_of(fn, *args):
 # Reading the folder.
 
 def test_wnid_list_is_the_canonical_1000():
-    w = stream.WNIDS
+    w = imagenet.WNIDS
     assert len(w) == 1000 and len(set(w)) == 1000
     known = {0: "n01440764", 1: "n01443537", 5: "n01496331", 17: "n01580077", 281: "n02123045", 500: "n03042490",
              817: "n04285008", 998: "n13133613", 999: "n15075141"}
     assert all(w[i] == wnid for i, wnid in known.items())
     assert w == sorted(w)  # ImageNet-1k's canonical order is the sorted wnids
-    assert stream.WNID_INDEX["n04285008"] == 817
+    assert imagenet.WNID_INDEX["n04285008"] == 817
 
 
 def test_partial_class_set_gets_canonical_labels(folder):
-    paths, labels = stream.imagenet_folder(folder)
+    paths, labels, _ = imagenet.imagenet_folder(folder)
     assert len(paths) == 8 and labels.dtype == np.int64
     for p, y in zip(paths, labels):
-        assert stream.WNIDS[y] == p.split(os.sep)[0]
+        assert imagenet.WNIDS[y] == p.split(os.sep)[0]
     assert sorted(set(labels.tolist())) == CLASSES
-    assert paths == sorted(paths)
-    sub, sub_labels = stream.imagenet_folder(folder, limit=3)  # evenly spaced: first, middle, last
+    assert paths == sorted(paths, key=lambda p: (os.path.basename(p), p))  # by file name, as in every layout
+    sub, sub_labels, _ = imagenet.imagenet_folder(folder, limit=3)  # evenly spaced: first, middle, last
     assert sub == [paths[0], paths[4], paths[7]] and sub_labels.tolist() == [labels[0], labels[4], labels[7]]
 
 
 def test_bad_folders_give_one_line_errors(tmp_path):
-    assert "does not exist" in error_of(stream.imagenet_folder, str(tmp_path / "nope"))
+    assert "does not exist" in error_of(imagenet.imagenet_folder, str(tmp_path / "nope"))
     (tmp_path / "file.txt").write_text("x")
-    assert "is not a folder" in error_of(stream.imagenet_folder, str(tmp_path / "file.txt"))
+    assert "is not a folder" in error_of(imagenet.imagenet_folder, str(tmp_path / "file.txt"))
     (tmp_path / "empty").mkdir()
-    assert "is empty" in error_of(stream.imagenet_folder, str(tmp_path / "empty"))
+    assert "is empty" in error_of(imagenet.imagenet_folder, str(tmp_path / "empty"))
     (tmp_path / "loose").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "loose" / "a.JPEG")
-    assert "one sub-folder per wnid" in error_of(stream.imagenet_folder, str(tmp_path / "loose"))
+    assert "pass their labels with --labels FILE" in error_of(imagenet.imagenet_folder, str(tmp_path / "loose"))
     (tmp_path / "layout" / "cats").mkdir(parents=True)
-    assert "'cats' is not a wnid" in error_of(stream.imagenet_folder, str(tmp_path / "layout"))
+    assert "'cats' is not a wnid" in error_of(imagenet.imagenet_folder, str(tmp_path / "layout"))
     (tmp_path / "unknown" / "n99999999").mkdir(parents=True)
-    assert "unknown wnid 'n99999999'" in error_of(stream.imagenet_folder, str(tmp_path / "unknown"))
+    assert "unknown wnid 'n99999999'" in error_of(imagenet.imagenet_folder, str(tmp_path / "unknown"))
     (tmp_path / "noimg" / "n01440764").mkdir(parents=True)
-    assert "no images" in error_of(stream.imagenet_folder, str(tmp_path / "noimg"))
-    assert "no image folder given" in error_of(stream.imagenet_folder, "")
+    assert "no images" in error_of(imagenet.imagenet_folder, str(tmp_path / "noimg"))
+    assert "no image folder given" in error_of(imagenet.imagenet_folder, "")
 
 
 def test_gray_cmyk_palette_become_rgb(tmp_path):
@@ -105,39 +106,39 @@ def test_gray_cmyk_palette_become_rgb(tmp_path):
     base.convert("L").save(tmp_path / "g.JPEG")
     base.convert("CMYK").save(tmp_path / "c.JPEG")
     base.convert("P").save(tmp_path / "p.png")
-    gray = stream.decode_rgb(str(tmp_path / "g.JPEG"))
+    gray = imagenet.decode_rgb(str(tmp_path / "g.JPEG"))
     assert gray.mode == "RGB"
     g = np.asarray(gray)
     assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
-    cmyk = stream.decode_rgb(str(tmp_path / "c.JPEG"))
+    cmyk = imagenet.decode_rgb(str(tmp_path / "c.JPEG"))
     assert cmyk.mode == "RGB" and np.array_equal(np.asarray(cmyk), np.asarray(Image.open(tmp_path / "c.JPEG").convert("RGB")))
     assert np.abs(np.asarray(cmyk).astype(int) - np.asarray(base).astype(int)).mean() < 20  # colours survive
-    pal = stream.decode_rgb(str(tmp_path / "p.png"))
+    pal = imagenet.decode_rgb(str(tmp_path / "p.png"))
     assert pal.mode == "RGB"
     (tmp_path / "bad.JPEG").write_bytes(b"not a jpeg")
-    with pytest.raises(stream.ImageError, match="bad.JPEG"):
-        stream.decode_rgb(str(tmp_path / "bad.JPEG"))
+    with pytest.raises(imagenet.ImageError, match="bad.JPEG"):
+        imagenet.decode_rgb(str(tmp_path / "bad.JPEG"))
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_unreadable_image_is_one_line(tmp_path, workers):
     """In the main process or re-raised from a worker (whose text holds a traceback, and 'UnidentifiedImageError: ')."""
     make_folder(str(tmp_path))
-    (tmp_path / stream.WNIDS[5] / "broken.JPEG").write_bytes(b"\xff\xd8 truncated")
-    paths, labels = stream.imagenet_folder(str(tmp_path))
-    loader = stream.image_loader(stream.ImageNetFolder(str(tmp_path), paths, labels), 4, workers=workers)
-    text = error_of(lambda: list(stream.guarded(loader)))
+    (tmp_path / imagenet.WNIDS[5] / "broken.JPEG").write_bytes(b"\xff\xd8 truncated")
+    paths, labels, _ = imagenet.imagenet_folder(str(tmp_path))
+    loader = imagenet.image_loader(imagenet.ImageNetFolder(str(tmp_path), paths, labels), 4, workers=workers)
+    text = error_of(lambda: list(imagenet.guarded(loader)))
     assert text.startswith("error: cannot read image ") and "broken.JPEG" in text and "\n" not in text
     assert text.count("(") == text.count(")") and text.endswith(")")  # '... (UnidentifiedImageError: ...)', whole
 
 
 def test_scale_transform_crop_sizes():
-    assert stream.crop_size(10) == 231 and stream.crop_size(50) == 128
-    assert [stream.crop_size(p) for p in (20, 30, 40)] == [205, 180, 154]
+    assert imagenet.crop_size(10) == 231 and imagenet.crop_size(50) == 128
+    assert [imagenet.crop_size(p) for p in (20, 30, 40)] == [205, 180, 154]
     # On a 256 x 256 image whose red value is the column index, the 50% view spans columns 64..191.
     cols = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
     img = Image.fromarray(np.stack([cols, cols.T, np.zeros_like(cols)], -1))
-    views = stream.eval_views(img, [0, 10, 50])
+    views = imagenet.eval_views(img, [0, 10, 50])
     assert views.shape == (3, 3, 224, 224) and views.dtype == torch.uint8
     for k, c in [(0, 224), (1, 231), (2, 128)]:
         first = (256 - c) // 2
@@ -146,18 +147,18 @@ def test_scale_transform_crop_sizes():
     rng = np.random.default_rng(0)
     photo = smooth_rgb(rng, 300, 410)
     to_u8 = T.PILToTensor()
-    assert torch.equal(stream.eval_views(photo, [0])[0], to_u8(T.Compose([T.Resize(256), T.CenterCrop(224)])(photo)))
+    assert torch.equal(imagenet.eval_views(photo, [0])[0], to_u8(T.Compose([T.Resize(256), T.CenterCrop(224)])(photo)))
     for p in (10, 30, 50):
-        ref = T.Compose([T.Resize(256), T.CenterCrop(stream.crop_size(p)), T.Resize((224, 224))])(photo)
-        assert torch.equal(stream.eval_views(photo, [p])[0], to_u8(ref))
+        ref = T.Compose([T.Resize(256), T.CenterCrop(imagenet.crop_size(p)), T.Resize((224, 224))])(photo)
+        assert torch.equal(imagenet.eval_views(photo, [p])[0], to_u8(ref))
 
 
 def test_dataset_decodes_once_into_all_views(folder, monkeypatch):
-    paths, labels = stream.imagenet_folder(folder)
-    ds = stream.ImageNetFolder(folder, paths, labels, [0, 10, 20, 30, 40, 50])
+    paths, labels, _ = imagenet.imagenet_folder(folder)
+    ds = imagenet.ImageNetFolder(folder, paths, labels, [0, 10, 20, 30, 40, 50])
     calls = []
-    real = stream.decode_rgb
-    monkeypatch.setattr(stream, "decode_rgb", lambda p: calls.append(p) or real(p))
+    real = imagenet.decode_rgb
+    monkeypatch.setattr(imagenet, "decode_rgb", lambda p: calls.append(p) or real(p))
     views, label, i = ds[3]
     assert views.shape == (6, 3, 224, 224) and label == labels[3] and i == 3 and len(calls) == 1
 
@@ -241,7 +242,7 @@ def test_overwrite_equals_a_hook_that_overwrites(model):
 
 
 def test_fast_path_predictions_equal_released_loop(folder, model):
-    paths, labels = stream.imagenet_folder(folder)
+    paths, labels, _ = imagenet.imagenet_folder(folder)
     keep = [i for i, p in enumerate(paths) if "gray" in p or "cmyk" in p or "img0" in p][:4]
     paths, labels = [paths[i] for i in keep], labels[keep]
     assert any("gray" in p for p in paths) and any("cmyk" in p for p in paths)
@@ -250,11 +251,11 @@ def test_fast_path_predictions_equal_released_loop(folder, model):
     means = {"2.1": torch.rand(128, generator=g), "3.1": torch.rand(256, generator=g)}
     sets = {"2.1": [[2, 7, 30], [1, 50, 99]], "3.1": [[0, 9, 100, 200]]}
     plan = [(stream.where(stream.BLOCKS[b][2])[0], means[b], ablate.masks_for(sets[b], len(means[b]))) for b in ("2.1", "3.1")]
-    ds = stream.ImageNetFolder(folder, paths, labels, scales)
+    ds = imagenet.ImageNetFolder(folder, paths, labels, scales)
     fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # as ablate.py runs it
     fast = {s: [] for s in scales}
     with torch.inference_mode():
-        for views, _y, _i in stream.image_loader(ds, 3, workers=0):
+        for views, _y, _i in imagenet.image_loader(ds, 3, workers=0):
             for v, s in enumerate(scales):
                 x = stream.normalize(stream.to_float(views[:, v])).contiguous(memory_format=torch.channels_last)
                 fast[s].append(ablate.predictions(fast_model, x, plan, suffix_batch=4))  # several suffix chunks
@@ -269,7 +270,7 @@ def test_fast_path_predictions_equal_released_loop(folder, model):
         return bool(((pred == logits.argmax(1)) | ~clear).all())
 
     for s in scales:
-        loader = stream.image_loader(stream.ImageNetFolder(folder, paths, labels, [s]), 3, workers=0)
+        loader = imagenet.image_loader(imagenet.ImageNetFolder(folder, paths, labels, [s]), 3, workers=0)
         row = 1
         for b in ("2.1", "3.1"):
             for chans in sets[b]:
@@ -282,8 +283,8 @@ def test_fast_path_predictions_equal_released_loop(folder, model):
 def test_run_pass_resumes_from_partial_counts(folder, model, tmp_path, monkeypatch):
     monkeypatch.setattr(ablate, "BATCH", 3)
     monkeypatch.setattr(ablate, "WORKERS", 0)
-    paths, labels = stream.imagenet_folder(folder, limit=4)
-    ds = stream.ImageNetFolder(folder, paths, labels)
+    paths, labels, _ = imagenet.imagenet_folder(folder, limit=4)
+    ds = imagenet.ImageNetFolder(folder, paths, labels)
     plan = [(3, torch.rand(128), ablate.masks_for([[1, 2], [3]], 128))]
     args = ("t", model, ds, [0, 50], plan, torch.device("cpu"), None, 64, str(tmp_path), {"k": 1})
     full = ablate.run_pass(*args)
@@ -361,7 +362,7 @@ def swept(fixture_folder, fixture_weights, fixture_model, tmp_path_factory):
     common = base + ["--n_trials", "3"]
     r = run_script(*common, "--screen_margin", "2.1:<=100;3.1:<=100")
     assert r.returncode == 0, r.stderr
-    everything = list(labels)
+    everything = sorted(labels, key=lambda p: (os.path.basename(p), p))  # sorted by file name, as imagenet_folder sorts every layout
     keep = np.unique(np.linspace(0, len(everything) - 1, LIMIT).round().astype(int))  # --limit: evenly spaced
     paths = [everything[i] for i in keep]
     out = {b: json.load(open(os.path.join(results, "ablation", f"{b}.json"))) for b in SETS}

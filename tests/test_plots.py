@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 import plot_spectrum
+import imagenet
 import stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,7 +177,7 @@ def test_figures_from_the_real_pipeline(tmp_path):
     results = str(tmp_path / "results")
     figures = tmp_path / "results" / "figures"
     images = tmp_path / "val"
-    for i, wnid in enumerate(stream.WNIDS[:3]):
+    for i, wnid in enumerate(imagenet.WNIDS[:3]):
         os.makedirs(images / wnid)
         for k in range(4):
             Image.fromarray(pattern(10 * i + k, 300).numpy().transpose(1, 2, 0)[:, :250 + 20 * k]).save(images / wnid / f"{k}.JPEG")

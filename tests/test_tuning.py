@@ -18,6 +18,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+import imagenet
 import stream
 import tuning
 
@@ -36,8 +37,8 @@ def test_zoom_views_equal_torchvision_on_pil():
     g = np.random.default_rng(0)
     image = Image.fromarray(g.integers(0, 256, (260, 300, 3), dtype=np.uint8)).resize((330, 290), Image.BICUBIC)
     fractions = [1.0, 0.75, 0.5]
-    ours = stream.zoom_views(image, fractions)
-    assert stream.zooms(fractions) == [0.5, 0.75, 1.0, 1 / 0.75, 2.0] and ours.shape == (5, 3, 224, 224)
+    ours = imagenet.zoom_views(image, fractions)
+    assert imagenet.zooms(fractions) == [0.5, 0.75, 1.0, 1 / 0.75, 2.0] and ours.shape == (5, 3, 224, 224)
     view = T.Compose([T.Resize(256), T.CenterCrop(224)])(image)
     mean = tuple(round(255 * m) for m in stream.MEAN)
     expect = []
@@ -108,8 +109,8 @@ def test_each_image_once_and_equal_to_hooks_per_unit(natural, fixture_weights, f
     results = str(tmp_path / "res")
     shutil.copytree(natural, results)
     calls = []
-    real = stream.decode_rgb
-    monkeypatch.setattr(stream, "decode_rgb", lambda path: calls.append(path) or real(path))
+    real = imagenet.decode_rgb
+    monkeypatch.setattr(imagenet, "decode_rgb", lambda path: calls.append(path) or real(path))
     monkeypatch.setattr(sys, "argv", ["tuning.py", "--results", results, "--weights", fixture_weights, *ARGS])
     with contextlib.redirect_stdout(io.StringIO()):
         tuning.main()
@@ -127,7 +128,7 @@ def test_each_image_once_and_equal_to_hooks_per_unit(natural, fixture_weights, f
         tops = [np.argsort(-np.load(os.path.join(results, "natural", f"{l}.npy")).astype(np.float32)[:, c], kind="stable")[:3]
                 for l in layers]
         for r, layer in enumerate(layers):
-            views = torch.stack([stream.zoom_views(real(os.path.join(summary["root"], summary["paths"][i])), [1, 0.5]) for i in tops[r]])
+            views = torch.stack([imagenet.zoom_views(real(os.path.join(summary["root"], summary["paths"][i])), [1, 0.5]) for i in tops[r]])
             seen = {}
             h = fixture_model.get_submodule(layer).register_forward_hook(
                 lambda _m, _i, out: seen.setdefault("a", []).append(out[:, c, out.shape[2] // 2, out.shape[3] // 2].clone()))

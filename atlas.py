@@ -1,0 +1,336 @@
+"""An atlas of every unit: static, offline HTML pages of what results/ holds, in the spirit of OpenAI Microscope.
+
+    python atlas.py                      # writes results/atlas/index.html and one page per block
+    python atlas.py --arch resnet50 --results results_resnet50
+
+- index.html: per block, the counts (FZ criteria; natural-image criteria from tuning.py; channels passing in
+  every FZ run from criteria.py --runs; the ablated passing set) and a link to the block page.
+- block_<L.B>.html: one row per channel of the block: the In / Pre / Post center FZs and the channel FZs where
+  they were made, the top-9 natural images of each (ablate.py's natural stage), the four criteria values, Eq. 1
+  and Eq. 2, the mix ratio, and the later stages' values (natural-image criteria, pass frequency, ablation).
+  Rows sort by any column (click its header) and filter (passing only; a mix-ratio range). Every unit has a
+  stable link: block_2.1.html#c13. The view is also set by the address: ?sort=mix&desc=1&passing=1&mix=0.5:2.
+- Missing pieces show as "missing"; each block page lists the commands that make them.
+
+Everything is local files: no server, no network, the script inline. FZ images link to the PNGs fzs.py wrote
+(RESULTS/fzs/<layer>/<objective>/NNNN.png); where only the .pt exists, a small JPEG is written into the atlas.
+Top-9 montages are written into the atlas (atlas/top9/<layer>/NNNN.jpg). A rerun keeps the images already made.
+Pages from random weights carry a red banner, as every figure does.
+"""
+
+import csv
+import html
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from imagenet import decode_rgb
+from stream import (BLOCKS, atomic_write, check_arch, configure, current_arch, die, fzs_command, is_random,
+                    load_json, load_pt, main_guard, n_channels, split_weights_id, use_arch, weights_of)
+
+RESULTS = "results"  # results folder to browse; the atlas goes to RESULTS/atlas
+ARCH = "resnet18"  # the torchvision ResNet the results were made with
+THUMB = 56  # pixels per natural image in a top-9 montage (3 x 3)
+FZ_THUMB = 112  # pixels of an FZ shown in a row (PNGs are linked, shown at this size; JPEGs written only where no PNG exists)
+NATURAL_ROOT = ""  # folder of the natural images if it moved since ablate.py recorded it (empty: summary.pt's root)
+
+ROLES = ("In", "Pre", "Post")
+OBJECTIVES = ("center", "channel")
+CRITERIA = [("pre_in", "Pre(FZ In)"), ("pre_zoom_in", "Pre(S(FZ In))"), ("post_in", "Post(FZ In)"), ("post_pre", "Post(FZ Pre)"),
+            ("eq1", "Eq. 1"), ("eq2", "Eq. 2"), ("passes", "passes"), ("mix", "mix m")]
+LATER = [("passes_natural", "passes (natural)"), ("post_si", "Post SI (natural)"), ("eq1n_fraction", "Eq. 1n"), ("eq2n", "Eq. 2n"),
+         ("pass_frequency", "pass freq. (seeds)"), ("ablated", "ablated")]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading what results/ holds (every piece optional).
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_inputs(results):
+    """{'criteria', 'values', 'tuning', 'tuning_rows', 'stability', 'ablation', 'summary'}; None where absent."""
+    got = {}
+    path = os.path.join(results, "criteria.json")
+    got["criteria"] = load_json(path, "criteria file") if os.path.isfile(path) else None
+    if got["criteria"]:
+        check_arch(got["criteria"].get("config", {}), path)
+    path = os.path.join(results, "criteria.csv")
+    got["values"] = {(r["block"], int(r["channel"])): r for r in read_csv(path)} if os.path.isfile(path) else {}
+    path = os.path.join(results, "tuning.json")
+    got["tuning"] = load_json(path, "tuning summary") if os.path.isfile(path) else None
+    if got["tuning"]:
+        check_arch(got["tuning"].get("config", {}), path)
+    path = os.path.join(results, "tuning.csv")
+    got["tuning_rows"] = {(r["block"], int(r["channel"])): r for r in read_csv(path)} if os.path.isfile(path) else {}
+    path = os.path.join(results, "stability.json")
+    got["stability"] = load_json(path, "stability file") if os.path.isfile(path) else None
+    got["ablation"] = {}
+    for b in BLOCKS:
+        path = os.path.join(results, "ablation", f"{b}.json")
+        if os.path.isfile(path):
+            got["ablation"][b] = load_json(path, "ablation file")
+            check_arch(got["ablation"][b].get("config", {}), path)
+    path = os.path.join(results, "natural", "summary.pt")
+    got["summary"] = load_pt(path, "natural-image summary") if os.path.isfile(path) else None
+    if got["summary"]:
+        check_arch(got["summary"].get("config", {}), path)
+    return got
+
+
+def fz_channels(results, layer, objective):
+    """{channel: image path relative to RESULTS} of the FZs made (PNG if fzs.py wrote one), and the file's config."""
+    pt = os.path.join(results, "fzs", layer, f"{objective}.pt")
+    if not os.path.isfile(pt):
+        return {}, None
+    data = load_pt(pt, "FZ file")
+    check_arch(data.get("config", {}), pt)
+    out = {}
+    for i, c in enumerate(data["channels"].tolist()):
+        png = os.path.join("fzs", layer, objective, f"{c:04d}.png")
+        if os.path.isfile(os.path.join(results, png)):
+            out[c] = png
+        else:  # no PNG (fzs.py --png false): a small JPEG in the atlas
+            jpg = os.path.join("atlas", "fz", layer, objective, f"{c:04d}.jpg")
+            if not os.path.isfile(os.path.join(results, jpg)):
+                write_jpeg(data["images"][i].permute(1, 2, 0).numpy(), os.path.join(results, jpg), FZ_THUMB)
+            out[c] = jpg
+    return out, data.get("config", {})
+
+
+def write_jpeg(array, path, size=None):
+    from PIL import Image
+    image = Image.fromarray(array)
+    if size:
+        image = image.resize((size, size), Image.BILINEAR)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=85))
+
+
+def eval_thumb(path, size):
+    """The eval view (shorter side 256, center 224) of an image file as a size x size uint8 array."""
+    from PIL import Image
+    image = decode_rgb(path)
+    w, h = image.size
+    s = 256 / min(w, h)
+    image = image.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BILINEAR)
+    left, top = (image.width - 224) // 2, (image.height - 224) // 2
+    return np.asarray(image.crop((left, top, left + 224, top + 224)).resize((size, size), Image.BILINEAR))
+
+
+def write_montages(results, summary, layers, root):
+    """atlas/top9/<layer>/NNNN.jpg (3 x 3 THUMB px) for every channel of the layers; {layer: {channel: path}}.
+    Each natural image is decoded once; montages already written are kept."""
+    from imagenet import ImageError
+    todo, out = [], {}
+    for layer in layers:
+        index = summary["top9_index"][layer]
+        out[layer] = {}
+        for c in range(index.shape[0]):
+            rel = os.path.join("atlas", "top9", layer, f"{c:04d}.jpg")
+            out[layer][c] = rel
+            if not os.path.isfile(os.path.join(results, rel)):
+                todo.append((layer, c, rel, [int(i) for i in index[c].tolist()]))
+    if not todo:
+        return out, None
+    thumbs, problem = {}, None
+    needed = sorted({i for *_, ids in todo for i in ids})
+    for i in tqdm(needed, desc="atlas: natural images", unit="img", dynamic_ncols=True):
+        try:
+            thumbs[i] = eval_thumb(os.path.join(root, summary["paths"][i]), THUMB)
+        except (ImageError, OSError) as e:
+            problem = problem or str(e)
+    for layer, c, rel, ids in tqdm(todo, desc="atlas: top-9 montages", unit="unit", dynamic_ncols=True):
+        if not all(i in thumbs for i in ids) or not ids:
+            out[layer][c] = None
+            continue
+        tiles = [thumbs[i] for i in ids] + [np.full((THUMB, THUMB, 3), 255, np.uint8)] * (9 - len(ids))
+        grid = np.concatenate([np.concatenate(tiles[r * 3:r * 3 + 3], 1) for r in range(3)], 0)
+        write_jpeg(grid, os.path.join(results, rel))
+    return out, problem
+
+
+# ----------------------------------------------------------------------------------------------------
+# The pages.
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:12px;color:#222}table{border-collapse:collapse;font-size:12px}
+th,td{border:1px solid #ddd;padding:2px 4px;text-align:center;vertical-align:middle}th{background:#f4f4f4;cursor:pointer;position:sticky;top:0}
+td.missing{color:#999;font-size:10px}tr:target{outline:3px solid #e90}.banner{background:#c00;color:#fff;padding:6px;font-weight:bold}
+img{display:block;margin:auto}.pass{background:#e6f4e6}code{font-size:11px}.controls{margin:8px 0}"""
+
+SCRIPT = """(function(){
+var body=document.querySelector('#units tbody'),rows=Array.prototype.slice.call(body.rows),q=new URLSearchParams(location.search);
+var st=document.getElementById('status');
+function key(r,col){var v=r.dataset[col];if(v===undefined||v==='')return null;var x=parseFloat(v);return isNaN(x)?v:x;}
+function sortBy(col,desc){rows.sort(function(a,b){var x=key(a,col),y=key(b,col);if(x===null&&y===null)return 0;if(x===null)return 1;if(y===null)return -1;
+ return (x<y?-1:x>y?1:0)*(desc?-1:1);});rows.forEach(function(r){body.appendChild(r);});st.dataset.sort=col+(desc?' desc':'');}
+function filter(){var p=document.getElementById('passing').checked,lo=parseFloat(document.getElementById('mlo').value),
+ hi=parseFloat(document.getElementById('mhi').value),n=0;rows.forEach(function(r){var m=key(r,'mix'),show=(!p||r.dataset.passes==='1')&&
+ (isNaN(lo)||(m!==null&&m>=lo))&&(isNaN(hi)||(m!==null&&m<=hi));r.style.display=show?'':'none';if(show)n++;});st.dataset.visible=n;
+ document.getElementById('shown').textContent=n+' of '+rows.length+' channels shown';}
+var last=null,desc=false;document.querySelectorAll('#units th[data-col]').forEach(function(th){th.onclick=function(){var c=th.dataset.col;
+ desc=(last===c)?!desc:false;last=c;sortBy(c,desc);};});
+['passing','mlo','mhi'].forEach(function(id){document.getElementById(id).oninput=filter;});
+if(q.get('passing')==='1')document.getElementById('passing').checked=true;
+if(q.get('mix')){var m=q.get('mix').split(':');document.getElementById('mlo').value=m[0];document.getElementById('mhi').value=m[1]||'';}
+if(q.get('sort')){last=q.get('sort');desc=q.get('desc')==='1';sortBy(last,desc);}
+filter();
+var ok=0,bad=0;function count(){st.dataset.loaded=ok;st.dataset.broken=bad;}
+document.querySelectorAll('img').forEach(function(im){if(q.get('eager')==='1')im.loading='eager';
+ if(im.complete&&im.naturalWidth>0){ok++;}else{im.addEventListener('load',function(){ok++;count();});im.addEventListener('error',function(){bad++;count();});}});
+count();st.dataset.readyMs=Math.round(performance.now());window.addEventListener('load',function(){st.dataset.loadMs=Math.round(performance.now());});
+if(location.hash){var t=document.getElementById(location.hash.slice(1));if(t)t.scrollIntoView();}})();"""
+
+
+def page(title, body, weights):
+    banner = (f'<div class="banner">RANDOM WEIGHTS ({html.escape(weights)}) \u2014 not a result</div>' if is_random(weights) else "")
+    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>'
+            f'{banner}{body}<p><small>weights: {html.escape(weights)}; made by atlas.py on {time.strftime("%Y-%m-%d %H:%M")}</small></p>'
+            f'{banner}</body></html>')
+
+
+def img(src, size, alt):
+    return f'<img src="../{src}" width="{size}" height="{size}" loading="lazy" alt="{html.escape(alt)}">'
+
+
+def number(v):
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return ""
+    return f"{x:.4g}" if np.isfinite(x) else ""
+
+
+def block_page(block, got, fzs, montages, weights, commands, natural_command):
+    In, Pre, Post = BLOCKS[block]
+    layers = dict(zip(ROLES, (In, Pre, Post)))
+    n = n_channels(Post)
+    crit = (got["criteria"] or {}).get("blocks", {}).get(block, {})
+    passing = set(crit.get("passing", []))
+    stab = (got["stability"] or {}).get("blocks", {}).get(block)
+    freq = dict(zip(stab["channels"], stab["pass_frequency"])) if stab else {}
+    ablated = set(got["ablation"][block]["passing"]) if block in got["ablation"] else None
+    head = ["<th data-col='channel'>channel</th>"]
+    head += [f"<th>{r} {o} FZ<br><small>{layers[r]}</small></th>" for o in OBJECTIVES for r in ROLES]
+    head += [f"<th>{r} top-9</th>" for r in ROLES]
+    head += [f"<th data-col='{camel(k)}'>{t}</th>" for k, t in CRITERIA + LATER]  # the DOM's dataset names: data-post-si is postSi
+    rows = []
+    for c in range(n):
+        values = got["values"].get((block, c), {})
+        tune = got["tuning_rows"].get((block, c), {})
+        data = {"channel": c, **{k: number(values.get(k)) if k != "passes" else values.get(k, "") for k, _ in CRITERIA}}
+        data["passes"] = "1" if c in passing else ("0" if values else "")
+        data.update({k: number(tune.get(k)) for k in ("passes_natural", "post_si", "eq1n_fraction", "eq2n")})
+        data["pass_frequency"] = number(freq.get(c))
+        data["ablated"] = "" if ablated is None else ("1" if c in ablated else "0")
+        cells = [f"<td><a href='#c{c}'>{c}</a></td>"]
+        for o in OBJECTIVES:
+            for r in ROLES:
+                src = fzs[layers[r], o].get(c)
+                cells.append(f"<td>{img(src, FZ_THUMB, f'{layers[r]} {o} FZ {c}')}</td>" if src else
+                             f"<td class='missing' title='{html.escape(commands(layers[r], o, [c]))}'>missing</td>")
+        for r in ROLES:
+            src = montages.get(layers[r], {}).get(c)
+            cells.append(f"<td>{img(src, 3 * THUMB, f'{layers[r]} top-9 {c}')}</td>" if src else
+                         f"<td class='missing' title='{html.escape(natural_command)}'>missing</td>")
+        cells += [f"<td>{html.escape(str(data[k]))}</td>" for k, _ in CRITERIA + LATER]
+        attrs = " ".join(f'data-{k.replace("_", "-")}="{html.escape(str(v))}"' for k, v in data.items())
+        rows.append(f"<tr id='c{c}' class='{'pass' if c in passing else ''}' {attrs}>{''.join(cells)}</tr>")
+    measured = len(crit.get("measured", [])) if crit else 0
+    make = ""
+    for layer in dict.fromkeys(layers.values()):
+        for o in OBJECTIVES:
+            missing = [ch for ch in range(n_channels(layer)) if ch not in fzs[layer, o]]
+            if missing and (o == "center" or fzs[layer, o]):  # channel FZs are optional: listed once some were made
+                make += f"<li><code>{html.escape(commands(layer, o, missing))}</code></li>"
+    if not montages.get(Post):
+        make += f"<li><code>{html.escape(natural_command)}</code></li>"
+    body = (f"<p><a href='index.html'>index</a></p><h1>{current_arch()} block {block}</h1>"
+            f"<p>In = {In}, Pre = {Pre}, Post = {Post}; {n} channels, {measured} measured, {len(passing)} pass Eq. 1 and Eq. 2.</p>"
+            + (f"<p>Missing pieces are made by:</p><ul>{make}</ul>" if make else "")
+            + "<div class='controls'><label><input type='checkbox' id='passing'> passing only</label> &nbsp; mix ratio from "
+              "<input id='mlo' size='4'> to <input id='mhi' size='4'> &nbsp; <span id='shown'></span>"
+              "<span id='status' data-loaded='0' data-broken='0'></span></div>"
+            + f"<table id='units'><thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            + f"<script>{SCRIPT}</script>")
+    return page(f"{current_arch()} block {block}", body, weights)
+
+
+def camel(k):
+    first, *rest = k.split("_")
+    return first + "".join(w.capitalize() for w in rest)
+
+
+def index_page(got, weights, results):
+    crit = (got["criteria"] or {}).get("blocks", {})
+    tune = (got["tuning"] or {}).get("blocks", {})
+    stab = (got["stability"] or {}).get("blocks", {})
+    rows = []
+    for b, (In, Pre, Post) in BLOCKS.items():
+        c, t, s = crit.get(b), tune.get(b), stab.get(b)
+        cells = [f"<td><a href='block_{b}.html'>{b}</a></td>", f"<td>{In}<br>{Pre}<br>{Post}</td>", f"<td>{n_channels(Post)}</td>",
+                 f"<td>{len(c['measured'])}</td><td>{c['count']} ({c['percent']:.1f}%)</td>" if c else "<td colspan=2 class='missing'>not measured</td>",
+                 f"<td>{t['count_natural']} ({t['percent_natural']:.1f}%)</td>" if t else "<td class='missing'>\u2013</td>",
+                 f"<td>{len(s['always'])} of {len(s['channels'])}</td>" if s else "<td class='missing'>\u2013</td>",
+                 f"<td>{len(got['ablation'][b]['passing'])} channels</td>" if b in got["ablation"] else "<td class='missing'>\u2013</td>"]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    figures = sorted(f for f in os.listdir(os.path.join(results, "figures")) if f.endswith(".png")) if os.path.isdir(os.path.join(results, "figures")) else []
+    body = (f"<h1>Atlas of {current_arch()}'s residual stream</h1><p>{html.escape(os.path.abspath(results))}</p>"
+            "<table><thead><tr><th>block</th><th>In / Pre / Post</th><th>channels</th><th>measured (FZ)</th><th>pass Eq. 1 and 2 (FZ)</th>"
+            "<th>pass on natural images (tuning.py)</th><th>pass in every FZ seed</th><th>ablated set</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+            + ("<h2>Figures</h2><ul>" + "".join(f"<li><a href='../figures/{f}'>{f}</a></li>" for f in figures) + "</ul>" if figures else ""))
+    return page(f"Atlas: {current_arch()}", body, weights)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+def main():
+    configure(globals())
+    use_arch(ARCH)
+    if THUMB < 8 or FZ_THUMB < 16:
+        die("--thumb must be at least 8 and --fz_thumb at least 16 pixels")
+    if not os.path.isdir(RESULTS):
+        die(f"results folder {RESULTS!r} does not exist")
+    t0 = time.time()
+    got = read_inputs(RESULTS)
+    fzs, configs = {}, []
+    for layer in dict.fromkeys(l for roles in BLOCKS.values() for l in roles):
+        for o in OBJECTIVES:
+            fzs[layer, o], config = fz_channels(RESULTS, layer, o)
+            configs += [config] if config else []
+    configs += [d.get("config", {}) for d in (got["criteria"], got["tuning"], got["summary"]) if d]
+    if not configs:
+        die(f"{RESULTS} holds no results of fzs.py, criteria.py or ablate.py to browse")
+    weights = weights_of(*configs)
+    like = next((c for c in configs if "steps" in c), None)
+    commands = lambda layer, o, channels: fzs_command([layer], RESULTS, weights, like, channels, objective=o)  # noqa: E731
+    w = split_weights_id(weights)[1]
+    natural_command = (f"python ablate.py --stages natural --data /path/to/imagenet/val{'' if ARCH == 'resnet18' else ' --arch ' + ARCH}"
+                       f" --weights {'/path/to/the/checkpoint' if w.startswith('file:') else w} --results {RESULTS}")
+    montages, problem = {}, None
+    if got["summary"]:
+        root = NATURAL_ROOT or got["summary"]["root"]
+        layers = list(dict.fromkeys(l for roles in BLOCKS.values() for l in roles))
+        montages, problem = write_montages(RESULTS, got["summary"], layers, root)
+    folder = os.path.join(RESULTS, "atlas")
+    os.makedirs(folder, exist_ok=True)
+    for b in tqdm(BLOCKS, desc="atlas: block pages", unit="block", dynamic_ncols=True):
+        text = block_page(b, got, fzs, montages, weights, commands, natural_command)
+        atomic_write(os.path.join(folder, f"block_{b}.html"), lambda tmp, t=text: open(tmp, "w").write(t))
+    text = index_page(got, weights, RESULTS)
+    atomic_write(os.path.join(folder, "index.html"), lambda tmp: open(tmp, "w").write(text))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
+    pages = [os.path.getsize(os.path.join(folder, f"block_{b}.html")) for b in BLOCKS]
+    if problem:
+        print(f"note: some natural images could not be read ({problem}); their montages show as missing (--natural_root if they moved)")
+    print(f"atlas: {len(BLOCKS)} block pages ({min(pages) / 1e3:.0f}-{max(pages) / 1e3:.0f} kB of HTML each), {size / 1e6:.1f} MB in "
+          f"{folder} in {time.time() - t0:.1f} s; open {os.path.join(folder, 'index.html')}")
+
+
+if __name__ == "__main__":
+    main_guard(main, "pages written before the interruption are complete; run it again to finish")

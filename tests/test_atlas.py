@@ -1,0 +1,111 @@
+"""atlas.py: the offline HTML atlas of a small run, opened in headless Chromium (Debian's `chromium` package): the
+rendered rows, the images that load, sorting and filtering through the page's own script, stable unit links, the
+missing pieces and their commands, the random-weights banner. Skips with a reason where Chromium is absent."""
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def run(*argv):
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    p = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert p.returncode == 0, (argv[0], p.stderr[-1500:])
+    return p
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory):
+    """A small run: center and channel FZs of block 2.1's channels 0..3, its criteria, the natural stage on 12
+    generated images; then the atlas."""
+    tmp = tmp_path_factory.mktemp("atlas")
+    res = tmp / "results"
+    common = ["--weights", "random", "--results", res]
+    run("fzs.py", *common, "--layers", "2.1", "--channels", "0:4", "--objectives", "center,channel", "--steps", "3", "--batch", "4")
+    run("criteria.py", *common, "--blocks", "2.1", "--batch", "4")
+    run("ablate.py", *common, "--data", tmp / "fake", "--fake", "12", "--stages", "natural", "--workers", "0")
+    p = run("atlas.py", "--results", res)
+    assert "atlas: 7 block pages" in p.stdout
+    return res
+
+
+def dom(path, query=""):
+    if CHROMIUM is None:
+        pytest.skip("headless Chromium is not installed (Debian: apt install chromium)")
+    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom",
+                        f"file://{path}{query}"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "<html" in p.stdout, p.stderr[-1000:]
+    return p.stdout
+
+
+def rows_of(html_text):
+    """Channel of each rendered row, in DOM order, and whether it is shown."""
+    rows = [(int(c), "display: none" not in attrs) for c, attrs in re.findall(r"<tr id=\"c(\d+)\"([^>]*)>", html_text)]
+    assert rows, "no rows rendered"
+    return rows
+
+
+def status(html_text):
+    m = re.search(r'<span id="status"([^>]*)>', html_text)
+    return dict(re.findall(r'data-([a-z]+)="([^"]*)"', m.group(1)))
+
+
+def criteria_rows(res):
+    with open(res / "criteria.csv", newline="") as f:
+        return {int(r["channel"]): r for r in csv.DictReader(f) if r["block"] == "2.1"}
+
+
+def test_block_page_renders_rows_and_images_in_chromium(atlas):
+    page = atlas / "atlas" / "block_2.1.html"
+    text = dom(page, "?eager=1")
+    rows = rows_of(text)
+    assert [c for c, _ in rows] == list(range(128)) and all(shown for _, shown in rows)  # one row per channel of 2.1
+    s = status(text)
+    # channels 0..3: 6 FZs each; every channel: 3 top-9 montages (all of its layers were read by the natural stage)
+    assert int(s["loaded"]) == 4 * 6 + 128 * 3 and int(s["broken"]) == 0, s
+    assert text.count(">missing<") == (128 - 4) * 6  # the FZs not made, each with its command as a tooltip
+    assert "python fzs.py --layers layer2.0 --channels 4:128" in text
+    assert "RANDOM WEIGHTS (random:0)" in text
+    assert 'id="c13"' in text  # a stable link: block_2.1.html#c13
+    for layer in ("layer2.0", "layer2.1.bn2", "layer2.1"):  # each role's own top-9 and FZ
+        assert f'src="../atlas/top9/{layer}/0013.jpg"' in text and f'src="../fzs/{layer}/center/0002.png"' in text
+
+
+def test_sorting_and_filtering_in_chromium(atlas):
+    page = atlas / "atlas" / "block_2.1.html"
+    values = criteria_rows(atlas)
+    rows = rows_of(dom(page, "?sort=postPre&desc=1"))
+    measured = sorted(values, key=lambda c: -float(values[c]["post_pre"]))
+    assert [c for c, _ in rows[:4]] == measured  # the measured channels first, by value; blanks last
+    rows = rows_of(dom(page, "?sort=channel&desc=1"))
+    assert [c for c, _ in rows] == list(range(127, -1, -1))
+    mixes = {c: float(v["mix"]) for c, v in values.items()}
+    lo, hi = sorted(mixes.values())[1], 100.0
+    rows = rows_of(dom(page, f"?mix={lo}:{hi}"))
+    assert {c for c, shown in rows if shown} == {c for c, m in mixes.items() if lo <= m <= hi}
+    passing = {c for c, v in values.items() if v["passes"] in ("1", "True", "true")}
+    rows = rows_of(dom(page, "?passing=1"))
+    assert {c for c, shown in rows if shown} == passing
+
+
+def test_index_page_counts_and_links(atlas):
+    text = dom(atlas / "atlas" / "index.html")
+    assert all(f'href="block_{b}.html"' in text for b in ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"))
+    assert "not measured" in text and "RANDOM WEIGHTS" in text
+    assert re.search(r"<td>4</td><td>\d+ \(\d+\.\d%\)</td>", text)  # block 2.1: 4 measured, its passing count
+
+
+def test_atlas_without_inputs_is_one_line_error(tmp_path):
+    p = subprocess.run([sys.executable, "atlas.py", "--results", tmp_path / "none"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1 and p.stderr.strip() == f"error: results folder {str(tmp_path / 'none')!r} does not exist"
+    (tmp_path / "empty").mkdir()
+    p = subprocess.run([sys.executable, "atlas.py", "--results", tmp_path / "empty"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1 and "holds no results" in p.stderr and "Traceback" not in p.stderr
