@@ -762,14 +762,14 @@ def main():
     root = os.path.abspath(DATA) if DATA else DATA
     if FAKE and not DATA:
         die("--fake needs --data: the folder to write the generated JPEGs into")
-    if not FAKE:
-        imagenet_folder(root, LIMIT, LABELS)  # a bad folder or label file stops here, before the model is loaded
+    listing = None if FAKE else imagenet_folder(root, LIMIT, LABELS)  # a bad folder or label file stops here, before the model
     lock = lock_results(RESULTS, "ablate.py")  # noqa: F841 (held until the process ends)
     model, wid = load_model(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU, same fp32 arithmetic
     if FAKE:  # smoke data, labelled with this model's predictions
         write_fake_imagenet(root, FAKE, predict=lambda views: model(normalize(to_float(views.to(device)))).argmax(1).cpu())
-    paths, labels, found = imagenet_folder(root, LIMIT, LABELS)
+        listing = imagenet_folder(root, LIMIT, LABELS)
+    paths, labels, found = listing
     print(f"data: {root}: {found}")
     dataset = ImageNetFolder(root, paths, labels)
     if device.type == "cuda":  # fp32 means fp32 (no TF32): the natural stage measures, the fp32 sweep equals the reference

@@ -26,9 +26,9 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from imagenet import decode_rgb
+from imagenet import ImageError, decode_rgb, eval_views
 from stream import (BLOCKS, atomic_write, check_arch, configure, current_arch, die, fzs_command, is_random,
-                    load_json, load_pt, main_guard, n_channels, split_weights_id, use_arch, weights_of)
+                    load_json, load_pt, main_guard, n_channels, use_arch, weights_flags, weights_of)
 
 RESULTS = "results"  # results folder to browse; the atlas goes to RESULTS/atlas
 ARCH = "resnet18"  # the torchvision ResNet the results were made with
@@ -52,34 +52,30 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def optional(path, load, what):
+    """The result file at path (load: load_json or load_pt), refused if made with another architecture; None if absent."""
+    if not os.path.isfile(path):
+        return None
+    data = load(path, what)
+    check_arch(data.get("config", {}), path)
+    return data
+
+
+def rows_by_unit(path):
+    """{(block, channel): row} of a per-channel CSV (criteria.csv, tuning.csv); {} if absent."""
+    return {(r["block"], int(r["channel"])): r for r in read_csv(path)} if os.path.isfile(path) else {}
+
+
 def read_inputs(results):
     """{'criteria', 'values', 'tuning', 'tuning_rows', 'stability', 'ablation', 'summary'}; None where absent."""
-    got = {}
-    path = os.path.join(results, "criteria.json")
-    got["criteria"] = load_json(path, "criteria file") if os.path.isfile(path) else None
-    if got["criteria"]:
-        check_arch(got["criteria"].get("config", {}), path)
-    path = os.path.join(results, "criteria.csv")
-    got["values"] = {(r["block"], int(r["channel"])): r for r in read_csv(path)} if os.path.isfile(path) else {}
-    path = os.path.join(results, "tuning.json")
-    got["tuning"] = load_json(path, "tuning summary") if os.path.isfile(path) else None
-    if got["tuning"]:
-        check_arch(got["tuning"].get("config", {}), path)
-    path = os.path.join(results, "tuning.csv")
-    got["tuning_rows"] = {(r["block"], int(r["channel"])): r for r in read_csv(path)} if os.path.isfile(path) else {}
-    path = os.path.join(results, "stability.json")
-    got["stability"] = load_json(path, "stability file") if os.path.isfile(path) else None
-    got["ablation"] = {}
-    for b in BLOCKS:
-        path = os.path.join(results, "ablation", f"{b}.json")
-        if os.path.isfile(path):
-            got["ablation"][b] = load_json(path, "ablation file")
-            check_arch(got["ablation"][b].get("config", {}), path)
-    path = os.path.join(results, "natural", "summary.pt")
-    got["summary"] = load_pt(path, "natural-image summary") if os.path.isfile(path) else None
-    if got["summary"]:
-        check_arch(got["summary"].get("config", {}), path)
-    return got
+    ablation = {b: optional(os.path.join(results, "ablation", f"{b}.json"), load_json, "ablation file") for b in BLOCKS}
+    return {"criteria": optional(os.path.join(results, "criteria.json"), load_json, "criteria file"),
+            "values": rows_by_unit(os.path.join(results, "criteria.csv")),
+            "tuning": optional(os.path.join(results, "tuning.json"), load_json, "tuning summary"),
+            "tuning_rows": rows_by_unit(os.path.join(results, "tuning.csv")),
+            "stability": optional(os.path.join(results, "stability.json"), load_json, "stability file"),
+            "ablation": {b: d for b, d in ablation.items() if d is not None},
+            "summary": optional(os.path.join(results, "natural", "summary.pt"), load_pt, "natural-image summary")}
 
 
 def fz_channels(results, layer, objective):
@@ -112,20 +108,15 @@ def write_jpeg(array, path, size=None):
 
 
 def eval_thumb(path, size):
-    """The eval view (shorter side 256, center 224) of an image file as a size x size uint8 array."""
+    """The eval view (imagenet.eval_views: shorter side 256, center 224) of an image file, size x size uint8."""
     from PIL import Image
-    image = decode_rgb(path)
-    w, h = image.size
-    s = 256 / min(w, h)
-    image = image.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BILINEAR)
-    left, top = (image.width - 224) // 2, (image.height - 224) // 2
-    return np.asarray(image.crop((left, top, left + 224, top + 224)).resize((size, size), Image.BILINEAR))
+    view = eval_views(decode_rgb(path), [0])[0].permute(1, 2, 0).numpy()
+    return np.asarray(Image.fromarray(view).resize((size, size), Image.BILINEAR))
 
 
 def write_montages(results, summary, layers, root):
     """atlas/top9/<layer>/NNNN.jpg (3 x 3 THUMB px) for every channel of the layers; {layer: {channel: path}}.
     Each natural image is decoded once; montages already written are kept."""
-    from imagenet import ImageError
     todo, out = [], {}
     for layer in layers:
         index = summary["top9_index"][layer]
@@ -309,9 +300,7 @@ def main():
     weights = weights_of(*configs)
     like = next((c for c in configs if "steps" in c), None)
     commands = lambda layer, o, channels: fzs_command([layer], RESULTS, weights, like, channels, objective=o)  # noqa: E731
-    w = split_weights_id(weights)[1]
-    natural_command = (f"python ablate.py --stages natural --data /path/to/imagenet/val{'' if ARCH == 'resnet18' else ' --arch ' + ARCH}"
-                       f" --weights {'/path/to/the/checkpoint' if w.startswith('file:') else w} --results {RESULTS}")
+    natural_command = f"python ablate.py --stages natural --data /path/to/imagenet/val{weights_flags(weights, always=True)} --results {RESULTS}"
     montages, problem = {}, None
     if got["summary"]:
         root = NATURAL_ROOT or got["summary"]["root"]

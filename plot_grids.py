@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from imagenet import decode_rgb, eval_views, ImageError
-from stream import (BLOCKS, FZ_MATCH_KEYS, check_arch, config_mismatch, configure, current_arch, die, fzs_command, load_json,
-                    load_pt, main_guard, n_channels, parse_block_channels, save_figure, split_weights_id, stamp, use_arch,
+from stream import (BLOCKS, FZ_MATCH_KEYS, check_arch, config_mismatch, configure, die, fzs_command, load_json,
+                    load_pt, main_guard, n_channels, parse_block_channels, save_figure, stamp, use_arch, weights_flags,
                     weights_of)
 
 RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
@@ -242,8 +242,7 @@ def main():
 def report_missing(missing, weights, like):
     """Say which panels are missing and the commands that fill them (one fzs.py command per block and objective,
     with the settings of the center FZs found, so that both rows come from the same optimisation)."""
-    w = split_weights_id(weights)[1]
-    w = (w if not w.startswith("file:") else "/path/to/the/checkpoint") + (f" --arch {current_arch()}" if current_arch() != "resnet18" else "")
+    w = weights_flags(weights, always=True)
     same = "".join(f" --{k} {like[k]}" for k in ("steps", "seed") if k in like) + (" --pre_as_released true" if like.get("pre_as_released") else "")
     for objective in ("center", "channel"):
         for block in dict.fromkeys(b for o, b, _, _ in missing if o == objective):
@@ -252,11 +251,11 @@ def report_missing(missing, weights, like):
             chans = sorted({c for _, c in entries})
             print(f"missing {objective} FZs of block {block} ({', '.join(layers)}); make them with:\n"
                   f"  python fzs.py --layers {','.join(layers)} --objectives {objective} --channels {','.join(map(str, chans))} "
-                  f"--weights {w}{same} --results {RESULTS}")
+                  f"{w.strip()}{same} --results {RESULTS}")
     blocks = list(dict.fromkeys(b for o, b, _, _ in missing if o == "natural"))
     if blocks:
         print(f"missing top-9 natural images (block {', '.join(blocks)}); make them with:\n"
-              f"  python ablate.py --stages natural --data /path/to/imagenet/val --weights {w} --results {RESULTS}")
+              f"  python ablate.py --stages natural --data /path/to/imagenet/val{w} --results {RESULTS}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import arch
-from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, check_arch, configure, current_arch, die, is_random, load_json, main_guard, mix_regions, save_figure,
+from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, check_arch, configure, die, is_random, load_json, main_guard, mix_regions, save_figure,
                     split_weights_id, stamp, use_arch, weights_of)
 
 RESULTS = "results"  # results folder: reads criteria.csv/json and stability.json, writes figures/
@@ -290,7 +290,8 @@ def main():
             check_arch(criteria.get("config", {}), criteria_path)
         weights = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}))
         written += save_figure(mix_histogram(table, weights), os.path.join(figures_dir, "mix_hist"), dpi=DPI)
-        bn, conv = ("bn2", "conv2") if current_arch() in ("resnet18", "resnet34") else ("bn3", "conv3")  # Pre's BatchNorm and convolution
+        bn = next(iter(BLOCKS.values()))[1].rsplit(".", 1)[1]  # Pre's BatchNorm (bn2, or bn3 in a Bottleneck) and its convolution
+        conv = "conv" + bn[-1]
         written += save_figure(mix_scatter(table, "bn2_abs", f"|{bn} weight| of the channel",
                                            f"Mix ratio against the block's |{bn} weight| per channel", weights),
                                os.path.join(figures_dir, "mix_vs_bn2"), dpi=DPI)

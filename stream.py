@@ -52,11 +52,12 @@ BLOCKS = {}  # block 'L.B': (In, Pre, Post) torchvision module names
 LAYERS = []  # the distinct layers of BLOCKS, forward order
 RESIDUAL_BLOCKS = []  # every residual block ('layer1.0', ...), forward order
 WIDTHS = {}  # layer or residual block: its channels
-_ARCH = ["resnet18"]
+_arch = "resnet18"  # the architecture of the tables (current_arch)
 
 
 def use_arch(name):
     """Point BLOCKS, LAYERS, RESIDUAL_BLOCKS and WIDTHS at the torchvision ResNet `name` (in place)."""
+    global _arch
     if name not in arch.ARCHS:
         die(f"unknown architecture {name!r}; the torchvision ResNets are: {', '.join(arch.ARCHS)}")
     table, residual, widths = arch.tables(name)
@@ -66,11 +67,11 @@ def use_arch(name):
     RESIDUAL_BLOCKS[:] = residual
     WIDTHS.clear()
     WIDTHS.update(widths)
-    _ARCH[0] = name
+    _arch = name
 
 
 def current_arch():
-    return _ARCH[0]
+    return _arch
 
 
 def check_arch(config, path):
@@ -192,16 +193,20 @@ def fzs_command(layers, results="results", weights="IMAGENET1K_V1", like=None, c
     for key in FZ_MATCH_KEYS[1:]:
         if like and key in like:
             cmd += f" --{key} {like[key]}"
-    weights = split_weights_id(weights)[1]
-    if current_arch() != "resnet18":
-        cmd += f" --arch {current_arch()}"
-    if str(weights).startswith("file:"):  # a weights id, not the path: name the flag
-        weights = "/path/to/the/checkpoint"
-    if weights != "IMAGENET1K_V1":
-        cmd += f" --weights {weights}"
+    cmd += weights_flags(weights)
     if results != "results":
         cmd += f" --results {results}"
     return cmd
+
+
+def weights_flags(weights, always=False):
+    """' --arch NAME --weights W' naming the current architecture and these weights (an id or a flag value) on a
+    command line: a checkpoint as a placeholder path; resnet18 and IMAGENET1K_V1 (unless `always`) left out."""
+    weights = split_weights_id(weights)[1]
+    if weights.startswith("file:"):  # a weights id, not the path: name the flag
+        weights = "/path/to/the/checkpoint"
+    flags = f" --arch {current_arch()}" if current_arch() != "resnet18" else ""
+    return flags + (f" --weights {weights}" if always or weights != "IMAGENET1K_V1" else "")
 
 
 # ----------------------------------------------------------------------------------------------------
