@@ -36,12 +36,13 @@ THUMB = 56  # pixels per natural image in a top-9 montage (3 x 3)
 FZ_THUMB = 112  # pixels of an FZ shown in a row (PNGs are linked, shown at this size; JPEGs written only where no PNG exists)
 NATURAL_ROOT = ""  # folder of the natural images if it moved since ablate.py recorded it (empty: summary.pt's root)
 
-ROLES = ("In", "Pre", "Post")
-OBJECTIVES = ("center", "channel")
-CRITERIA = [("pre_in", "Pre(FZ In)"), ("pre_zoom_in", "Pre(S(FZ In))"), ("post_in", "Post(FZ In)"), ("post_pre", "Post(FZ Pre)"),
-            ("eq1", "Eq. 1"), ("eq2", "Eq. 2"), ("passes", "passes"), ("mix", "mix m")]
-LATER = [("passes_natural", "passes (natural)"), ("post_si", "Post SI (natural)"), ("eq1n_fraction", "Eq. 1n"), ("eq2n", "Eq. 2n"),
-         ("pass_frequency", "pass freq. (seeds)"), ("ablated", "ablated")]
+# Fixed by the pages (written as expressions, so that they are no command-line flags).
+ROLES = tuple(["In", "Pre", "Post"])
+OBJECTIVES = tuple(["center", "channel"])
+CRITERIA = list([("pre_in", "Pre(FZ In)"), ("pre_zoom_in", "Pre(S(FZ In))"), ("post_in", "Post(FZ In)"), ("post_pre", "Post(FZ Pre)"),
+            ("eq1", "Eq. 1"), ("eq2", "Eq. 2"), ("passes", "passes"), ("mix", "mix m")])
+LATER = list([("passes_natural", "passes (natural)"), ("post_si", "Post SI (natural)"), ("eq1n_fraction", "Eq. 1n"), ("eq2n", "Eq. 2n"),
+         ("pass_frequency", "pass freq. (seeds)"), ("ablated", "ablated")])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def write_montages(results, summary, layers, root):
 STYLE = """body{font-family:system-ui,sans-serif;margin:12px;color:#222}table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #ddd;padding:2px 4px;text-align:center;vertical-align:middle}th{background:#f4f4f4;cursor:pointer;position:sticky;top:0}
 td.missing{color:#999;font-size:10px}tr:target{outline:3px solid #e90}.banner{background:#c00;color:#fff;padding:6px;font-weight:bold}
-img{display:block;margin:auto}.pass{background:#e6f4e6}code{font-size:11px}.controls{margin:8px 0}"""
+img{display:block;margin:auto}.pass{background:#e6f4e6}code{font-size:11px}.controls{margin:8px 0}""".strip()
 
 SCRIPT = """(function(){
 var body=document.querySelector('#units tbody'),rows=Array.prototype.slice.call(body.rows),q=new URLSearchParams(location.search);
@@ -174,7 +175,7 @@ var ok=0,bad=0;function count(){st.dataset.loaded=ok;st.dataset.broken=bad;}
 document.querySelectorAll('img').forEach(function(im){if(q.get('eager')==='1')im.loading='eager';
  if(im.complete&&im.naturalWidth>0){ok++;}else{im.addEventListener('load',function(){ok++;count();});im.addEventListener('error',function(){bad++;count();});}});
 count();st.dataset.readyMs=Math.round(performance.now());window.addEventListener('load',function(){st.dataset.loadMs=Math.round(performance.now());});
-if(location.hash){var t=document.getElementById(location.hash.slice(1));if(t)t.scrollIntoView();}})();"""
+if(location.hash){var t=document.getElementById(location.hash.slice(1));if(t)t.scrollIntoView();}})();""".strip()
 
 
 def page(title, body, weights):
