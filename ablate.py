@@ -35,8 +35,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import arch
 from imagenet import guarded, image_loader, imagenet_folder, ImageNetFolder, write_fake_imagenet
-from stream import (ABLATION_VARIANTS, BLOCKS, LAYERS, RESIDUAL_BLOCKS, block_forward, parse_block_channels, check_arch,
+from stream import (ABLATION_VARIANTS, BLOCKS, amp_dtype, autocast, no_tf32, precision, resolve_batch, use_device, LAYERS, RESIDUAL_BLOCKS, block_forward, parse_block_channels, check_arch,
                     config_mismatch, configure, current_arch, die, fzs_command, head, load_json, load_pt, load_model,
                     lock_results, main_guard, use_arch, n_channels, normalize, pick_device, read_center, save_json, save_pt,
                     stem, to_float, versions, where, ablation_path)
@@ -50,8 +51,8 @@ ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its 
 WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path
 RESULTS = "results"  # output folder
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
-AMP = "auto"  # sweep precision: auto = bf16 autocast on CUDA and fp32 on CPU, or bf16 / fp32 (natural stage: always fp32)
-BATCH = 128  # images per batch
+AMP = "auto"  # sweep precision: auto = bf16 autocast on a GPU with bf16 and fp32 on CPU, or fp32 / bf16 / tf32 (GPU) (natural stage: always fp32)
+BATCH = "auto"  # images per batch: a number, or auto (128 on the CPU; on a GPU, from its free memory)
 SUFFIX_BATCH = 0  # images x conditions per forward after the ablated block (0 = auto: 512 on CPU, 4096 on CUDA)
 WORKERS = -1  # DataLoader worker processes decoding JPEGs (-1 = one per CPU core, at most 16)
 SEED = 0  # seeds the random channel sets (together with the block)
@@ -291,6 +292,20 @@ def reference_logits(model, loader, block, channels, mean, device):
             handle.remove()
 
 
+def loader_cache(root, paths, labels, batch, workers, device):
+    """loader_for(scales, start): the DataLoader of these views from image `start` on, one per (views, start), so that
+    the natural stage and every screening round (all at no scale, from image 0) share one loader and its workers
+    (persistent_workers) instead of starting new ones for every pass. Each has its own dataset: workers hold a copy."""
+    cache = {}
+
+    def loader_for(scales, start):
+        key = (tuple(scales), start)
+        if key not in cache:
+            cache[key] = image_loader(ImageNetFolder(root, paths, labels, scales), batch, workers, device, start=start)
+        return cache[key]
+    return loader_for
+
+
 def masks_for(sets, n):
     m = torch.zeros(len(sets), n, dtype=torch.bool)
     for k, s in enumerate(sets):
@@ -301,13 +316,13 @@ def masks_for(sets, n):
 # ----------------------------------------------------------------------------------------------------
 # A pass over the set that counts correct top-1 predictions for many cells at once, resumable.
 
-def run_pass(name, model, dataset, scales, plan, device, dtype, suffix_batch, folder, key):
+def run_pass(name, model, n, loader_for, scales, plan, device, dtype, suffix_batch, folder, key):
     """Per-image hits, bool (len(scales), 1 + sum of K, n_images): is the top-1 prediction right, for every scale and
     every condition of `plan` (see predictions), in one pass that decodes each image once. The hits so far go to
     folder/.partial-<name>.pt every CHECKPOINT_SECONDS and on Ctrl-C; a rerun with the same key and plan continues."""
     plan_key = digest(key, scales, [(idx, digest(mean.cpu().numpy()), digest(masks.numpy())) for idx, mean, masks in plan])
     partial = os.path.join(folder, f".partial-{name}.pt")
-    n, n_cond = len(dataset), 1 + sum(m.shape[0] for _, _, m in plan)
+    n_cond = 1 + sum(m.shape[0] for _, _, m in plan)
     hits, done = torch.zeros(len(scales), n_cond, n, dtype=torch.bool), 0
     if os.path.isfile(partial):
         old = load_pt(partial, "partial hits")
@@ -321,20 +336,20 @@ def run_pass(name, model, dataset, scales, plan, device, dtype, suffix_batch, fo
 
     if done >= n:
         return hits
-    dataset.scales = list(scales)
     plan_dev = [(idx, mean.to(device), masks.to(device)) for idx, mean, masks in plan]
     last_save = time.time()
-    loader = image_loader(dataset, BATCH, WORKERS, device, start=done)
+    loader = loader_for(scales, done)
     bar = tqdm(total=n, initial=done, unit="img", desc=f"{name}: {len(scales)} view(s) x {n_cond} conditions", dynamic_ncols=True)
     try:
         with torch.inference_mode():
             for views, labels, index in guarded(loader):
                 views, labels = views.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                batch = torch.empty(len(scales), n_cond, len(labels), dtype=torch.bool)
+                batch = torch.empty(len(scales), n_cond, len(labels), dtype=torch.bool, device=device)
                 for v in range(len(scales)):
                     x = normalize(to_float(views[:, v])).contiguous(memory_format=torch.channels_last)
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                        batch[v] = (predictions(model, x, plan_dev, suffix_batch) == labels[None]).cpu()
+                    with autocast(device, dtype):
+                        batch[v] = predictions(model, x, plan_dev, suffix_batch) == labels[None]
+                batch = batch.cpu()  # one copy to the host per batch of images, not one per view
                 first = int(index[0])
                 hits[..., first:first + len(labels)] = batch
                 done = first + len(labels)  # after the batch is in: a Ctrl-C never leaves half a batch
@@ -355,12 +370,12 @@ def run_pass(name, model, dataset, scales, plan, device, dtype, suffix_batch, fo
 # ----------------------------------------------------------------------------------------------------
 # Stage 1: natural-image activations (METHOD.md section 4).
 
-def natural_stage(model, wid, dataset, root, device):
+def natural_stage(model, wid, dataset, loader_for, batch, root, device):
     folder = os.path.join(RESULTS, "natural")
     os.makedirs(folder, exist_ok=True)
     n = len(dataset)
     config = {"stage": "natural", "arch": current_arch(), "weights": wid, "data": root, "fake": FAKE, "limit": LIMIT, "count": n,
-              "paths": digest(dataset.paths), "labels": digest(dataset.labels), "label_file": LABELS, "seed": SEED, "batch": BATCH,
+              "paths": digest(dataset.paths), "labels": digest(dataset.labels), "label_file": LABELS, "seed": SEED, "batch": batch,
               "precision": "fp32", "versions": versions()}
     keys = ["weights", "data", "limit", "count", "paths", "labels"]
     summary_path = os.path.join(folder, "summary.pt")
@@ -394,8 +409,7 @@ def natural_stage(model, wid, dataset, root, device):
             a.flush()
         save_pt(s, progress_path)
 
-    dataset.scales = [0]  # this stage reads the standard eval view only
-    loader = image_loader(dataset, BATCH, WORKERS, device, start=state["done"])
+    loader = loader_for([0], state["done"])  # this stage reads the standard eval view only
     bar = tqdm(total=n, initial=state["done"], unit="img", desc=f"natural: {len(LAYERS)} layers, center neurons", dynamic_ncols=True)
     last_save = time.time()
     try:
@@ -405,9 +419,10 @@ def natural_stage(model, wid, dataset, root, device):
                 assert int(index[0]) == first
                 x = normalize(to_float(views[:, 0].to(device, non_blocking=True))).contiguous(memory_format=torch.channels_last)
                 acts = read_center(model, x, LAYERS)
+                widths = [acts[layer].shape[1] for layer in LAYERS]
+                acts = dict(zip(LAYERS, [a.contiguous() for a in torch.cat([acts[layer] for layer in LAYERS], 1).cpu().split(widths, 1)]))  # one copy
                 new = {"config": config, "done": first + len(index), "top9": {}, "sum": {}}
                 for layer, a in acts.items():
-                    a = a.cpu()
                     arrays[layer][first:first + len(a)] = a.numpy().astype(np.float16)
                     new["top9"][layer] = top9_update(*state["top9"][layer], a, first)
                     new["sum"][layer] = state["sum"][layer] + a.double().sum(0)
@@ -524,7 +539,7 @@ def unpack_hits(text, n):
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n).astype(bool)
 
 
-def compute_cells(name, model, dataset, scales, wanted, means, device, dtype, suffix_batch, key, n_images):
+def compute_cells(name, model, loader_for, scales, wanted, means, device, dtype, suffix_batch, key, n_images):
     """wanted: {block: [(condition, channels)]} -> {(block, condition, scale): per-image hits}. Runs one pass for the
     cells not finished yet and writes them."""
     cells = {}
@@ -541,7 +556,8 @@ def compute_cells(name, model, dataset, scales, wanted, means, device, dtype, su
         blocks = sorted(todo, key=lambda b: where(BLOCKS[b][2])[0])
         names = {b: [c for c in todo[b] if c != "none"] for b in blocks}
         plan = [(where(BLOCKS[b][2])[0], means[b], masks_for([todo[b][c] for c in names[b]], len(means[b]))) for b in blocks]
-        hits = run_pass(name, model, dataset, scales, plan, device, dtype, suffix_batch, os.path.join(RESULTS, "ablation"), key).numpy()
+        hits = run_pass(name, model, n_images, loader_for, scales, plan, device, dtype, suffix_batch, os.path.join(RESULTS, "ablation"),
+                        key).numpy()
         col = 1
         for b in blocks:
             for c in names[b]:
@@ -561,7 +577,7 @@ def compute_cells(name, model, dataset, scales, wanted, means, device, dtype, su
     return cells
 
 
-def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
+def sweep_stage(model, wid, dataset, loader_for, batch, root, device, dtype, suffix_batch):
     n = len(dataset)
     summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run the natural stage first)")
     check_arch(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
@@ -616,7 +632,7 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
         for b in blocks:
             draws[b] += draw_sets(rngs[b], nonpassing[b], len(passing[b]), min(want[b], SCREEN_CAP - len(draws[b])))
         wanted = {b: [("passing", passing[b])] + [(f"draw{j:03d}", s) for j, s in enumerate(draws[b])] for b in blocks}
-        cells = compute_cells(f"screen{rnd}", model, dataset, [0], wanted, means, device, dtype, suffix_batch, key, n)
+        cells = compute_cells(f"screen{rnd}", model, loader_for, [0], wanted, means, device, dtype, suffix_batch, key, n)
         short, report = [], []
         for b in blocks:
             need = 0
@@ -657,7 +673,7 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
     # variants share their cells: a draw chosen by two of them is computed once.
     used = {b: sorted({j for v in VARIANTS for j in chosen[v, b]}) for b in blocks}
     wanted = {b: [("passing", passing[b])] + [(f"draw{j:03d}", draws[b][j]) for j in used[b]] for b in blocks}
-    cells.update(compute_cells("sweep", model, dataset, list(SCALES), wanted, means, device, dtype, suffix_batch, key, n))
+    cells.update(compute_cells("sweep", model, loader_for, list(SCALES), wanted, means, device, dtype, suffix_batch, key, n))
     scales = [0] + list(SCALES)
     for b in blocks:
         for v in VARIANTS:
@@ -673,7 +689,7 @@ def sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch):
                    "ratio": nan_to_none(ratio), "sem": nan_to_none(sem), "ratio_trials": [nan_to_none(t) for t in trials],
                    "n_images": m, "test": claim_test(trials, hits_p, hits_r, [SEED, int(b.replace(".", "")), list(ABLATION_VARIANTS).index(v)]),
                    "config": {**key[b], "block": b, "variant": v, "n_trials": N_TRIALS, "screen_margin": SCREEN_MARGIN,
-                              "screen_cap": SCREEN_CAP, "batch": BATCH, "bootstrap": BOOTSTRAP, "ci": CI,
+                              "screen_cap": SCREEN_CAP, "batch": batch, "bootstrap": BOOTSTRAP, "ci": CI,
                               "permutations": PERMUTATIONS, "device": str(device), "versions": versions()}}
             if on is not None:
                 k = len(on)
@@ -737,7 +753,7 @@ def main():
     for s in SCALES:
         if not 0 < s < 100:
             die(f"scale {s} is out of range: scales are percentages between 1 and 99")
-    for name, value, least in (("batch", BATCH, 1), ("n_trials", N_TRIALS, 1), ("screen_draws", SCREEN_DRAWS, 1),
+    for name, value, least in (("n_trials", N_TRIALS, 1), ("screen_draws", SCREEN_DRAWS, 1),
                                ("limit", LIMIT, 0), ("fake", FAKE, 0), ("suffix_batch", SUFFIX_BATCH, 0), ("workers", WORKERS, -1)):
         if value < least:
             die(f"--{name} must be at least {least}, not {value}")
@@ -753,17 +769,15 @@ def main():
     if not 0 < CI < 1 or BOOTSTRAP < 0 or PERMUTATIONS < 1:
         die("--ci must be between 0 and 1, --bootstrap at least 0 and --permutations at least 1")
     device = pick_device(DEVICE)
-    if AMP == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else None
-    elif AMP in ("bf16", "fp32"):
-        dtype = torch.bfloat16 if AMP == "bf16" else None
-    else:
-        die(f"amp must be auto, bf16 or fp32, not {AMP!r}")
+    prec = precision(AMP, device, cpu_auto="fp32")  # the sweep's; the natural stage measures in fp32 (no TF32)
+    dtype = amp_dtype(prec)
+    batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=128, cap=1024)
     root = os.path.abspath(DATA) if DATA else DATA
     if FAKE and not DATA:
         die("--fake needs --data: the folder to write the generated JPEGs into")
     listing = None if FAKE else imagenet_folder(root, LIMIT, LABELS)  # a bad folder or label file stops here, before the model
     lock = lock_results(RESULTS, "ablate.py")  # noqa: F841 (held until the process ends)
+    device_name = use_device(device, prec)  # TF32 only for --amp tf32 (the fp32 sweep equals the reference)
     model, wid = load_model(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU, same fp32 arithmetic
     if FAKE:  # smoke data, labelled with this model's predictions
@@ -772,16 +786,17 @@ def main():
     paths, labels, found = listing
     print(f"data: {root}: {found}")
     dataset = ImageNetFolder(root, paths, labels)
-    if device.type == "cuda":  # fp32 means fp32 (no TF32): the natural stage measures, the fp32 sweep equals the reference
+    loader_for = loader_cache(root, paths, labels, batch, WORKERS, device)
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    print(f"{len(paths)} images from {root} ({len(set(labels.tolist()))} classes), weights {wid}, device {device}, "
-          f"sweep precision {'bf16 autocast' if dtype is not None else 'fp32'}, channels_last")
+    print(f"{len(paths)} images from {root} ({len(set(labels.tolist()))} classes), weights {wid}, device {device_name}, "
+          f"batch {batch}, sweep precision {prec}, channels_last")
     if "natural" in STAGES:
-        natural_stage(model, wid, dataset, root, device)
+        with no_tf32():  # fp32 means fp32: the natural stage measures
+            natural_stage(model, wid, dataset, loader_for, batch, root, device)
     if "sweep" in STAGES:
         suffix_batch = SUFFIX_BATCH or (4096 if device.type == "cuda" else 512)
-        sweep_stage(model, wid, dataset, root, device, dtype, suffix_batch)
+        sweep_stage(model, wid, dataset, loader_for, batch, root, device, dtype, suffix_batch)
     return cfg
 
 

@@ -87,6 +87,22 @@ def tables(arch):
     return table, names, {n: channels(model, n) for n in dict.fromkeys(layers_of(table) + names)}
 
 
+@functools.lru_cache(maxsize=None)
+def image_bytes(arch, size=224):
+    """Bytes of all the float32 feature maps one image makes in a forward pass (every module's output, counted on the
+    meta device): an upper bound of what inference needs per image, for --batch auto."""
+    model, total = build_meta(arch), [0]
+
+    def count(_module, _inputs, out):
+        total[0] += out.numel() * 4 if torch.is_tensor(out) else 0
+    for m in model.modules():
+        if not list(m.children()):
+            m.register_forward_hook(count)
+    with torch.no_grad():
+        model(torch.empty(1, 3, size, size, device="meta"))
+    return total[0]
+
+
 def build(arch, num_classes=1000):
     """An untrained torchvision model of that architecture (weights are loaded by the caller)."""
     if arch not in ARCHS:

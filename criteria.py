@@ -27,10 +27,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import arch
 import stream
 from stream import (EQ2_HIGH, EQ2_LOW, check_arch, config_mismatch, configure, die, fzs_command, is_random, load_pt, load_model,
-                    lock_results, main_guard, n_channels, normalize, pick_device, read_center, save_json, to_float, use_arch,
-                    versions, write_csv, zoom)
+                    lock_results, main_guard, n_channels, normalize, pick_device, read_center, resolve_batch, save_json, to_float,
+                    use_arch, use_device, versions, write_csv, zoom)
 
 ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its blocks); must be the one the FZs were made with
 WEIGHTS = "IMAGENET1K_V1"  # model weights: torchvision's (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path
@@ -38,7 +39,7 @@ RESULTS = "results"  # folder holding fzs/ (from fzs.py); criteria.json and crit
 BLOCKS = []  # blocks to measure, e.g. 2.1,3.1 (empty: every probed block of ARCH; resnet18's are 1.1,2.0,2.1,3.0,3.1,4.0,4.1)
 RUNS = []  # results folders of FZ runs made with different seeds, for the stability report (empty: no report)
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
-BATCH = 64  # images per forward pass
+BATCH = "auto"  # images per forward pass: a number, or auto (64 on the CPU; on a GPU, from its free memory)
 MIX_IF_PRE_NONPOS = 10.0  # m_c when Post_c(X̂_Pre) <= 0 (released code; its rule comes first, so also when both are <= 0)
 MIX_IF_IN_NONPOS = 0.0  # m_c when Post_c(X̂_In) <= 0 < Post_c(X̂_Pre) (released code)
 
@@ -153,10 +154,11 @@ def measure(model, images, channels, layers, device, batch, transform=None, bar=
         acts = read_center(model, normalize(x).contiguous(memory_format=torch.channels_last), layers)
         rows, cols = torch.arange(len(x), device=device), channels[i:i + batch].to(device)
         for layer in layers:
-            out[layer].append(acts[layer][rows, cols].cpu())
+            out[layer].append(acts[layer][rows, cols])
         if bar is not None:
             bar.update(len(x))
-    return {layer: torch.cat(v) if v else torch.zeros(0) for layer, v in out.items()}
+    # one copy to the host for the whole image set, not one per batch and layer
+    return {layer: torch.cat(v).cpu() if v else torch.zeros(0) for layer, v in out.items()}
 
 
 def weight_magnitudes(model, pre, channels):
@@ -373,8 +375,6 @@ def main():
     for block in BLOCKS:
         if block not in stream.BLOCKS:
             die(f"unknown block {block!r}; the blocks are: {', '.join(stream.BLOCKS)}")
-    if BATCH < 1:
-        die("--batch must be at least 1")
     if RUNS and (len(RUNS) < 2 or len(set(map(os.path.abspath, RUNS))) < len(RUNS)):
         die("--runs needs at least two different results folders to compare")
     for folder in RUNS:
@@ -385,19 +385,20 @@ def main():
         layers = [layer for b in BLOCKS for layer in stream.BLOCKS[b][:2]]
         die(f"no FZs in {os.path.join(RESULTS, 'fzs')}; make them with: {fzs_command(layers, RESULTS, WEIGHTS)}")
     device = pick_device(DEVICE)
-    torch.backends.cudnn.allow_tf32 = False  # these are measurements: true float32 convolutions on a GPU too
-    torch.backends.cuda.matmul.allow_tf32 = False
+    device_name = use_device(device, "fp32")  # these are measurements: true float32 convolutions on a GPU too (no TF32)
+    batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=64, cap=1024)
     t0 = time.time()
     model, wid = load_model(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and GPUs alike, still float32
-    config = {**cfg, "arch": ARCH, "weights_id": wid, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": str(device), "versions": versions()}
+    config = {**cfg, "arch": ARCH, "weights_id": wid, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": device_name, "batch": batch,
+              "versions": versions()}
     if is_random(wid):
         print(f"** weights {wid}: random weights, not the paper's model **")
 
     results = {}
     lock = lock_results(RESULTS, "criteria.py")  # noqa: F841 (held until the process ends)
     if single:
-        result = run_criteria(model, wid, RESULTS, BLOCKS, WEIGHTS, device, BATCH)
+        result = run_criteria(model, wid, RESULTS, BLOCKS, WEIGHTS, device, batch)
         if not result["blocks"]:
             for block, reason in result["skipped"].items():
                 print(f"block {block}: not measured: {reason}", file=sys.stderr)
@@ -417,7 +418,7 @@ def main():
         for folder in RUNS:
             key = os.path.abspath(folder)
             if key not in results:
-                results[key] = run_criteria(model, wid, folder, BLOCKS, WEIGHTS, device, BATCH, strict_weights=True)
+                results[key] = run_criteria(model, wid, folder, BLOCKS, WEIGHTS, device, batch, strict_weights=True)
                 for block, reason in results[key]["skipped"].items():
                     print(f"run {folder}, block {block}: not measured: {reason}")
             runs[folder] = results[key]

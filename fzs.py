@@ -15,6 +15,7 @@ Output: RESULTS/fzs/<layer>/<objective>.pt with images (uint8 N x 3 x 224 x 224)
 (the objective on the stored 8-bit image, float32) and config. Interrupt at any time: a rerun resumes.
 """
 
+import contextlib
 import copy
 import os
 import shutil
@@ -29,8 +30,9 @@ from tqdm import tqdm
 
 import arch
 from stream import (BLOCKS, amp_dtype, autocast, block_of, center, check_arch, config_mismatch, configure, current_arch, die, features,
-                    load_json, lock_results, load_pt, load_model, main_guard, n_channels, normalize, parse_channels,
-                    parse_layers, pick_device, save_pt, to_float, use_arch, versions, where)
+                    init_ranks, load_json, lock_results, load_pt, load_model, main_guard, n_channels, no_tf32, normalize,
+                    parse_channels, parse_layers, pick_device, precision, save_pt, to_float, truncated, use_arch, use_device,
+                    versions, where)
 
 ARCH = "resnet18"  # a torchvision ResNet: resnet18, resnet34, resnet50, resnet101, ... (--list prints its blocks and units)
 WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), a state_dict path, or random[:SEED] (smoke runs only)
@@ -46,16 +48,17 @@ SCALES = [1.0, 0.975, 1.025, 0.95, 1.05]  # lucent random_scale choices
 ANGLES = [-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5]  # lucent random_rotate choices (degrees)
 JITTER = ""  # pad/jitter overrides by residual block, e.g. layer2.1:16,layer3.0:8 (default: arch.jitter's rule, ResNet18's table of METHOD.md section 2)
 PRE_AS_RELEASED = False  # True: Pre (bn2) units are optimised through the block output, as lucent's hooks did in the released scripts
-AMP = "auto"  # bf16 autocast for the optimisation: auto (CUDA, or a CPU with native bf16), bf16 or fp32
+AMP = "auto"  # optimisation precision: auto (bf16 on a GPU with bf16 or a CPU with native bf16, else fp32), fp32, bf16 or tf32 (GPU)
 FOLD_BN = True  # fold eval-mode BatchNorm into the convolutions for the optimisation (the same function, faster)
-COMPILE = False  # torch.compile the truncated network (worth it on CUDA for long sweeps)
-DEVICE = "auto"  # auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)
+COMPILE = False  # torch.compile the truncated network, one compiled function per target layer (for long sweeps on CUDA)
+STREAMS = 1  # batches of one layer optimised at once, each with its own forward at BATCH units (on CUDA: its own stream)
+DEVICE = "auto"  # auto, cpu, cuda or cuda:N (under torchrun: auto or cuda, and each rank takes cuda:LOCAL_RANK)
 RESULTS = "results"  # results folder
 PNG = True  # also write one PNG per unit, RESULTS/fzs/<layer>/<objective>/<channel>.png
 LIST = False  # print ARCH's probed blocks (In / Pre / Post), its unit count and the cost of a full sweep at STEPS, then stop
 
 # config entries that must agree for FZs to share a file (not an option: written as an expression)
-FZ_KEYS = tuple("arch layer objective weights seed steps lr batch size scales angles jitter pre_as_released fold_bn amp".split())
+FZ_KEYS = tuple("arch layer objective weights seed steps lr batch size scales angles jitter pre_as_released fold_bn amp device".split())
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -99,16 +102,23 @@ def pixel_to_unit(h, w):
     return m[None]
 
 
-def warp_affine(x, M):
-    """kornia 0.4.1's warp_affine(x, M, dsize=x's size): bilinear, zero padding. M (B, 2, 3) maps source pixels to
-    destination pixels. kornia normalises pixels with the corners at -1 and 1 (size - 1) but samples with
-    align_corners=False, so every warp also shifts by a fraction of a pixel: kept, since lucent's FZs have it."""
-    b, c, h, w = x.shape
-    M3 = F.pad(M, [0, 0, 0, 1], "constant", value=0.0)
+def affine_theta(M, h, w):
+    """The sampling matrix (B, 2, 3) of kornia 0.4.1's warp_affine for the pixel matrix M (B, 2, 3), computed on the
+    CPU: two 3x3 inverses on a GPU would each be a host synchronisation, at every warp of every step."""
+    M3 = F.pad(M.cpu(), [0, 0, 0, 1], "constant", value=0.0)
     M3[..., -1, -1] += 1.0
     unit = pixel_to_unit(h, w).to(M3)
     dst_from_src = unit @ (M3 @ torch.inverse(unit))
-    theta = torch.inverse(dst_from_src)[:, :2, :]
+    return torch.inverse(dst_from_src)[:, :2, :]
+
+
+def warp_affine(x, M):
+    """kornia 0.4.1's warp_affine(x, M, dsize=x's size): bilinear, zero padding. M (B, 2, 3) maps source pixels to
+    destination pixels. kornia normalises pixels with the corners at -1 and 1 (size - 1) but samples with
+    align_corners=False, so every warp also shifts by a fraction of a pixel: kept, since lucent's FZs have it.
+    The matrix goes to x's device in one non-blocking copy (the same float32 bits as computing it there on a CPU)."""
+    b, c, h, w = x.shape
+    theta = affine_theta(M, h, w).to(device=x.device, dtype=x.dtype, non_blocking=True)
     grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -144,7 +154,7 @@ def pad(w):
 def jitter(d):
     def inner(x, rng):
         dx, dy = rng.choice(d), rng.choice(d)
-        return warp_affine(x, translation_matrix(float(dx), float(dy), x.shape[0]).to(x))
+        return warp_affine(x, translation_matrix(float(dx), float(dy), x.shape[0]))  # built on the CPU
     return inner
 
 
@@ -161,7 +171,7 @@ def random_scale(scales):
 def random_rotate(angles):
     def inner(x, rng):
         b, _, h, w = x.shape
-        M = rotation_matrix(float(rng.choice(angles)), h, w, b).to(x.device)  # built on the CPU, as lucent does
+        M = rotation_matrix(float(rng.choice(angles)), h, w, b)  # built on the CPU, as lucent does
         return warp_affine(x.float(), M)
     return inner
 
@@ -225,49 +235,82 @@ def render(model, layer, channels, kind, cfg, unit_seeds, transform_seed, device
     """Optimise one image per unit (layer, channels[i]) for cfg['steps'] steps; uint8 N x 3 x S x S images.
     Image i starts from the spectrum drawn with unit_seeds[i]; the transform draws (shared by the batch) come from
     a RandomState(transform_seed). With one unit and both seeds equal, this is lucent's render_vis after seeding."""
+    return render_groups(model, layer, kind, cfg, [(channels, unit_seeds, transform_seed)], device, amp, forward, on_step)[0]
+
+
+def render_groups(model, layer, kind, cfg, groups, device, amp, forward=None, on_step=None):
+    """render() for several batches of units of one layer at once: groups = [(channels, unit_seeds, transform_seed)].
+    Each group keeps its own spectrum, transform draws and optimiser, and runs its own forward and backward at its own
+    batch size, so its images are the ones render() gives it alone (bit for bit on the CPU). On a GPU each group runs
+    on its own CUDA stream, so that small batches of deep layers fill the card together. Returns one uint8 tensor a
+    group; on_step() is called once per step (all groups)."""
     target = target_layer(layer, cfg["pre_as_released"])
-    forward = forward or (lambda x: features(model, x, [target])[target])
+    forward = forward or truncated(model, target)
     steps = transforms_for(cfg["jitter"], cfg["scales"], cfg["angles"], cfg["size"])
-    rng = np.random.RandomState(transform_seed)
-    spectrum, image = fft_image(unit_seeds, cfg["size"], device)
-    optimizer = torch.optim.Adam([spectrum], lr=cfg["lr"])
-    idx = torch.as_tensor(channels, device=device)
     # inputs in the model's memory layout (fzs.py runs it channels_last: faster convolutions on CPUs and GPUs)
     layout = torch.channels_last if model.conv1.weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    states = []
+    for channels, unit_seeds, tseed in groups:
+        spectrum, image = fft_image(unit_seeds, cfg["size"], device)
+        states.append((np.random.RandomState(tseed), image, torch.optim.Adam([spectrum], lr=cfg["lr"]),
+                       torch.as_tensor(channels, device=device)))
+    streams = [torch.cuda.Stream(device) for _ in states] if device.type == "cuda" and len(states) > 1 else None
+    for s in streams or []:
+        s.wait_stream(torch.cuda.current_stream(device))  # the spectra were made on the default stream
     for _ in range(cfg["steps"]):
-        optimizer.zero_grad(set_to_none=True)
-        x = image()
-        for t in steps:
-            x = t(x, rng)
-        x = normalize(x).contiguous(memory_format=layout)
-        with autocast(device, amp):
-            loss = -objective(forward(x), idx, kind).float().sum()
-        loss.backward()
-        optimizer.step()
+        for g, (rng, image, optimizer, idx) in enumerate(states):
+            with torch.cuda.stream(streams[g]) if streams else contextlib.nullcontext():
+                optimizer.zero_grad(set_to_none=True)
+                x = image()
+                for t in steps:
+                    x = t(x, rng)
+                x = normalize(x).contiguous(memory_format=layout)
+                with autocast(device, amp):
+                    loss = -objective(forward(x), idx, kind).float().sum()
+                loss.backward()
+                optimizer.step()
         if on_step is not None:
             on_step()
+    for s in streams or []:
+        torch.cuda.current_stream(device).wait_stream(s)
     with torch.no_grad():
-        return (image() * 255).to(torch.uint8).cpu()  # as lucent's export: floor to 8 bits
+        return [(image() * 255).to(torch.uint8).cpu() for _, image, _, _ in states]  # as lucent's export: floor to 8 bits
+
+
+def compile_forward(model, target, n_targets, backend="inductor"):
+    """torch.compile of the truncated network up to `target` (one compiled function per target layer). Every target
+    shares truncated()'s code, so dynamo's recompile limit (8 by default, after which it runs the rest in eager mode,
+    silently) is raised to one graph per target and input size: jitter-0 layers see 4 sizes (224, 225, 230, 236)."""
+    import torch._dynamo.config as dynamo
+    limit = 4 * n_targets + 8
+    for name in ("recompile_limit", "cache_size_limit"):  # the name since torch 2.6, and the older one
+        if hasattr(dynamo, name) and getattr(dynamo, name) < limit:
+            setattr(dynamo, name, limit)
+    return torch.compile(truncated(model, target), backend=backend, dynamic=False)
 
 
 @torch.no_grad()
 def measure(model, layer, images, channels, kind, device):
     """The objective of each unit on its stored 8-bit image, untransformed, in float32 (no TF32 on GPUs)."""
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+    with no_tf32():
         x = normalize(to_float(images).to(device))
         fmap = features(model, x, [layer])[layer].float()
         return objective(fmap, torch.as_tensor(channels, device=device), kind).cpu()
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
 
 
 # ----------------------------------------------------------------------------------------------------
-# Seeds. A unit's image depends only on the config and the unit: its initial spectrum is drawn from
+# Seeds and batches. A unit's image depends only on the config and the unit: its initial spectrum is drawn from
 # (SEED, layer, objective, channel), and the transform draws it shares with its batch from (SEED, layer,
-# objective, channel // BATCH). Batch k is always channels k*BATCH .. (k+1)*BATCH-1, whichever of them a run
-# makes, so a subset run, an extended run and a full run give the same image for the same unit.
+# objective, channel // BATCH). Batch k is always channels k*BATCH .. (k+1)*BATCH-1 and is always optimised whole,
+# whichever of its units a run asks for (the others are made and not kept): a float32 convolution's rounding can
+# depend on how many images share it (the CPU's convolution library picks its blocking by batch size), so the
+# batch's make-up must be the same in every run. A subset run, an extended run and a full run then give the same
+# image for the same unit. A subset of a few channels costs the whole batch: ask for small subsets with a small
+# --batch (it is part of the config).
+
+def batch_members(group, batch, n):
+    """The channels of batch `group` of a layer with n channels: group*batch .. min((group+1)*batch, n) - 1."""
+    return list(range(group * batch, min((group + 1) * batch, n)))
 
 def unit_seed(seed, layer, kind, channel):
     return zlib.crc32(f"{seed}|{layer}|{kind}|{channel}".encode()) & 0x7FFFFFFF
@@ -371,18 +414,17 @@ def main():
         print("\n".join(arch.describe(ARCH, STEPS)))
         return
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if DEVICE == "auto" and world > 1 and torch.cuda.is_available() else DEVICE)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1:  # under torchrun: the ranks meet at two barriers (after planning, before merging)
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    device = pick_device(DEVICE)  # checks the torchrun launch (LOCAL_RANK, one GPU per rank) before any group is made
+    prec = precision(AMP, device)
+    device_name = use_device(device, prec)  # the current GPU; TF32 only under --amp tf32
+    init_ranks(world)  # under torchrun: the ranks meet at two barriers (after planning, before merging)
     layers = parse_layers(LAYERS)
     kinds = OBJECTIVES if isinstance(OBJECTIVES, list) else [OBJECTIVES]
     for k in kinds:
         if k not in ("center", "channel"):
             die(f"unknown objective {k!r}: use center and/or channel")
-    if STEPS < 1 or BATCH < 1:
-        die("--steps and --batch must be at least 1")
+    if STEPS < 1 or BATCH < 1 or STREAMS < 1:
+        die("--steps, --batch and --streams must be at least 1")
     if SIZE < 32:
         die(f"--size must be at least 32 pixels (the network halves it five times), not {SIZE}")
     if not LR > 0:
@@ -405,7 +447,7 @@ def main():
                   f"make for it (name channels by hand with --channels, e.g. --channels 0:8)")
     model, weights_id = load_model(WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # measures the stored images
-    amp = amp_dtype(AMP, device)
+    amp = amp_dtype(prec)
     optimised = fold_batchnorm(model) if FOLD_BN else copy.deepcopy(model)  # runs the optimisation
     if amp is not None:  # weights cast to bf16 once, not by autocast at every step (the same arithmetic)
         optimised = optimised.to(amp)
@@ -417,8 +459,8 @@ def main():
             cfg = {"arch": ARCH, "layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
                    "batch": BATCH, "size": SIZE, "scales": list(SCALES), "angles": list(ANGLES),
                    "jitter": jitter[block_of(layer)], "pre_as_released": PRE_AS_RELEASED, "fold_bn": FOLD_BN,
-                   "amp": "bf16" if amp is not None else "fp32", "param": "lucent fft, decorrelate, sd 0.01",
-                   "device": device.type}
+                   "amp": prec, "param": "lucent fft, decorrelate, sd 0.01", "device": device.type,
+                   "device_name": device_name}
             cfgs[layer, kind] = cfg
             old = existing(out_path(RESULTS, layer, kind), cfg)
             done = set(old["channels"].tolist()) if old else set()
@@ -426,32 +468,45 @@ def main():
                 done |= set(part["channels"].tolist())
             made += sum(c in done for c in channels)
             todo = [c for c in channels if c not in done]
-            for group in sorted({c // BATCH for c in todo}):
-                plan.append((layer, kind, group, [c for c in todo if c // BATCH == group]))
+            for group in sorted({c // BATCH for c in todo}):  # whole batches: the units asked for and their batch-mates
+                plan.append((layer, kind, group, [c for c in todo if c // BATCH == group],
+                             batch_members(group, BATCH, n_channels(layer))))
     if world > 1:
         torch.distributed.barrier()  # every rank has planned before any rank writes a part
     mine = plan[rank::world]
-    units = sum(len(p[3]) for p in mine)
+    units, optimised_units = sum(len(p[3]) for p in mine), sum(len(p[4]) for p in mine)
+    extra = f"; {optimised_units - units} batch-mate(s) optimised, not kept" if optimised_units > units else ""
     print(f"fzs: {len(layers)} layer(s), objectives {','.join(kinds)}, {units} unit(s) to make in {len(mine)} batch(es) "
-          f"of up to {BATCH} ({made} already made), {STEPS} steps, weights {weights_id}, "
-          f"{device}, {'bf16' if amp else 'fp32'}" + (f", rank {rank} of {world}" if world > 1 else ""))
+          f"of up to {BATCH} ({made} already made{extra}), {STEPS} steps, weights {weights_id}, {device}, {prec}"
+          + (f", rank {rank} of {world}" if world > 1 else ""))
 
+    # Batches of one (layer, objective) go STREAMS at a time; each keeps its own part file.
+    chunks = []
+    for entry in mine:
+        if chunks and chunks[-1][0][:2] == entry[:2] and len(chunks[-1]) < STREAMS:
+            chunks[-1].append(entry)
+        else:
+            chunks.append([entry])
     compiled = {}
     t0 = time.time()
-    with tqdm(total=units * STEPS, unit="img-step", unit_scale=True, smoothing=0.05, disable=units == 0) as bar:
-        for n, (layer, kind, group, channels) in enumerate(mine):
-            bar.set_description(f"{layer} {kind} {channels[0]}..{channels[-1]}")
+    with tqdm(total=optimised_units * STEPS, unit="img-step", unit_scale=True, smoothing=0.05, disable=units == 0) as bar:
+        for n, chunk in enumerate(chunks):
+            layer, kind = chunk[0][:2]
+            bar.set_description(f"{layer} {kind} {chunk[0][3][0]}..{chunk[-1][3][-1]}")
             target = target_layer(layer, PRE_AS_RELEASED)
             if COMPILE and target not in compiled:
-                compiled[target] = torch.compile(lambda x, t=target: features(optimised, x, [t])[t])
+                compiled[target] = compile_forward(optimised, target, len({target_layer(p[0], PRE_AS_RELEASED) for p in mine}))
             cfg = cfgs[layer, kind]
-            images = render(optimised, layer, channels, kind, cfg, [unit_seed(SEED, layer, kind, c) for c in channels],
-                            transform_seed(SEED, layer, kind, group), device, amp, compiled.get(target),
-                            on_step=lambda k=len(channels): bar.update(k))
-            activation = measure(model, layer, images, channels, kind, device)
-            save_pt({"images": images, "channels": torch.tensor(channels, dtype=torch.int64), "activation": activation,
-                     "config": cfg}, part_path(RESULTS, layer, kind, group, channels))
-            if world == 1 and all(p[:2] != (layer, kind) for p in mine[n + 1:]):
+            groups = [(members, [unit_seed(SEED, layer, kind, c) for c in members], transform_seed(SEED, layer, kind, group))
+                      for _, _, group, _, members in chunk]
+            images = render_groups(optimised, layer, kind, cfg, groups, device, amp, compiled.get(target),
+                                   on_step=lambda k=sum(len(g[0]) for g in groups): bar.update(k))
+            for (_, _, group, channels, members), imgs in zip(chunk, images):
+                activation = measure(model, layer, imgs, members, kind, device)  # the whole batch: the same rounding
+                keep = [members.index(c) for c in channels]  # the units asked for
+                save_pt({"images": imgs[keep], "channels": torch.tensor(channels, dtype=torch.int64), "activation": activation[keep],
+                         "config": cfg}, part_path(RESULTS, layer, kind, group, channels))
+            if world == 1 and all(c[0][:2] != (layer, kind) for c in chunks[n + 1:]):
                 merge(RESULTS, layer, kind, cfg)  # the last batch of this (layer, objective): its file is complete
     elapsed = time.time() - t0
     if world > 1:

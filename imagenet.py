@@ -531,7 +531,7 @@ def image_loader(dataset, batch, workers=-1, device="cpu", start=0):
     if start:
         dataset = torch.utils.data.Subset(dataset, range(start, len(dataset)))
     return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers,
-                                       pin_memory=torch.device(device).type == "cuda",
+                                       pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0,
                                        prefetch_factor=2 if workers else None)
 
 

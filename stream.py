@@ -5,6 +5,7 @@ Nothing here is specific to one stage of the pipeline; each script reads top to 
 """
 
 import ast
+import functools
 import hashlib
 import json
 import os
@@ -345,6 +346,20 @@ def features(model, x, layers):
     return out
 
 
+def truncated(model, layer):
+    """features(model, x, [layer])[layer] as a function of x alone (the same operations), with the layer's place
+    looked up once: what torch.compile traces holds tensor operations only."""
+    i, part = where(layer)
+    blocks = [model.get_submodule(name) for name in RESIDUAL_BLOCKS[:i + 1]]
+
+    def forward(x):
+        h = stem(model, x)
+        for block in blocks[:-1]:
+            h = block_forward(block, h)["post"]
+        return block_forward(blocks[-1], h, part)[part]
+    return forward
+
+
 def center(fmap):
     """The center neuron of every channel: position (H // 2, W // 2), as lucent's objectives.neuron."""
     return fmap[:, :, fmap.shape[2] // 2, fmap.shape[3] // 2]
@@ -356,10 +371,18 @@ def read_center(model, x, layers):
     return {k: center(v).float() for k, v in features(model, x, layers).items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _mean_std(device, dtype):
+    """MEAN and STD as (1, 3, 1, 1) tensors, made once per device and dtype (a new one per call would be a host-to-GPU
+    copy, and a host synchronisation, at every step)."""
+    with torch.inference_mode(False):  # ordinary tensors, so that autograd may save them, whoever asks first
+        return (torch.tensor(MEAN, dtype=dtype).view(1, 3, 1, 1).to(device),
+                torch.tensor(STD, dtype=dtype).view(1, 3, 1, 1).to(device))
+
+
 def normalize(x):
     """[0, 1] RGB batch -> ImageNet-normalised batch."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.device, x.dtype)
     return (x - mean) / std
 
 
@@ -377,18 +400,47 @@ def zoom(x, size=224):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Devices and precision.
+# Devices and precision. torch.cuda, torch.backends and the environment are parameters, so that a test can fake a
+# machine with GPUs (and torchrun's variables) and check every choice below without one.
 
-def pick_device(name="auto"):
+PRECISIONS = ("fp32", "tf32", "bf16")  # what --amp can name besides auto
+RANK_TIMEOUT_HOURS = 72  # torchrun ranks meet only at barriers: the first to finish waits there for the slowest
+
+
+def pick_device(name="auto", env=None, cuda=None):
+    """The torch.device this process runs on, always with an index on CUDA (torch.cuda.set_device needs one).
+
+    auto: CUDA when torch sees a GPU, else the CPU. Under torchrun (WORLD_SIZE > 1) a CUDA rank runs on
+    cuda:LOCAL_RANK: a device with an index is refused (every rank would share that GPU), and LOCAL_RANK must name
+    a GPU of this machine. Both are checked here, before any process group is made, so that a wrong launch stops
+    at once instead of waiting at the rendezvous."""
+    env, cuda = os.environ if env is None else env, torch.cuda if cuda is None else cuda
+    world, local = int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         die(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type not in ("cpu", "cuda"):
+        die(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if not cuda.is_available():
         die(f"device {name!r} asked for, but torch sees no CUDA GPU")
-    return device
+    count = cuda.device_count()
+    if world > 1:
+        if device.index is not None:
+            die(f"--device {name}: under torchrun each rank runs on cuda:LOCAL_RANK; pass --device auto or cuda, "
+                f"or CUDA_VISIBLE_DEVICES to choose the GPUs")
+        if local >= count:
+            die(f"torchrun rank with LOCAL_RANK {local}, but this machine has {count} GPU(s): launch at most {count} "
+                f"process(es) per node (torchrun --nproc_per_node={count})")
+        return torch.device("cuda", local)
+    index = 0 if device.index is None else device.index
+    if index >= count:
+        die(f"device {name!r}: this machine has {count} GPU(s) (cuda:0 .. cuda:{count - 1})")
+    return torch.device("cuda", index)
 
 
 def cpu_has_bf16():
@@ -400,17 +452,112 @@ def cpu_has_bf16():
         return False
 
 
-def amp_dtype(amp, device):
-    """'auto' -> bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX), else float32; or 'bf16'/'fp32'."""
+def precision(amp, device, cpu_auto="native", env=None, cuda=None):
+    """What --amp means here: 'fp32' (true float32, no TF32 on a GPU), 'tf32' (CUDA only: float32 storage, TF32
+    convolutions and matmuls) or 'bf16' (bf16 arithmetic in the network).
+
+    auto: bf16 on a GPU that supports it, fp32 on one that does not; on a CPU, bf16 where it is native (AVX512-BF16
+    or AMX) when cpu_auto is 'native', else fp32. The environment variable AMP_AUTO (fp32 or bf16) overrides what
+    auto means on every device, so that the test suite can run in either precision on any machine."""
+    env, cuda = os.environ if env is None else env, torch.cuda if cuda is None else cuda
     if amp == "auto":
-        amp = "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
-    if amp not in ("bf16", "fp32"):
-        die(f"amp must be auto, bf16 or fp32, not {amp!r}")
-    return torch.bfloat16 if amp == "bf16" else None
+        forced = env.get("AMP_AUTO", "")
+        if forced:
+            if forced not in ("fp32", "bf16"):
+                die(f"AMP_AUTO must be fp32 or bf16 (what --amp auto means), not {forced!r}")
+            amp = forced
+        elif device.type == "cuda":
+            amp = "bf16" if cuda.is_bf16_supported() else "fp32"
+        else:
+            amp = "bf16" if cpu_auto == "native" and cpu_has_bf16() else "fp32"
+    if amp not in PRECISIONS:
+        die(f"amp must be auto, {', '.join(PRECISIONS)}, not {amp!r}")
+    if amp == "tf32" and device.type != "cuda":
+        die("--amp tf32 is a GPU mode (TensorFloat-32 tensor cores); on the CPU use fp32 or bf16")
+    return amp
+
+
+def amp_dtype(prec):
+    """The dtype that autocast and the weights take for a precision ('bf16' -> torch.bfloat16), None for float32."""
+    return torch.bfloat16 if prec == "bf16" else None
 
 
 def autocast(device, dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def set_tf32(on, backends=None):
+    """TF32 on or off for cuDNN convolutions and cuBLAS matmuls. Where torch has the fp32_precision settings (2.9 on),
+    only those are used: torch raises when the legacy allow_tf32 flags and the new settings are mixed."""
+    backends = torch.backends if backends is None else backends
+    value = "tf32" if on else "ieee"
+    if hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):
+        backends.cudnn.conv.fp32_precision = value
+        backends.cuda.matmul.fp32_precision = value
+    else:
+        backends.cudnn.allow_tf32 = on
+        backends.cuda.matmul.allow_tf32 = on
+
+
+def tf32_on(backends=None):
+    """Whether cuDNN convolutions may use TF32, read through the same settings set_tf32 writes."""
+    backends = torch.backends if backends is None else backends
+    if hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):
+        return backends.cudnn.conv.fp32_precision == "tf32"
+    return bool(backends.cudnn.allow_tf32)
+
+
+class no_tf32:
+    """with no_tf32(): true float32 convolutions inside (measurements), the setting before restored after."""
+
+    def __enter__(self):
+        self.was = tf32_on()
+        set_tf32(False)
+
+    def __exit__(self, *exc):
+        set_tf32(self.was)
+
+
+def use_device(device, prec, cuda=None, backends=None):
+    """Make a CUDA device current and set TF32 as the precision says (on for 'tf32' only: cuDNN's default is on,
+    which would make an fp32 run TF32). Returns the device as result files record it ('cpu', 'cuda:0 NVIDIA H200')."""
+    cuda = torch.cuda if cuda is None else cuda
+    set_tf32(prec == "tf32", backends)
+    if device.type != "cuda":
+        return "cpu"
+    if device.index is None:
+        raise ValueError(f"use_device needs an indexed CUDA device (pick_device gives one), not {device}")
+    cuda.set_device(device)
+    return f"{device} {cuda.get_device_name(device.index)}"
+
+
+def init_ranks(world, dist=None):
+    """Under torchrun: join the process group. gloo, whatever the device: the ranks exchange only barriers, and a
+    barrier must wait as long as the slowest rank's share of a sweep takes (NCCL's default is 10 minutes)."""
+    import datetime
+    dist = torch.distributed if dist is None else dist
+    if world > 1:
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=RANK_TIMEOUT_HOURS))
+
+
+def resolve_batch(value, device, per_item_bytes, cpu_default, cap, cuda=None, fraction=0.5):
+    """--batch: a positive integer, or auto: cpu_default on the CPU; on a GPU as many items as `fraction` of its
+    free memory holds at per_item_bytes each, rounded down to a multiple of 32, between 32 and cap."""
+    cuda = torch.cuda if cuda is None else cuda
+    text = str(value).strip().lower()
+    if text != "auto":
+        try:
+            n = int(text)
+        except ValueError:
+            die(f"--batch takes a positive integer or auto, not {value!r}")
+        if n < 1:
+            die(f"--batch must be at least 1, not {n}")
+        return n
+    if device.type != "cuda":
+        return cpu_default
+    free, _total = cuda.mem_get_info(device)
+    n = int(free * fraction // max(1, per_item_bytes)) // 32 * 32
+    return max(32, min(cap, n))
 
 
 # ----------------------------------------------------------------------------------------------------

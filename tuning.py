@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import arch
 from imagenet import guarded, image_loader, ZoomFolder, zooms
 from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, LAYERS, check_arch, config_mismatch, configure, die, is_random, load_json,
-                    load_pt, load_model, lock_results, main_guard, n_channels, normalize, pick_device, use_arch, read_center,
+                    load_pt, load_model, lock_results, main_guard, n_channels, normalize, pick_device, resolve_batch, use_arch, use_device, read_center,
                     save_json, save_pt, to_float, versions, write_csv)
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
@@ -51,7 +52,7 @@ SAMPLE = 200  # a fixed, seeded random sample of the natural stage's images (eve
 FRACTIONS = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]  # crop fractions f: zoom in 1/f (up to 2x) and zoom out f (down to 0.5x)
 EQ1N_MIN = 0.5  # Eq. 1n passes when more than this fraction of In's top-K images excite Pre more zoomed in
 SEED = 0  # seeds the random sample
-BATCH = 32  # images per batch (each gives one view per zoom: 2 x the fractions below 1, + 1)
+BATCH = "auto"  # images per batch (each gives one view per zoom: 2 x the fractions below 1, + 1): a number, or auto (32 on the CPU; on a GPU, from its free memory)
 WORKERS = -1  # DataLoader worker processes decoding JPEGs (-1 = one per CPU core, at most 16)
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
 PERMUTATIONS = 10000  # label permutations for the Mann-Whitney p-values
@@ -136,7 +137,7 @@ def mann_whitney(x, y, permutations, seed):
 # ----------------------------------------------------------------------------------------------------
 # The measurement: every distinct image once, all zooms, all probed layers per pass; resumable.
 
-def measure(model, root, paths, ids, sets, columns, sample_pos, device, state_path, config):
+def measure(model, root, paths, ids, sets, columns, sample_pos, device, batch, state_path, config):
     """values (G, 3k, 3, Z): each unit's three roles on each image of its set at each zoom; sample (S, Z, sum C)."""
     G, slots = sets.shape
     Z = len(zooms(FRACTIONS))
@@ -158,18 +159,20 @@ def measure(model, root, paths, ids, sets, columns, sample_pos, device, state_pa
     if state["done"] >= len(ids):
         return state
     sample_slot = {int(p): s for s, p in enumerate(sample_pos)}
-    loader = image_loader(ZoomFolder(root, paths, ids, FRACTIONS), BATCH, WORKERS, device, start=state["done"])
+    loader = image_loader(ZoomFolder(root, paths, ids, FRACTIONS), batch, WORKERS, device, start=state["done"])
     bar = tqdm(total=len(ids), initial=state["done"], unit="img", desc=f"tuning: {Z} zooms x {len(LAYERS)} layers", dynamic_ncols=True)
     last_save = time.time()
     try:
         with torch.inference_mode():
             for views, index in guarded(loader):
                 first, n = int(index[0]), len(index)
-                acts = np.empty((n, Z, total), dtype=np.float32)
+                views = views.to(device, non_blocking=True)  # the whole pinned batch in one copy, then the zooms on the device
+                out = []
                 for z in range(Z):
-                    x = normalize(to_float(views[:, z].to(device, non_blocking=True))).contiguous(memory_format=torch.channels_last)
+                    x = normalize(to_float(views[:, z])).contiguous(memory_format=torch.channels_last)
                     got = read_center(model, x, LAYERS)
-                    acts[:, z] = torch.cat([got[layer].float().cpu() for layer in LAYERS], 1).numpy()
+                    out.append(torch.cat([got[layer].float() for layer in LAYERS], 1))
+                acts = torch.stack(out, 1).cpu().numpy()  # (n, Z, total): one copy to the host per batch
                 lo, hi = np.searchsorted(e_pos, [first, first + n])
                 g, sl = g_idx[lo:hi], slot_idx[lo:hi]
                 picked = acts[e_pos[lo:hi] - first]  # (E, Z, total)
@@ -251,7 +254,7 @@ def main():
     cfg = configure(globals())
     use_arch(ARCH)
     TUNE_BLOCKS = TUNE_BLOCKS or list(BLOCKS)
-    for name, value, least in (("top_k", TOP_K, 1), ("sample", SAMPLE, 0), ("batch", BATCH, 1), ("permutations", PERMUTATIONS, 1)):
+    for name, value, least in (("top_k", TOP_K, 1), ("sample", SAMPLE, 0), ("permutations", PERMUTATIONS, 1)):
         if value < least:
             die(f"--{name} must be at least {least}, not {value}")
     if not FRACTIONS or any(not 0 < f <= 1 for f in FRACTIONS) or min(FRACTIONS) == 1:
@@ -262,7 +265,8 @@ def main():
     summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run python ablate.py --stages natural first)")
     check_arch(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
     device = pick_device(DEVICE)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # true fp32, as the natural stage measured
+    device_name = use_device(device, "fp32")  # true fp32 (no TF32), as the natural stage measured
+    batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=32, cap=1024)
     lock = lock_results(RESULTS, "tuning.py")  # noqa: F841 (held until the process ends)
     model, wid = load_model(WEIGHTS, device)
     if summary["config"].get("weights") != wid:
@@ -297,7 +301,7 @@ def main():
               "blocks": list(TUNE_BLOCKS), "top_k": k, "sample": len(sample), "fractions": list(FRACTIONS), "seed": SEED}
     folder = os.path.join(RESULTS, "tuning")
     os.makedirs(folder, exist_ok=True)
-    state = measure(model, summary["root"], summary["paths"], ids, sets, columns, np.searchsorted(ids, sample), device,
+    state = measure(model, summary["root"], summary["paths"], ids, sets, columns, np.searchsorted(ids, sample), device, batch,
                     os.path.join(folder, "values.pt"), config)
     a = analyse(units, sets, member, state["values"], state["sample"], columns, zoom)
 
@@ -319,7 +323,7 @@ def main():
         fz_block = (criteria or {}).get("blocks", {}).get(b)
         blocks[b] = compare(b, chans, a, rows, fz_block, [SEED, j])
     run_config = {**config, "eq1n_min": EQ1N_MIN, "eq1n_zoom": zoom[-1], "eq2_bounds": [EQ2_LOW, EQ2_HIGH], "permutations": PERMUTATIONS,
-                  "zooms": zoom, "device": str(device), "versions": versions()}
+                  "zooms": zoom, "device": device_name, "batch": batch, "versions": versions()}
     save_json({"config": run_config, "blocks": blocks}, os.path.join(RESULTS, "tuning.json"))
     save_pt({"config": run_config, "units": units, "zooms": zoom, **a},
             os.path.join(folder, "curves.pt"))

@@ -142,9 +142,41 @@ def fixture_folder(tmp_path_factory, fixture_model):
     return root, labels
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="where the tests run: cpu (the default: CUDA is hidden from every test and script, so a GPU "
+                          "machine runs the CPU suite), or cuda (the device-aware tests and the scripts run on cuda:0; "
+                          "tests that are bit-exact only on the CPU are skipped with their reason)")
+
+
+CUDA_DIFFERS = ("on CUDA the backward passes of grid_sample, bilinear interpolate and reflect pad add with atomicAdd, and "
+                "cuDNN/cuFFT choose kernels by batch size, so two runs can give other last bits and so other 8-bit images")
+
+
 def pytest_configure(config):
     # kornia 0.4.1 (lucent's pin; imported only by the tests that compare with lucent) calls torch.jit.script at import
     config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script` is deprecated:FutureWarning")
+    config.addinivalue_line("markers", "cpu_exact: bit-exact on the CPU only; skipped under --device cuda (CUDA_DIFFERS)")
+    config.addinivalue_line("markers", "cuda_only: runs only under --device cuda")
+    if config.getoption("--device") == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything initialises CUDA: subprocesses inherit it
+    elif not torch.cuda.is_available():
+        pytest.exit("--device cuda: torch sees no CUDA GPU here", returncode=4)
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = config.getoption("--device") == "cuda"
+    for item in items:
+        if cuda and "cpu_exact" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="bit-exact on the CPU only: " + CUDA_DIFFERS))
+        if not cuda and "cuda_only" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="a GPU measurement: run with --device cuda"))
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig):
+    """The device of the device-aware tests: cpu, or cuda:0 under --device cuda."""
+    return torch.device("cuda", 0) if pytestconfig.getoption("--device") == "cuda" else torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)

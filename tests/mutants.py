@@ -25,14 +25,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 A, C, F, S, P = "tests/test_ablate.py", "tests/test_criteria.py", "tests/test_fzs.py", "tests/test_stream.py", "tests/test_plots.py"
 R, TU, AR = "tests/test_reliability.py", "tests/test_tuning.py", "tests/test_arch.py"
-IM, AT = "tests/test_imagenet.py", "tests/test_atlas.py"
+IM, AT, D = "tests/test_imagenet.py", "tests/test_atlas.py", "tests/test_device.py"
 
 MUTANTS = [
     # --- ImageNet labels, views and accuracy (METHOD.md sections 4 and 5)
     ("labels-by-folder-order", "imagenet.py", "classes.append(WNID_INDEX[name])", "classes.append(folders.index(name))",
      [f"{A}::test_counts_equal_independent_recomputation"]),
-    ("errors-counted-as-hits", "ablate.py", "(predictions(model, x, plan_dev, suffix_batch) == labels[None]).cpu()",
-     "(predictions(model, x, plan_dev, suffix_batch) != labels[None]).cpu()", [f"{A}::test_counts_equal_independent_recomputation"]),
+    ("errors-counted-as-hits", "ablate.py", "batch[v] = predictions(model, x, plan_dev, suffix_batch) == labels[None]",
+     "batch[v] = predictions(model, x, plan_dev, suffix_batch) != labels[None]", [f"{A}::test_counts_equal_independent_recomputation"]),
     ("zero-ablation", "ablate.py", "mean.to(h.dtype)[None, None, :, None, None]", "torch.zeros_like(mean).to(h.dtype)[None, None, :, None, None]",
      [f"{A}::test_counts_equal_independent_recomputation"]),
     ("released-crop", "imagenet.py", "return 256 - (256 * int(percent)) // 100", "return int(224 * (1 - int(percent) / 100))",
@@ -84,8 +84,8 @@ MUTANTS = [
      [f"{F}::test_folded_batchnorm_computes_the_same_layers"]),
     ("batch-seeded-by-first-channel", "fzs.py", "transform_seed(SEED, layer, kind, group)", "transform_seed(SEED, layer, kind, channels[0])",
      [f"{F}::test_image_depends_only_on_config_and_unit"]),
-    ("spectrum-seeded-by-position", "fzs.py", "[unit_seed(SEED, layer, kind, c) for c in channels]",
-     "[unit_seed(SEED, layer, kind, i) for i, c in enumerate(channels)]", [f"{F}::test_image_depends_only_on_config_and_unit"]),
+    ("spectrum-seeded-by-position", "fzs.py", "[unit_seed(SEED, layer, kind, c) for c in members]",
+     "[unit_seed(SEED, layer, kind, i) for i, c in enumerate(members)]", [f"{F}::test_a_units_image_is_seeded_by_its_channel_and_its_batch"]),
     ("second-jitter-full", "fzs.py", "jitter(j // 2), center_crop(size)]", "jitter(j), center_crop(size)]",
      [f"{F}::test_engine_equals_lucent_render_vis"]),
     ("channel-mean-for-center", "fzs.py", "        return center(fmap)[rows, channels]", "        return fmap[rows, channels].mean(dim=(1, 2))",
@@ -194,6 +194,27 @@ MUTANTS = [
     ("atlas-sort-ignores-direction", "atlas.py", "*(desc?-1:1)", "*1", [f"{AT}::test_sorting_and_filtering_in_chromium"]),
     ("atlas-top9-of-post-only", "atlas.py", "src = montages.get(layers[r], {}).get(c)", "src = montages.get(Post, {}).get(c)",
      [f"{AT}::test_block_page_renders_rows_and_images_in_chromium"]),
+    # --- Devices and precision (issue: the main job on a CUDA machine); tests/test_device.py fakes torch.cuda
+    ("auto-device-without-index", "stream.py", '    return torch.device("cuda", index)\n', "    return device\n",
+     [f"{D}::test_auto_gives_an_indexed_device_that_set_device_takes"]),
+    ("torchrun-rank-beyond-gpus-accepted", "stream.py", "        if local >= count:", "        if False:",
+     [f"{D}::test_torchrun_rank_without_a_gpu_is_refused"]),
+    ("explicit-device-under-torchrun-accepted", "stream.py", "        if device.index is not None:\n", "        if False:\n",
+     [f"{D}::test_explicit_device_under_torchrun_is_refused"]),
+    ("tf32-left-on-under-fp32", "stream.py", '    set_tf32(prec == "tf32", backends)', "    pass",
+     [f"{D}::test_tf32_only_under_tf32"]),
+    ("auto-bf16-without-gpu-support", "stream.py", '            amp = "bf16" if cuda.is_bf16_supported() else "fp32"',
+     '            amp = "bf16"', [f"{D}::test_precision_auto"]),
+    ("ranks-over-nccl-default-timeout", "stream.py", 'dist.init_process_group("gloo", timeout=datetime.timedelta(hours=RANK_TIMEOUT_HOURS))',
+     'dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=10))', [f"{D}::test_ranks_meet_over_gloo_with_a_long_timeout"]),
+    ("subset-batches-not-whole", "fzs.py", "batch_members(group, BATCH, n_channels(layer))))", "[c for c in todo if c // BATCH == group]))",
+     [f"{F}::test_subset_equals_full_when_rounding_depends_on_the_batch_size"]),
+    ("streams-share-one-draw", "fzs.py", "        states.append((np.random.RandomState(tseed), image,",
+     "        states.append((np.random.RandomState(groups[0][2]), image,", [f"{F}::test_several_batches_at_once_equal_one_at_a_time"]),
+    ("compile-limit-not-raised", "fzs.py", "    limit = 4 * n_targets + 8\n", "    limit = 0\n",
+     [f"{F}::test_compile_makes_one_graph_per_target_without_breaks"]),
+    ("batch-auto-ignores-free-memory", "stream.py", "    n = int(free * fraction // max(1, per_item_bytes)) // 32 * 32",
+     "    n = cpu_default", [f"{D}::test_batch_auto_fills_the_card"]),
     ("paper-screening-rules-on-any-arch", "ablate.py", 'if current_arch() != "resnet18" and spec == PAPER_SCREEN_MARGIN:',
      "if False:", [f"{AR}::test_sweep_default_blocks"]),
 ]

@@ -281,12 +281,10 @@ def test_fast_path_predictions_equal_released_loop(folder, model):
 
 
 def test_run_pass_resumes_from_partial_counts(folder, model, tmp_path, monkeypatch):
-    monkeypatch.setattr(ablate, "BATCH", 3)
-    monkeypatch.setattr(ablate, "WORKERS", 0)
     paths, labels, _ = imagenet.imagenet_folder(folder, limit=4)
-    ds = imagenet.ImageNetFolder(folder, paths, labels)
+    loader_for = ablate.loader_cache(folder, paths, labels, 3, 0, "cpu")
     plan = [(3, torch.rand(128), ablate.masks_for([[1, 2], [3]], 128))]
-    args = ("t", model, ds, [0, 50], plan, torch.device("cpu"), None, 64, str(tmp_path), {"k": 1})
+    args = ("t", model, len(paths), loader_for, [0, 50], plan, torch.device("cpu"), None, 64, str(tmp_path), {"k": 1})
     full = ablate.run_pass(*args)
     assert full.shape == (2, 3, 4) and full.dtype == torch.bool  # (scale, condition, image)
     partial = tmp_path / ".partial-t.pt"

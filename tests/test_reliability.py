@@ -104,6 +104,7 @@ def test_a_rerun_finishes_a_merge_a_dead_process_left_half_done(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # Equal content, equal bytes
 
+@pytest.mark.cpu_exact
 def test_result_files_are_byte_reproducible(tmp_path):
     a, b = tmp_path / "a.pt", tmp_path / "sub" / "b.pt"
     stream.save_pt({"x": torch.arange(5), "config": {"k": 1}}, str(a))
