@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ablate  # noqa: E402
+import stream  # noqa: E402
 from imagenet import guarded, image_loader, imagenet_folder, ImageNetFolder, write_fake_imagenet  # noqa: E402
 from stream import BLOCKS, configure, die, load_model, main_guard, n_channels, pick_device, where  # noqa: E402
 
@@ -52,10 +53,11 @@ def main():
         write_fake_imagenet(FAKE_DIR, FAKE)
         root = FAKE_DIR
     device = pick_device(DEVICE)
-    dtype = (torch.bfloat16 if device.type == "cuda" else None) if AMP == "auto" else (torch.bfloat16 if AMP == "bf16" else None)
+    prec = stream.precision(AMP, device, cpu_auto="fp32")  # as ablate.py's sweep
+    dtype = stream.amp_dtype(prec)
+    stream.use_device(device, prec)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     paths, labels, _ = imagenet_folder(root, LIMIT)
     n = len(paths)
     scales = [0] + list(SCALES)
@@ -74,16 +76,23 @@ def main():
 
     # Ours: one pass, every cell (and the unablated baseline).
     model = load_model(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
-    ablate.BATCH, ablate.WORKERS, ablate.CHECKPOINT_SECONDS = BATCH, WORKERS, 10 ** 9
+    ablate.CHECKPOINT_SECONDS = 10 ** 9
     plan = [(where(BLOCKS[b][2])[0], means[b], ablate.masks_for(sets[b], len(means[b]))) for b in blocks]
     suffix_batch = SUFFIX_BATCH or (4096 if device.type == "cuda" else 512)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ours = ablate.run_pass("ours", model, ImageNetFolder(root, paths, labels), scales, plan, device, dtype, suffix_batch, tmp, {"bench": 1})
+        ours = ablate.run_pass("ours", model, n, ablate.loader_cache(root, paths, labels, BATCH, WORKERS, device), scales, plan, device,
+                               dtype, suffix_batch, tmp, {"bench": 1})
         if device.type == "cuda":
             torch.cuda.synchronize()
         t_ours = time.perf_counter() - t0
-    print(f"ours: {t_ours:.1f} s ({n * len(scales) / t_ours:.1f} image-views/s)")
+    t0 = time.perf_counter()
+    for _ in guarded(image_loader(ImageNetFolder(root, paths, labels, scales), BATCH, WORKERS, device)):
+        pass  # decoding alone: every image once into all its views, as our pass does
+    t_views = time.perf_counter() - t0
+    print(f"ours: {t_ours:.1f} s ({n * len(scales) / t_ours:.1f} image-views/s); decoding alone {t_views:.1f} s "
+          f"({n / t_views:.0f} images/s into {len(scales)} views, {WORKERS} workers), so compute about "
+          f"{max(0.0, t_ours - t_views):.1f} s if the two do not overlap")
     if not REFERENCE:
         print(f"for 50,000 images: about {t_ours * 50000 / n / 60:.1f} min")
         return
@@ -100,7 +109,7 @@ def main():
         preds = ablate.reference_logits(ref_model, loader, b, sets[b][k], means[b], device).argmax(1)
         correct = int((preds == torch.as_tensor(labels)).sum())
         col = 1 + blocks.index(b) * (1 + N_TRIALS) + k
-        equal += correct == int(ours[v, col])
+        equal += correct == int(ours[v, col].sum())  # per-image hits of the cell
         print(f"\rreleased: pass {done + 1}/{len(todo)} ({time.perf_counter() - t0:.0f} s)", end="", file=sys.stderr, flush=True)
     t_ref = (time.perf_counter() - t0) * n_cells / len(todo)
     print(file=sys.stderr)

@@ -66,7 +66,9 @@ def main():
     if BATCH < 1 or STEPS < 1:
         die("--batch and --steps must be at least 1")
     device = pick_device(DEVICE)
-    amp = amp_dtype(AMP, device)
+    prec = stream.precision(AMP, device)
+    stream.use_device(device, prec)
+    amp = amp_dtype(prec)
     print(f"FZ engine rate per architecture: {BATCH} units x {STEPS} steps per stage, {device}, "
           f"{'bf16' if amp is not None else 'fp32'}, {torch.get_num_threads()} threads")
     print(f"{'arch':<18}{'stage':>6}  {'layer':<12}{'units':>8}{'img-steps/s':>13}   projected full sweep ({FULL_STEPS} steps)")

@@ -98,6 +98,7 @@ def activations(model, units, images, device):
 def main():
     configure(globals())
     device = pick_device(DEVICE)
+    stream.use_device(device, "fp32")  # lucent's loop in true float32 (no TF32 on a GPU)
     units = [(layer, c) for layer in LAYERS for c in range(CHANNELS)]
     model = load_model(WEIGHTS, device)[0]
     print(f"bench_fzs: {len(units)} units ({CHANNELS} per layer of {', '.join(LAYERS)}), {STEPS} steps, {device}, "

@@ -75,7 +75,9 @@ def profile_layer(model, layer, device, amp):
 def main():
     configure(globals())
     device = pick_device(DEVICE)
-    amp = amp_dtype(AMP, device)
+    prec = stream.precision(AMP, device)
+    stream.use_device(device, prec)
+    amp = amp_dtype(prec)
     model = load_model(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
     model = fzs.fold_batchnorm(model) if FOLD_BN else model
     model = model.to(amp) if amp is not None else model  # as fzs.py: weights cast once
