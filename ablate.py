@@ -36,11 +36,45 @@ import torch
 from tqdm import tqdm
 
 import arch
-from imagenet import guarded, image_loader, imagenet_folder, ImageNetFolder, write_fake_imagenet
-from stream import (ABLATION_VARIANTS, BLOCKS, amp_dtype, autocast, no_tf32, precision, resolve_batch, use_device, LAYERS, RESIDUAL_BLOCKS, block_forward, parse_block_channels, check_arch,
-                    config_mismatch, configure, current_arch, die, fzs_command, head, load_json, load_pt, load_model,
-                    lock_results, main_guard, use_arch, n_channels, normalize, pick_device, read_center, save_json, save_pt,
-                    stem, to_float, versions, where, ablation_path)
+from imagenet import ImageNetFolder, guarded, image_loader, imagenet_folder, write_fake_imagenet
+from stream import (
+    ABLATION_VARIANTS,
+    BLOCKS,
+    LAYERS,
+    RESIDUAL_BLOCKS,
+    ablation_path,
+    amp_dtype,
+    autocast,
+    block_forward,
+    check_arch,
+    config_mismatch,
+    configure,
+    current_arch,
+    die,
+    fzs_command,
+    head,
+    load_json,
+    load_model,
+    load_pt,
+    lock_results,
+    main_guard,
+    n_channels,
+    no_tf32,
+    normalize,
+    parse_block_channels,
+    pick_device,
+    precision,
+    read_center,
+    resolve_batch,
+    save_json,
+    save_pt,
+    stem,
+    to_float,
+    use_arch,
+    use_device,
+    versions,
+    where,
+)
 
 DATA = ""  # ImageNet validation folder (required): root/<wnid>/ folders, a torchvision ImageNet root, or the flat folder with --labels
 LABELS = ""  # labels of a flat folder: ILSVRC2012_validation_ground_truth.txt[,map_clsloc.txt or meta.mat], val.txt or LOC_val_solution.csv
@@ -51,7 +85,7 @@ ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its 
 WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path
 RESULTS = "results"  # output folder
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
-AMP = "auto"  # sweep precision: auto = bf16 autocast on a GPU with bf16 and fp32 on CPU, or fp32 / bf16 / tf32 (GPU) (natural stage: always fp32)
+AMP = "auto"  # sweep precision: auto (fp32; AMP_AUTO=bf16 in the environment makes it bf16), fp32, bf16 or tf32 (GPU) (natural stage: always fp32)
 BATCH = "auto"  # images per batch: a number, or auto (128 on the CPU; on a GPU, from its free memory)
 SUFFIX_BATCH = 0  # images x conditions per forward after the ablated block (0 = auto: 512 on CPU, 4096 on CUDA)
 WORKERS = -1  # DataLoader worker processes decoding JPEGs (-1 = one per CPU core, at most 16)
@@ -393,16 +427,16 @@ def natural_stage(model, wid, dataset, loader_for, batch, root, device):
         state = load_pt(progress_path, "natural-stage progress")
         if config_mismatch(state["config"], config, keys):
             state = None
-    partial = {l: os.path.join(folder, f".{l}.npy.partial") for l in LAYERS}
+    partial = {layer: os.path.join(folder, f".{layer}.npy.partial") for layer in LAYERS}
     resume = state is not None and state["done"] > 0 and all(os.path.isfile(p) for p in partial.values())
     if resume:
         print(f"natural: resuming after {state['done']} of {n} images")
     else:
         state = {"config": config, "done": 0,
-                 "top9": {l: (torch.empty(n_channels(l), 0), torch.empty(n_channels(l), 0, dtype=torch.int64)) for l in LAYERS},
-                 "sum": {l: torch.zeros(n_channels(l), dtype=torch.float64) for l in LAYERS}}
-    arrays = {l: np.lib.format.open_memmap(partial[l], mode="r+" if resume else "w+", dtype=np.float16, shape=(n, n_channels(l)))
-              for l in LAYERS}
+                 "top9": {layer: (torch.empty(n_channels(layer), 0), torch.empty(n_channels(layer), 0, dtype=torch.int64)) for layer in LAYERS},
+                 "sum": {layer: torch.zeros(n_channels(layer), dtype=torch.float64) for layer in LAYERS}}
+    arrays = {layer: np.lib.format.open_memmap(partial[layer], mode="r+" if resume else "w+", dtype=np.float16, shape=(n, n_channels(layer)))
+              for layer in LAYERS}
 
     def checkpoint(s):
         for a in arrays.values():
@@ -442,8 +476,8 @@ def natural_stage(model, wid, dataset, loader_for, batch, root, device):
         del arrays[layer]
         os.replace(partial[layer], os.path.join(folder, f"{layer}.npy"))
     summary = {"root": root, "paths": dataset.paths, "labels": torch.as_tensor(dataset.labels, dtype=torch.int64),
-               "top9_index": {l: state["top9"][l][1] for l in LAYERS}, "top9_activation": {l: state["top9"][l][0] for l in LAYERS},
-               "mean": {l: (state["sum"][l] / n).float() for l in LAYERS}, "count": n, "config": config}
+               "top9_index": {layer: state["top9"][layer][1] for layer in LAYERS}, "top9_activation": {layer: state["top9"][layer][0] for layer in LAYERS},
+               "mean": {layer: (state["sum"][layer] / n).float() for layer in LAYERS}, "count": n, "config": config}
     save_pt(summary, summary_path)
     if os.path.isfile(progress_path):
         os.remove(progress_path)
@@ -769,7 +803,7 @@ def main():
     if not 0 < CI < 1 or BOOTSTRAP < 0 or PERMUTATIONS < 1:
         die("--ci must be between 0 and 1, --bootstrap at least 0 and --permutations at least 1")
     device = pick_device(DEVICE)
-    prec = precision(AMP, device, cpu_auto="fp32")  # the sweep's; the natural stage measures in fp32 (no TF32)
+    prec = precision(AMP, device)  # the sweep's; the natural stage measures in fp32 (no TF32)
     dtype = amp_dtype(prec)
     batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=128, cap=1024)
     root = os.path.abspath(DATA) if DATA else DATA

@@ -27,8 +27,23 @@ import numpy as np
 from tqdm import tqdm
 
 from imagenet import ImageError, decode_rgb, eval_views
-from stream import (BLOCKS, atomic_write, check_arch, configure, current_arch, die, fzs_command, is_random,
-                    load_json, load_pt, main_guard, n_channels, use_arch, weights_flags, weights_of)
+from stream import (
+    BLOCKS,
+    atomic_write,
+    check_arch,
+    configure,
+    current_arch,
+    die,
+    fzs_command,
+    is_random,
+    load_json,
+    load_pt,
+    main_guard,
+    n_channels,
+    use_arch,
+    weights_flags,
+    weights_of,
+)
 
 RESULTS = "results"  # results folder to browse; the atlas goes to RESULTS/atlas
 ARCH = "resnet18"  # the torchvision ResNet the results were made with
@@ -291,7 +306,7 @@ def main():
     t0 = time.time()
     got = read_inputs(RESULTS)
     fzs, configs = {}, []
-    for layer in dict.fromkeys(l for roles in BLOCKS.values() for l in roles):
+    for layer in dict.fromkeys(lay for roles in BLOCKS.values() for lay in roles):
         for o in OBJECTIVES:
             fzs[layer, o], config = fz_channels(RESULTS, layer, o)
             configs += [config] if config else []
@@ -305,7 +320,7 @@ def main():
     montages, problem = {}, None
     if got["summary"]:
         root = NATURAL_ROOT or got["summary"]["root"]
-        layers = list(dict.fromkeys(l for roles in BLOCKS.values() for l in roles))
+        layers = list(dict.fromkeys(layer for roles in BLOCKS.values() for layer in roles))
         montages, problem = write_montages(RESULTS, got["summary"], layers, root)
     folder = os.path.join(RESULTS, "atlas")
     os.makedirs(folder, exist_ok=True)

@@ -29,9 +29,32 @@ from tqdm import tqdm
 
 import arch
 import stream
-from stream import (EQ2_HIGH, EQ2_LOW, check_arch, config_mismatch, configure, die, fzs_command, is_random, load_pt, load_model,
-                    lock_results, main_guard, n_channels, normalize, pick_device, read_center, resolve_batch, save_json, to_float,
-                    use_arch, use_device, versions, write_csv, zoom)
+from stream import (
+    EQ2_HIGH,
+    EQ2_LOW,
+    check_arch,
+    config_mismatch,
+    configure,
+    die,
+    fzs_command,
+    is_random,
+    load_model,
+    load_pt,
+    lock_results,
+    main_guard,
+    n_channels,
+    normalize,
+    pick_device,
+    read_center,
+    resolve_batch,
+    save_json,
+    to_float,
+    use_arch,
+    use_device,
+    versions,
+    write_csv,
+    zoom,
+)
 
 ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its blocks); must be the one the FZs were made with
 WEIGHTS = "IMAGENET1K_V1"  # model weights: torchvision's (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path

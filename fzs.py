@@ -29,10 +29,39 @@ import torchvision.transforms.functional as TF
 from tqdm import tqdm
 
 import arch
-from stream import (BLOCKS, amp_dtype, autocast, block_of, center, check_arch, config_mismatch, configure, current_arch, die, features,
-                    init_ranks, load_json, lock_results, load_pt, load_model, main_guard, n_channels, no_tf32, normalize,
-                    parse_channels, parse_layers, pick_device, precision, save_pt, to_float, truncated, use_arch, use_device,
-                    versions, where)
+from stream import (
+    BLOCKS,
+    amp_dtype,
+    autocast,
+    block_of,
+    center,
+    check_arch,
+    config_mismatch,
+    configure,
+    current_arch,
+    die,
+    features,
+    init_ranks,
+    load_json,
+    load_model,
+    load_pt,
+    lock_results,
+    main_guard,
+    n_channels,
+    no_tf32,
+    normalize,
+    parse_channels,
+    parse_layers,
+    pick_device,
+    precision,
+    save_pt,
+    to_float,
+    truncated,
+    use_arch,
+    use_device,
+    versions,
+    where,
+)
 
 ARCH = "resnet18"  # a torchvision ResNet: resnet18, resnet34, resnet50, resnet101, ... (--list prints its blocks and units)
 WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), a state_dict path, or random[:SEED] (smoke runs only)
@@ -48,7 +77,7 @@ SCALES = [1.0, 0.975, 1.025, 0.95, 1.05]  # lucent random_scale choices
 ANGLES = [-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5]  # lucent random_rotate choices (degrees)
 JITTER = ""  # pad/jitter overrides by residual block, e.g. layer2.1:16,layer3.0:8 (default: arch.jitter's rule, ResNet18's table of METHOD.md section 2)
 PRE_AS_RELEASED = False  # True: Pre (bn2) units are optimised through the block output, as lucent's hooks did in the released scripts
-AMP = "auto"  # optimisation precision: auto (bf16 on a GPU with bf16 or a CPU with native bf16, else fp32), fp32, bf16 or tf32 (GPU)
+AMP = "auto"  # optimisation precision: auto (fp32, the measured default; AMP_AUTO=bf16 in the environment makes it bf16), fp32, bf16 or tf32 (GPU)
 FOLD_BN = True  # fold eval-mode BatchNorm into the convolutions for the optimisation (the same function, faster)
 COMPILE = False  # torch.compile the truncated network, one compiled function per target layer (for long sweeps on CUDA)
 STREAMS = 1  # batches of one layer optimised at once, each with its own forward at BATCH units (on CUDA: its own stream)

@@ -24,7 +24,7 @@ import re
 import numpy as np
 import torch
 
-from stream import MEAN, atomic_write, die
+from stream import MEAN, atomic_write, die, release_inherited_locks
 
 # ----------------------------------------------------------------------------------------------------
 # The 1,000 classes.
@@ -474,8 +474,8 @@ def zoom_views(image, fractions):
     view shrunk to round(224 f) px, bilinear, centered on a canvas of the ImageNet mean colour) and zoom in 1/f (the
     center round(224 f) px of the view, bilinear resize to 224); f = 1 is the view itself. zooms(fractions) lists
     the zoom factors in the same order."""
-    from PIL import Image
     import torchvision.transforms.functional as TF
+    from PIL import Image
     bilinear = TF.InterpolationMode.BILINEAR
     view = TF.center_crop(TF.resize(image, 256, interpolation=bilinear), 224)
     fill = tuple(round(255 * m) for m in MEAN)
@@ -532,6 +532,7 @@ def image_loader(dataset, batch, workers=-1, device="cpu", start=0):
         dataset = torch.utils.data.Subset(dataset, range(start, len(dataset)))
     return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers,
                                        pin_memory=torch.device(device).type == "cuda", persistent_workers=workers > 0,
+                                       worker_init_fn=release_inherited_locks,
                                        prefetch_factor=2 if workers else None)
 
 

@@ -15,15 +15,32 @@ import math
 import os
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from imagenet import decode_rgb, eval_views, ImageError
-from stream import (BLOCKS, FZ_MATCH_KEYS, check_arch, config_mismatch, configure, die, fzs_command, load_json,
-                    load_pt, main_guard, n_channels, parse_block_channels, save_figure, stamp, use_arch, weights_flags,
-                    weights_of)
+from imagenet import ImageError, decode_rgb, eval_views
+from stream import (
+    BLOCKS,
+    FZ_MATCH_KEYS,
+    check_arch,
+    config_mismatch,
+    configure,
+    die,
+    fzs_command,
+    load_json,
+    load_pt,
+    main_guard,
+    n_channels,
+    parse_block_channels,
+    save_figure,
+    stamp,
+    use_arch,
+    weights_flags,
+    weights_of,
+)
 
 RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -144,7 +161,7 @@ def draw_page(grids, title, weights):
 # ----------------------------------------------------------------------------------------------------
 
 def main():
-    cfg = configure(globals())
+    configure(globals())
     use_arch(ARCH)
     criteria_path = os.path.join(RESULTS, "criteria.json")
     criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else None
@@ -247,7 +264,7 @@ def report_missing(missing, weights, like):
     for objective in ("center", "channel"):
         for block in dict.fromkeys(b for o, b, _, _ in missing if o == objective):
             entries = [(layer, c) for o, b, layer, c in missing if o == objective and b == block]
-            layers = [l for l in BLOCKS[block] if any(l == e[0] for e in entries)]
+            layers = [layer for layer in BLOCKS[block] if any(layer == e[0] for e in entries)]
             chans = sorted({c for _, c in entries})
             print(f"missing {objective} FZs of block {block} ({', '.join(layers)}); make them with:\n"
                   f"  python fzs.py --layers {','.join(layers)} --objectives {objective} --channels {','.join(map(str, chans))} "

@@ -13,12 +13,27 @@ of screening and reporting on the same images shows; each panel states its test 
 import os
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import (ABLATION_VARIANTS, BLOCKS, ablation_path, check_arch, config_mismatch, configure, current_arch, die, load_json, main_guard,
-                    save_figure, stamp, use_arch, weights_of)
+from stream import (
+    ABLATION_VARIANTS,
+    BLOCKS,
+    ablation_path,
+    check_arch,
+    config_mismatch,
+    configure,
+    current_arch,
+    die,
+    load_json,
+    main_guard,
+    save_figure,
+    stamp,
+    use_arch,
+    weights_of,
+)
 
 RESULTS = "results"  # results folder: reads ablation/<block>.json, writes figures/ratios.*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -76,7 +91,7 @@ def draw(ax, block, d, variant="paper"):
 
 def main():
     global ABLATED
-    cfg = configure(globals())
+    configure(globals())
     use_arch(ARCH)
     ABLATED = ABLATED or [b for b in BLOCKS if os.path.isfile(ablation_path(RESULTS, b))] or ["2.1", "3.1"]
     for v in VARIANTS:

@@ -20,13 +20,29 @@ import os
 import textwrap
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 import arch
-from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, check_arch, configure, die, is_random, load_json, main_guard, mix_regions, save_figure,
-                    split_weights_id, stamp, use_arch, weights_of)
+from stream import (
+    BLOCKS,
+    EQ2_HIGH,
+    EQ2_LOW,
+    check_arch,
+    configure,
+    die,
+    is_random,
+    load_json,
+    main_guard,
+    mix_regions,
+    save_figure,
+    split_weights_id,
+    stamp,
+    use_arch,
+    weights_of,
+)
 
 RESULTS = "results"  # results folder: reads criteria.csv/json and stability.json, writes figures/
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -276,7 +292,7 @@ def across_architectures(runs):
 # ----------------------------------------------------------------------------------------------------
 
 def main():
-    cfg = configure(globals())
+    configure(globals())
     use_arch(ARCH)
     figures_dir = os.path.join(RESULTS, "figures")
     written = []

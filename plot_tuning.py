@@ -14,12 +14,24 @@ Reads <RESULTS>/tuning/curves.pt, tuning.json (tuning.py) and criteria.json; wri
 import os
 
 import matplotlib
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import (check_arch, configure, die, load_json, load_pt, main_guard, parse_block_channels, save_figure, stamp,
-                    use_arch, weights_of)
+from stream import (
+    check_arch,
+    configure,
+    die,
+    load_json,
+    load_pt,
+    main_guard,
+    parse_block_channels,
+    save_figure,
+    stamp,
+    use_arch,
+    weights_of,
+)
 
 RESULTS = "results"  # reads tuning/curves.pt, tuning.json, criteria.json; writes figures/tuning_*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)

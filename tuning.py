@@ -38,10 +38,35 @@ import torch
 from tqdm import tqdm
 
 import arch
-from imagenet import guarded, image_loader, ZoomFolder, zooms
-from stream import (BLOCKS, EQ2_HIGH, EQ2_LOW, LAYERS, check_arch, config_mismatch, configure, die, is_random, load_json,
-                    load_pt, load_model, lock_results, main_guard, n_channels, normalize, pick_device, resolve_batch, use_arch, use_device, read_center,
-                    save_json, save_pt, to_float, versions, write_csv)
+from imagenet import ZoomFolder, guarded, image_loader, zooms
+from stream import (
+    BLOCKS,
+    EQ2_HIGH,
+    EQ2_LOW,
+    LAYERS,
+    check_arch,
+    config_mismatch,
+    configure,
+    die,
+    is_random,
+    load_json,
+    load_model,
+    load_pt,
+    lock_results,
+    main_guard,
+    n_channels,
+    normalize,
+    pick_device,
+    read_center,
+    resolve_batch,
+    save_json,
+    save_pt,
+    to_float,
+    use_arch,
+    use_device,
+    versions,
+    write_csv,
+)
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
 ARCH = "resnet18"  # a torchvision ResNet; must be the natural stage's
@@ -279,7 +304,7 @@ def main():
     # The image sets.
     n_images = summary["count"]
     tops = {}
-    for layer in {l for b in TUNE_BLOCKS for l in BLOCKS[b]}:
+    for layer in {lay for b in TUNE_BLOCKS for lay in BLOCKS[b]}:
         path = os.path.join(RESULTS, "natural", f"{layer}.npy")
         if not os.path.isfile(path):
             die(f"{path} is missing: run python ablate.py --stages natural again")

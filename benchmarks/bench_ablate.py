@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ablate  # noqa: E402
 import stream  # noqa: E402
-from imagenet import guarded, image_loader, imagenet_folder, ImageNetFolder, write_fake_imagenet  # noqa: E402
+from imagenet import ImageNetFolder, guarded, image_loader, imagenet_folder, write_fake_imagenet  # noqa: E402
 from stream import BLOCKS, configure, die, load_model, main_guard, n_channels, pick_device, where  # noqa: E402
 
 DATA = ""  # image folder in the prepared layout (one sub-folder per wnid); empty: generate one with FAKE
@@ -32,7 +32,7 @@ FAKE_DIR = "/tmp/bench_ablate_jpegs"  # where generated JPEGs go
 LIMIT = 200  # images used, evenly spaced (0 = all)
 WEIGHTS = "random"  # model weights (the timing does not depend on them)
 DEVICE = "auto"  # auto, cpu, cuda
-AMP = "auto"  # our path: auto = bf16 autocast on CUDA, fp32 on CPU; ours is channels_last (the released way: fp32, contiguous)
+AMP = "auto"  # our path: as ablate.py (auto = fp32 unless AMP_AUTO says bf16); ours is channels_last (the released way: fp32, contiguous)
 BATCH = 64  # images per batch, both ways
 SUFFIX_BATCH = 0  # our path: images x conditions per forward after the block (0 = auto: 512 CPU, 4096 CUDA)
 WORKERS = -1  # DataLoader workers, both ways (-1 = one per CPU core, at most 16)
@@ -53,7 +53,7 @@ def main():
         write_fake_imagenet(FAKE_DIR, FAKE)
         root = FAKE_DIR
     device = pick_device(DEVICE)
-    prec = stream.precision(AMP, device, cpu_auto="fp32")  # as ablate.py's sweep
+    prec = stream.precision(AMP, device)  # as ablate.py's sweep
     dtype = stream.amp_dtype(prec)
     stream.use_device(device, prec)
     if device.type == "cuda":

@@ -27,7 +27,7 @@ ARCHS = ["resnet18", "resnet34", "resnet50"]  # architectures to measure (resnet
 BATCH = 8  # units optimised together (fzs.py's BATCH is 64; a CPU is saturated well before)
 STEPS = 4  # timed optimisation steps per layer (after one warm-up batch of 1 step)
 FULL_STEPS = 2560  # steps per unit of the projected full sweep (the paper's)
-AMP = "auto"  # as fzs.py: bf16 on CUDA or a CPU with native bf16, else fp32
+AMP = "auto"  # as fzs.py (auto = fp32 unless AMP_AUTO says bf16), or fp32, bf16, tf32 (GPU)
 DEVICE = "auto"  # auto, cpu, cuda
 
 

@@ -97,12 +97,12 @@ def main():
             row.append(f"{rates[s][layer]:24.1f}")
         print(f"{layer:24s} {widths[layer]:6d} " + " ".join(row) + f" {'n/a (CPU)' if syncs is None else f'{syncs:.1f}':>11s}", flush=True)
     all_layers = stream.LAYERS
-    print(f"\nprojected full center sweep ({sum(widths[l] for l in all_layers):,} units x {FULL_STEPS:,} steps), by layer:")
+    print(f"\nprojected full center sweep ({sum(widths[lay] for lay in all_layers):,} units x {FULL_STEPS:,} steps), by layer:")
     totals = {}
     for s in STREAMS:
         totals[s] = 0.0
         for i, layer in enumerate(all_layers):
-            timed = next((l for l in all_layers[i:] if l in rates[s]), None) or max(rates[s], key=all_layers.index)
+            timed = next((layer for layer in all_layers[i:] if layer in rates[s]), None) or max(rates[s], key=all_layers.index)
             totals[s] += widths[layer] * FULL_STEPS / rates[s][timed]
     for s in STREAMS:
         speedup = totals[STREAMS[0]] / totals[s]

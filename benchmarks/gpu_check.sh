@@ -49,7 +49,7 @@ for plot in plot_grids.py plot_ratios.py plot_spectrum.py plot_tuning.py; do
 done
 
 step "figure of merit: FZ engine against lucent's loop (bench_fzs.py)" python benchmarks/bench_fzs.py --device "$DEV" \
-  --channels "$BENCH_CH" --steps "$BENCH_STEPS" --amps auto,fp32
+  --channels "$BENCH_CH" --steps "$BENCH_STEPS" --amps fp32,bf16
 step "figure of merit: the sweep by layer, projected; host syncs per step (bench_sweep.py)" python benchmarks/bench_sweep.py \
   --device "$DEV" --layers "$SWEEP_LAYERS" --steps "$SWEEP_STEPS" $([ "$DEV" = cuda ] || echo --batch 2 --streams 1,2)
 step "figure of merit: ablation, decode and compute apart (bench_ablate.py)" python benchmarks/bench_ablate.py --device "$DEV" \

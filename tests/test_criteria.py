@@ -281,9 +281,9 @@ def test_every_refusal_prints_its_reason(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="the reason for each block is above"):
         run_main(monkeypatch, "--weights", WEIGHTS, "--results", str(tmp_path), "--blocks", "2.1,3.1,4.1")
     err = capsys.readouterr().err.splitlines()
-    assert any(l.startswith("block 2.1: not measured:") and "seed: 0 vs 1" in l for l in err), err
-    assert any(l.startswith("block 3.1: not measured:") and "steps: 2 vs 9" in l for l in err), err
-    assert any(l.startswith("block 4.1: not measured: no center FZs for layer4.0, layer4.1.bn2") for l in err), err
+    assert any(layer.startswith("block 2.1: not measured:") and "seed: 0 vs 1" in layer for layer in err), err
+    assert any(layer.startswith("block 3.1: not measured:") and "steps: 2 vs 9" in layer for layer in err), err
+    assert any(layer.startswith("block 4.1: not measured: no center FZs for layer4.0, layer4.1.bn2") for layer in err), err
 
 
 def test_overlap_with_the_papers_lists_on_planted_sets(capsys, monkeypatch):

@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-import plot_spectrum
 import imagenet
+import plot_spectrum
 import stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,11 +88,11 @@ def make_results(root, weights="random:0", channel_fzs=True, natural=True, passi
             os.makedirs(os.path.join(images, os.path.dirname(rel)), exist_ok=True)
             Image.fromarray(pattern(i, 300).numpy().transpose(1, 2, 0)[:, :260 + 10 * i]).save(os.path.join(images, rel))
             paths.append(rel)
-        layers = [l for b in passing for l in stream.BLOCKS[b]]
-        top9 = {l: torch.from_numpy(np.stack([g.permutation(12)[:9] for _ in range(stream.n_channels(l))])) for l in layers}
+        layers = [layer for b in passing for layer in stream.BLOCKS[b]]
+        top9 = {layer: torch.from_numpy(np.stack([g.permutation(12)[:9] for _ in range(stream.n_channels(layer))])) for layer in layers}
         stream.save_pt({"root": images, "paths": paths, "labels": torch.arange(12) % 3, "top9_index": top9,
-                        "top9_activation": {l: torch.rand(stream.n_channels(l), 9) for l in layers},
-                        "mean": {l: torch.rand(stream.n_channels(l)) for l in layers}, "count": 12,
+                        "top9_activation": {layer: torch.rand(stream.n_channels(layer), 9) for layer in layers},
+                        "mean": {layer: torch.rand(stream.n_channels(layer)) for layer in layers}, "count": 12,
                         "config": {"weights": weights}}, os.path.join(root, "natural", "summary.pt"))
     for block, p in passing.items():
         scales = [0, 10, 20, 30, 40, 50]

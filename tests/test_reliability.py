@@ -154,3 +154,55 @@ def test_readme_smoke_pipeline_makes_every_figure_with_content(tmp_path):
         assert d["accuracy"]["none"][0] == 1.0  # the generated images are labelled with the model's predictions
     stability = json.loads((tmp_path / "results" / "stability.json").read_text())
     assert set(stability["blocks"]) == {"2.1", "3.1"}
+
+
+def test_a_full_disk_is_a_one_line_error_that_keeps_what_was_finished(tmp_path):
+    """ENOSPC while fzs.py saves its second batch: one line naming the folder, exit 1, the first batch's part whole."""
+    planted = ("import errno, sys, torch, fzs\nreal, calls = torch.save, []\n"
+               "def full(obj, f, *a, **k):\n    calls.append(1)\n    if len(calls) == 2:\n"
+               "        raise OSError(errno.ENOSPC, 'No space left on device')\n    return real(obj, f, *a, **k)\n"
+               "torch.save = full\nsys.argv = ['fzs.py'] + sys.argv[1:]\nfzs.main_guard(fzs.main)")
+    res = tmp_path / "r"
+    p = subprocess.run([sys.executable, "-c", planted, "--layers", "layer1.0", "--channels", "0:4", "--batch", "2", "--steps", "1",
+                        "--weights", "random", "--png", "false", "--results", str(res)], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    last = p.stderr.strip().splitlines()[-1]  # after the progress bar, one line
+    assert last.startswith("error: no space left in") and "center.parts" in last and p.stderr.count("error:") == 1
+    parts = sorted((res / "fzs" / "layer1.0" / "center.parts").glob("*.pt"))
+    assert len(parts) == 1 and torch.load(parts[0], weights_only=False)["channels"].tolist() == [0, 1]
+    assert not list((res / "fzs" / "layer1.0" / "center.parts").glob(".*.tmp"))  # no half-written file left
+
+
+def test_sigterm_saves_what_ctrl_c_saves(tmp_path):
+    """A scheduler's SIGTERM: fzs.py ends with one line, exit status 143, its finished batches kept as part files."""
+    res = tmp_path / "r"
+    p = subprocess.Popen([sys.executable, os.path.join(ROOT, "fzs.py"), "--layers", "layer1.0", "--channels", "0:4", "--batch", "2",
+                          "--steps", "40", "--weights", "random", "--png", "false", "--results", str(res)],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = res / "fzs" / "layer1.0" / "center.parts"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parts.glob("*.pt")):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 143 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == ("terminated (SIGTERM): finished batches are saved as part files; run the same "
+                                            "command again to resume")
+    assert len(list(parts.glob("*.pt"))) >= 1
+
+
+def test_a_rerun_right_after_kill_9_is_not_refused_while_workers_die(tmp_path, fixture_folder):
+    """DataLoader workers inherit the results lock's descriptor; each worker lets go of it at start, so that after the
+    parent's kill -9 the lock goes at once (a worker notices its parent is gone only seconds later)."""
+    root, _ = fixture_folder
+    res = tmp_path / "r"
+    args = [sys.executable, os.path.join(ROOT, "ablate.py"), "--data", root, "--weights", "random", "--stages", "natural",
+            "--workers", "2", "--batch", "1", "--results", str(res)]
+    p = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and "img" not in (p.stderr.read(200) or ""):  # the progress bar: workers are running
+        pass
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    again = subprocess.run(args[:-2] + ["--results", str(res), "--limit", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "in use by another" not in again.stderr, again.stderr[-1000:]

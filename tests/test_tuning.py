@@ -125,8 +125,8 @@ def test_each_image_once_and_equal_to_hooks_per_unit(natural, fixture_weights, f
     for g in (3, 130, 300):
         block, c = units[g]
         layers = stream.BLOCKS[block]
-        tops = [np.argsort(-np.load(os.path.join(results, "natural", f"{l}.npy")).astype(np.float32)[:, c], kind="stable")[:3]
-                for l in layers]
+        tops = [np.argsort(-np.load(os.path.join(results, "natural", f"{layer}.npy")).astype(np.float32)[:, c], kind="stable")[:3]
+                for layer in layers]
         for r, layer in enumerate(layers):
             views = torch.stack([imagenet.zoom_views(real(os.path.join(summary["root"], summary["paths"][i])), [1, 0.5]) for i in tops[r]])
             seen = {}
