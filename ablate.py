@@ -611,7 +611,8 @@ def compute_cells(name, model, loader_for, scales, wanted, means, device, dtype,
     return cells
 
 
-def sweep_stage(model, wid, dataset, loader_for, batch, root, device, dtype, suffix_batch):
+def sweep_stage(model, wid, dataset, loader_for, batch, root, device, device_name, prec, suffix_batch):
+    dtype = amp_dtype(prec)
     n = len(dataset)
     summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run the natural stage first)")
     check_arch(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
@@ -633,7 +634,7 @@ def sweep_stage(model, wid, dataset, loader_for, batch, root, device, dtype, suf
             die(f"block {b}: {len(passing[b])} passing channels but only {len(nonpassing[b])} others to draw random sets from")
         key[b] = {"arch": current_arch(), "weights": wid, "data": root, "limit": LIMIT, "n_images": n, "paths": digest(dataset.paths),
                   "labels": digest(dataset.labels),
-                  "mean": digest(means[b].numpy()), "precision": "bf16" if dtype is not None else "fp32",
+                  "mean": digest(means[b].numpy()), "precision": prec,
                   "passing": passing[b], "seed": SEED, "cells": "per-image hits"}
         rngs[b] = np.random.default_rng([SEED, int(b.replace(".", ""))])
     blocks = [b for b in ABLATE_BLOCKS if passing[b]]
@@ -724,7 +725,7 @@ def sweep_stage(model, wid, dataset, loader_for, batch, root, device, dtype, suf
                    "n_images": m, "test": claim_test(trials, hits_p, hits_r, [SEED, int(b.replace(".", "")), list(ABLATION_VARIANTS).index(v)]),
                    "config": {**key[b], "block": b, "variant": v, "n_trials": N_TRIALS, "screen_margin": SCREEN_MARGIN,
                               "screen_cap": SCREEN_CAP, "batch": batch, "bootstrap": BOOTSTRAP, "ci": CI,
-                              "permutations": PERMUTATIONS, "device": str(device), "versions": versions()}}
+                              "permutations": PERMUTATIONS, "device": device_name, "versions": versions()}}
             if on is not None:
                 k = len(on)
                 out["screening"] = {"rule": f"random - passing {rules[b][0]} {rules[b][1]:g} pp at no scale", "n_images": k,
@@ -804,8 +805,7 @@ def main():
         die("--ci must be between 0 and 1, --bootstrap at least 0 and --permutations at least 1")
     device = pick_device(DEVICE)
     prec = precision(AMP, device)  # the sweep's; the natural stage measures in fp32 (no TF32)
-    dtype = amp_dtype(prec)
-    batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=128, cap=1024)
+    batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=128, cap=256)  # cap: host memory (workers x views)
     root = os.path.abspath(DATA) if DATA else DATA
     if FAKE and not DATA:
         die("--fake needs --data: the folder to write the generated JPEGs into")
@@ -830,7 +830,7 @@ def main():
             natural_stage(model, wid, dataset, loader_for, batch, root, device)
     if "sweep" in STAGES:
         suffix_batch = SUFFIX_BATCH or (4096 if device.type == "cuda" else 512)
-        sweep_stage(model, wid, dataset, loader_for, batch, root, device, dtype, suffix_batch)
+        sweep_stage(model, wid, dataset, loader_for, batch, root, device, device_name, prec, suffix_batch)
     return cfg
 
 

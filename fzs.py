@@ -17,6 +17,7 @@ Output: RESULTS/fzs/<layer>/<objective>.pt with images (uint8 N x 3 x 224 x 224)
 
 import contextlib
 import copy
+import functools
 import os
 import shutil
 import time
@@ -283,7 +284,7 @@ def render_groups(model, layer, kind, cfg, groups, device, amp, forward=None, on
         spectrum, image = fft_image(unit_seeds, cfg["size"], device)
         states.append((np.random.RandomState(tseed), image, torch.optim.Adam([spectrum], lr=cfg["lr"]),
                        torch.as_tensor(channels, device=device)))
-    streams = [torch.cuda.Stream(device) for _ in states] if device.type == "cuda" and len(states) > 1 else None
+    streams = side_streams(device, len(states)) if device.type == "cuda" and len(states) > 1 else None
     for s in streams or []:
         s.wait_stream(torch.cuda.current_stream(device))  # the spectra were made on the default stream
     for _ in range(cfg["steps"]):
@@ -306,12 +307,20 @@ def render_groups(model, layer, kind, cfg, groups, device, amp, forward=None, on
         return [(image() * 255).to(torch.uint8).cpu() for _, image, _, _ in states]  # as lucent's export: floor to 8 bits
 
 
+@functools.lru_cache(maxsize=None)
+def side_streams(device, n):
+    """n CUDA streams of a device, made once and reused by every call: the caching allocator reuses a freed block only
+    on the stream that allocated it, so new streams per batch would strand memory until a costly full release."""
+    return [torch.cuda.Stream(device) for _ in range(n)]
+
+
 def compile_forward(model, target, n_targets, backend="inductor"):
     """torch.compile of the truncated network up to `target` (one compiled function per target layer). Every target
     shares truncated()'s code, so dynamo's recompile limit (8 by default, after which it runs the rest in eager mode,
-    silently) is raised to one graph per target and input size: jitter-0 layers see 4 sizes (224, 225, 230, 236)."""
+    silently) is raised to one graph per target, input size and batch size: jitter-0 layers see 4 sizes (224, 225, 230,
+    236), and a layer's last batch can be smaller than the others."""
     import torch._dynamo.config as dynamo
-    limit = 4 * n_targets + 8
+    limit = 8 * n_targets + 8
     for name in ("recompile_limit", "cache_size_limit"):  # the name since torch 2.6, and the older one
         if hasattr(dynamo, name) and getattr(dynamo, name) < limit:
             setattr(dynamo, name, limit)

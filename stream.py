@@ -460,13 +460,14 @@ def precision(amp, device, env=None, cuda=None):
     auto is fp32: bf16 moved the criteria's passing sets by more than FZ seed noise, and the sweep's correct counts
     by up to 3.5 points (README, "Precision"; benchmarks/bench_precision.py). The environment variable AMP_AUTO (fp32
     or bf16) sets what auto means, so that the test suite can run in either precision on any machine and a user can
-    choose bf16's speed knowingly; on a GPU without bf16 it stays fp32."""
+    choose bf16's speed knowingly; on a GPU without native bf16 (compute capability below 8: torch's
+    is_bf16_supported also counts emulation) it stays fp32."""
     env, cuda = os.environ if env is None else env, torch.cuda if cuda is None else cuda
     if amp == "auto":
         amp = env.get("AMP_AUTO", "") or "fp32"
         if amp not in ("fp32", "bf16"):
             die(f"AMP_AUTO must be fp32 or bf16 (what --amp auto means), not {amp!r}")
-        if amp == "bf16" and device.type == "cuda" and not cuda.is_bf16_supported():
+        if amp == "bf16" and device.type == "cuda" and cuda.get_device_capability(device)[0] < 8:
             amp = "fp32"
     if amp not in PRECISIONS:
         die(f"amp must be auto, {', '.join(PRECISIONS)}, not {amp!r}")
@@ -662,7 +663,8 @@ def main_guard(main, interrupted="nothing was written"):
     except KeyboardInterrupt:
         print(f"\ninterrupted: {interrupted}", file=sys.stderr)
         sys.exit(130)
-    except OSError as e:  # a full disk outside atomic_write (a PNG, a memory-mapped array): one line all the same
+    except OSError as e:  # a full disk outside atomic_write (a PNG written directly): one line all the same
+        # (a memory-mapped array on a full disk gets SIGBUS, not an error: the natural stage's arrays are preallocated)
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         where = f" writing {e.filename}" if e.filename else ""
@@ -670,17 +672,18 @@ def main_guard(main, interrupted="nothing was written"):
             f"Free some space, then run the same command again to resume")
 
 
-_HELD_LOCKS = []  # descriptors of the results locks this process holds
+_HELD_LOCKS = []  # the open results-lock files of this process
 
 
 def release_inherited_locks(_worker_id=None):
     """worker_init_fn of every DataLoader: point the results locks' descriptors that a forked worker inherited at
     /dev/null. A flock belongs to the open file, so a worker holding it would keep the lock after its parent's kill -9
     until the worker noticed (seconds), and a rerun at once would be told that a dead process is alive."""
-    if _HELD_LOCKS:
+    held = [f for f in _HELD_LOCKS if not f.closed]  # a closed one's number may now be another file's
+    if held:
         null = os.open(os.devnull, os.O_RDONLY)
-        for fd in _HELD_LOCKS:
-            os.dup2(null, fd)
+        for f in held:
+            os.dup2(null, f.fileno())
         os.close(null)
 
 
@@ -699,7 +702,7 @@ def lock_results(results, script):
         f.seek(0)
         holder = f.read().strip() or "another process"
         die(f"{results} is in use by another {script} ({holder}); wait for it to finish, or use another --results")
-    _HELD_LOCKS.append(f.fileno())
+    _HELD_LOCKS.append(f)
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "

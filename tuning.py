@@ -291,7 +291,7 @@ def main():
     check_arch(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
     device = pick_device(DEVICE)
     device_name = use_device(device, "fp32")  # true fp32 (no TF32), as the natural stage measured
-    batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=32, cap=1024)
+    batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=32, cap=256)  # cap: host memory (workers x 11 zooms)
     lock = lock_results(RESULTS, "tuning.py")  # noqa: F841 (held until the process ends)
     model, wid = load_model(WEIGHTS, device)
     if summary["config"].get("weights") != wid:

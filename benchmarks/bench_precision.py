@@ -90,7 +90,10 @@ def sweep_cells(work, weights, data, amp):
 
 def main():
     configure(globals())
-    from conftest import build_fixture_model
+    threads = os.environ.get("OMP_NUM_THREADS")
+    from conftest import build_fixture_model  # (conftest sets OMP_NUM_THREADS for the tests: not for these runs)
+    if threads is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
     from criteria import jaccard
     if CHANNELS < 1 or STEPS < 1:
         die("--channels and --steps must be at least 1")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check: the device tests, the whole pipeline at small size on the GPU, and every figure of merit.
 #
-#   bash benchmarks/gpu_check.sh                         # on a CUDA machine (about 10 minutes on one H200)
+#   bash benchmarks/gpu_check.sh                         # on a CUDA machine (estimated 8-10 minutes on one H200; not run on one yet)
 #   GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh    # the same steps at tiny size on the CPU (the suite runs it)
+#   GPU_CHECK_PARTS="tests merit" bash benchmarks/gpu_check.sh   # only some parts: machine, tests, pipeline, merit
 #
 # Where torch-lucent is not installed (a lent machine without network), it installs the wheels of .whl/ (made by
 # benchmarks/gpu_wheels.sh) into .gpu_pkgs/ for the lucent comparison. Every step runs even when one before failed;
@@ -13,20 +14,24 @@ DEV="${GPU_CHECK_DEVICE:-cuda}"
 OUT="${GPU_CHECK_OUT:-$(mktemp -d)}"
 export PYTHONUNBUFFERED=1
 if [ "$DEV" = cuda ]; then  # small for a GPU
-  CH=64; STEPS=256; FAKE=2000; SWEEP_LAYERS=all; SWEEP_STEPS=16; BENCH_CH=64; BENCH_STEPS=256; PREC_CH=64; PREC_STEPS=512
-  ABLATE_FAKE=50000; PYTEST_FILES="tests/test_device.py tests/test_fzs.py tests/test_stream.py tests/test_criteria.py tests/test_ablate.py"
+  CH=64; STEPS=256; FAKE=2000; SWEEP_LAYERS=all; SWEEP_STEPS=16; BENCH_CH=4; BENCH_STEPS=256; PREC_CH=32; PREC_STEPS=128
+  ABLATE_FAKE=10000; PYTEST_FILES="tests/test_device.py tests/test_fzs.py tests/test_stream.py tests/test_criteria.py tests/test_ablate.py"
 else  # tiny, for the CPU: the same steps, so that the check cannot rot before a GPU shows up
   CH=2; STEPS=2; FAKE=8; SWEEP_LAYERS=layer1.0,layer4.1; SWEEP_STEPS=2; BENCH_CH=1; BENCH_STEPS=2; PREC_CH=1; PREC_STEPS=1
   ABLATE_FAKE=8; PYTEST_FILES="tests/test_device.py"
 fi
+PARTS="${GPU_CHECK_PARTS:-machine tests pipeline merit}"
 failed=()
-step() { echo; echo "== $1"; shift; "$@" || { failed+=("$*"); echo "FAILED: $*"; }; }
+step() {  # step "part: what" command...: runs when its part is asked for; a failure is noted and the check goes on
+  case " $PARTS " in *" ${1%%:*} "*) ;; *) return 0 ;; esac
+  echo; echo "== $1"; shift; "$@" || { failed+=("$*"); echo "FAILED: $*"; }
+}
 
 if ! python -c "import lucent" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   pip install -q --no-deps --no-index --target .gpu_pkgs .whl/*.whl && export PYTHONPATH="$PWD/.gpu_pkgs${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-step "machine" python - "$DEV" <<'EOF'
+step "machine: versions, device, precision" python - "$DEV" <<'EOF'
 import sys, torch, torchvision, stream
 device = stream.pick_device(sys.argv[1])
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, CUDA {torch.version.cuda}, device {stream.use_device(device, 'fp32')}")
@@ -36,7 +41,7 @@ if device.type == "cuda":
           f"capability {torch.cuda.get_device_capability(device)}")
 print(f"--amp auto means {stream.precision('auto', device)} here")
 EOF
-step "device tests (pytest --device $DEV)" python -m pytest -q -p no:cacheprovider --device "$DEV" $PYTEST_FILES
+step "tests: pytest --device $DEV" python -m pytest -q -p no:cacheprovider --device "$DEV" $PYTEST_FILES
 
 R="$OUT/pipeline"; W=(--weights random --results "$R" --device "$DEV")
 step "pipeline: fzs.py" python fzs.py "${W[@]}" --layers 2.1,3.1 --channels "0:$CH" --batch "$CH" --steps "$STEPS" --objectives center,channel --png false
@@ -48,15 +53,15 @@ for plot in plot_grids.py plot_ratios.py plot_spectrum.py plot_tuning.py; do
   step "pipeline: $plot" python "$plot" --results "$R"
 done
 
-step "figure of merit: FZ engine against lucent's loop (bench_fzs.py)" python benchmarks/bench_fzs.py --device "$DEV" \
+step "merit: FZ engine against lucent's loop (bench_fzs.py)" python benchmarks/bench_fzs.py --device "$DEV" \
   --channels "$BENCH_CH" --steps "$BENCH_STEPS" --amps fp32,bf16
-step "figure of merit: the sweep by layer, projected; host syncs per step (bench_sweep.py)" python benchmarks/bench_sweep.py \
+step "merit: the sweep by layer, projected; host syncs per step (bench_sweep.py)" python benchmarks/bench_sweep.py \
   --device "$DEV" --layers "$SWEEP_LAYERS" --steps "$SWEEP_STEPS" $([ "$DEV" = cuda ] || echo --batch 2 --streams 1,2)
-step "figure of merit: ablation, decode and compute apart (bench_ablate.py)" python benchmarks/bench_ablate.py --device "$DEV" \
+step "merit: ablation, decode and compute apart (bench_ablate.py)" python benchmarks/bench_ablate.py --device "$DEV" \
   --fake "$ABLATE_FAKE" --fake_dir "$OUT/jpegs" --limit 0 --reference false $([ "$DEV" = cuda ] && echo --workers 16)
-step "figure of merit: criteria.py on all seven blocks" python benchmarks/bench_criteria.py --device "$DEV" \
+step "merit: criteria.py on all seven blocks" python benchmarks/bench_criteria.py --device "$DEV" \
   $([ "$DEV" = cuda ] || echo --channels 1 --steps 1)
-step "figure of merit: precision, fp32 / bf16 (and tf32 on a GPU) against seed noise (bench_precision.py)" \
+step "merit: precision, fp32 / bf16 (and tf32 on a GPU) against seed noise (bench_precision.py)" \
   python benchmarks/bench_precision.py --device "$DEV" --channels "$PREC_CH" --steps "$PREC_STEPS" --fake "$FAKE" $([ "$DEV" = cuda ] || echo --blocks 2.1)
 
 echo

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 PY="${1:-3.12}"
 mkdir -p .whl
 pip download -q --no-deps -d .whl torch-lucent==0.1.8 kornia==0.4.1 decorator future
+pip download -q -d .whl --only-binary=:all: --python-version "$PY" pytest  # the device tests (the machine may lack it)
 pip download -q -d .whl --only-binary=:all: --python-version "$PY" --implementation py ipython 2>/dev/null \
   || pip download -q -d .whl --only-binary=:all: --python-version "$PY" ipython
 ls .whl

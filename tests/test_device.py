@@ -26,7 +26,8 @@ def fake_cuda(count=1, bf16=True, free_gib=100):
             raise ValueError(f"Expected a torch.device with a specified index or an integer, but got:{d}")
         calls.append(str(d))
     return types.SimpleNamespace(is_available=lambda: count > 0, device_count=lambda: count, set_device=set_device,
-                                 is_bf16_supported=lambda: bf16, get_device_name=lambda i=0: "Faked H200",
+                                 is_bf16_supported=lambda: True, get_device_name=lambda i=0: "Faked H200",
+                                 get_device_capability=lambda d=None: (9, 0) if bf16 else (7, 0),  # H200 / V100
                                  mem_get_info=lambda d=None: (free_gib << 30, 141 << 30), calls=calls)
 
 
@@ -142,6 +143,7 @@ torch.cuda.is_available = lambda: True
 torch.cuda.device_count = lambda: 1
 torch.cuda.set_device = set_device
 torch.cuda.is_bf16_supported = lambda: True
+torch.cuda.get_device_capability = lambda d=None: (9, 0)
 torch.cuda.get_device_name = lambda i=0: "Faked H200"
 torch.cuda.mem_get_info = lambda d=None: (100 << 30, 141 << 30)
 import torch.distributed
