@@ -410,3 +410,24 @@ def test_a_units_image_is_seeded_by_its_channel_and_its_batch(tmp_path, fixture_
     want = fzs.render(model, "layer2.1", [2, 3], "center", c, [fzs.unit_seed(5, "layer2.1", "center", k) for k in (2, 3)],
                       fzs.transform_seed(5, "layer2.1", "center", 1), device=CPU, amp=None)
     assert torch.equal(got["images"], want)
+
+
+def test_compile_makes_one_graph_per_target_without_breaks(model):
+    """--compile: one compiled function per target layer, each one whole graph (no regex inside to break it), for more
+    targets than dynamo's default recompile limit (8), equal to the eager truncated pass."""
+    graphs = []
+
+    def counting(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+    torch._dynamo.reset()
+    x = stream.normalize(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    targets = stream.LAYERS[:10]
+    try:
+        for t in targets:
+            f = fzs.compile_forward(model, t, len(targets), backend=counting)
+            with torch.no_grad():
+                assert torch.allclose(f(x), stream.features(model, x, [t])[t], atol=1e-5), t
+        assert len(graphs) == len(targets)
+    finally:
+        torch._dynamo.reset()
