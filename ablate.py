@@ -453,8 +453,8 @@ def natural_stage(model, wid, dataset, loader_for, batch, root, device):
                 assert int(index[0]) == first
                 x = normalize(to_float(views[:, 0].to(device, non_blocking=True))).contiguous(memory_format=torch.channels_last)
                 acts = read_center(model, x, LAYERS)
-                widths = [acts[layer].shape[1] for layer in LAYERS]
-                acts = dict(zip(LAYERS, [a.contiguous() for a in torch.cat([acts[layer] for layer in LAYERS], 1).cpu().split(widths, 1)]))  # one copy
+                host = torch.cat([acts[layer] for layer in LAYERS], 1).cpu()  # one copy to the host for all the layers
+                acts = dict(zip(LAYERS, (a.contiguous() for a in host.split([acts[layer].shape[1] for layer in LAYERS], 1))))
                 new = {"config": config, "done": first + len(index), "top9": {}, "sum": {}}
                 for layer, a in acts.items():
                     arrays[layer][first:first + len(a)] = a.numpy().astype(np.float16)

@@ -525,7 +525,7 @@ def main():
             chunks[-1].append(entry)
         else:
             chunks.append([entry])
-    compiled = {}
+    compiled, n_targets = {}, len({target_layer(p[0], PRE_AS_RELEASED) for p in mine})
     t0 = time.time()
     with tqdm(total=optimised_units * STEPS, unit="img-step", unit_scale=True, smoothing=0.05, disable=units == 0) as bar:
         for n, chunk in enumerate(chunks):
@@ -533,7 +533,7 @@ def main():
             bar.set_description(f"{layer} {kind} {chunk[0][3][0]}..{chunk[-1][3][-1]}")
             target = target_layer(layer, PRE_AS_RELEASED)
             if COMPILE and target not in compiled:
-                compiled[target] = compile_forward(optimised, target, len({target_layer(p[0], PRE_AS_RELEASED) for p in mine}))
+                compiled[target] = compile_forward(optimised, target, n_targets)
             cfg = cfgs[layer, kind]
             groups = [(members, [unit_seed(SEED, layer, kind, c) for c in members], transform_seed(SEED, layer, kind, group))
                       for _, _, group, _, members in chunk]

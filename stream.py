@@ -5,6 +5,7 @@ Nothing here is specific to one stage of the pipeline; each script reads top to 
 """
 
 import ast
+import contextlib
 import errno
 import functools
 import hashlib
@@ -506,15 +507,15 @@ def tf32_on(backends=None):
     return bool(backends.cudnn.allow_tf32)
 
 
-class no_tf32:
+@contextlib.contextmanager
+def no_tf32():
     """with no_tf32(): true float32 convolutions inside (measurements), the setting before restored after."""
-
-    def __enter__(self):
-        self.was = tf32_on()
-        set_tf32(False)
-
-    def __exit__(self, *exc):
-        set_tf32(self.was)
+    was = tf32_on()
+    set_tf32(False)
+    try:
+        yield
+    finally:
+        set_tf32(was)
 
 
 def use_device(device, prec, cuda=None, backends=None):
