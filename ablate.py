@@ -36,45 +36,32 @@ import torch
 from tqdm import tqdm
 
 import arch
-from imagenet import ImageNetFolder, guarded, image_loader, imagenet_folder, write_fake_imagenet
-from stream import (
-    ABLATION_VARIANTS,
-    BLOCKS,
-    LAYERS,
-    RESIDUAL_BLOCKS,
-    ablation_path,
+from cli import (
     amp_dtype,
     autocast,
-    block_forward,
-    check_arch,
-    config_mismatch,
     configure,
-    current_arch,
     die,
-    fzs_command,
-    head,
-    load_json,
-    load_model,
-    load_pt,
-    lock_results,
     main_guard,
-    n_channels,
     no_tf32,
-    normalize,
-    parse_block_channels,
     pick_device,
     precision,
-    read_center,
     resolve_batch,
+    use_device,
+)
+from imagenet import ImageNetFolder, guarded, image_loader, imagenet_folder, write_fake_imagenet
+from results import (
+    ABLATION_VARIANTS,
+    ablation_file,
+    config_mismatch,
+    fzs_command,
+    load_json,
+    load_pt,
+    lock_results,
     save_json,
     save_pt,
-    stem,
-    to_float,
-    use_arch,
-    use_device,
     versions,
-    where,
 )
+from stream import block_forward, head, load_model, normalize, read_center, stem, to_float
 
 DATA = ""  # ImageNet validation folder (required): root/<wnid>/ folders, a torchvision ImageNet root, or the flat folder with --labels
 LABELS = ""  # labels of a flat folder: ILSVRC2012_validation_ground_truth.txt[,map_clsloc.txt or meta.mat], val.txt or LOC_val_solution.csv
@@ -103,7 +90,8 @@ SCREEN_MARGIN = "2.1:<0;3.1:<=1;*:<=1"  # per block (* = any other): accept a ra
 SCREEN_DRAWS = 20  # random sets drawn per block in the first screening pass
 SCREEN_CAP = 200  # most random sets drawn per block before screening gives up
 CHECKPOINT_SECONDS = 30  # save the partial counts of a pass at most this often (and on Ctrl-C)
-PAPER_SCREEN_MARGIN = SCREEN_MARGIN  # (not a flag) the default; its 2.1 and 3.1 rules are for resnet18's blocks only
+# ---- end of flags (below: fixed constants, not flags)
+PAPER_SCREEN_MARGIN = SCREEN_MARGIN  # the default; its 2.1 and 3.1 rules are for resnet18's blocks only
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -221,7 +209,7 @@ def claim_test(trials, hits_passing, hits_random, seed):
                       "scaled ratio minus its no-scale ratio"}
 
 
-def parse_rules(spec):
+def parse_rules(net, spec):
     """'2.1:<0;3.1:<=1' -> {block: (op, margin in percentage points)}."""
     rules = {}
     for item in [s.strip() for s in spec.split(";") if s.strip()]:
@@ -231,17 +219,17 @@ def parse_rules(spec):
             margin = float(rule.strip()[len(op):]) if op else None
         except ValueError:
             margin = None
-        if (block.strip() not in BLOCKS and block.strip() != "*") or margin is None:
+        if (block.strip() not in net.blocks and block.strip() != "*") or margin is None:
             die(f"cannot read screening rule {item!r}: use e.g. '2.1:<0;3.1:<=1;*:<=1' (block:< or <= margin in percentage points; * = any other block)")
         rules[block.strip()] = (op, margin)
     return rules
 
 
-def screening_rules(spec):
+def screening_rules(net, spec):
     """parse_rules, except that the default's per-block rules (2.1 and 3.1) are the paper's for resnet18's blocks:
     with another architecture only its '*' rule applies, unless --screen_margin names blocks."""
-    rules = parse_rules(spec)
-    if current_arch() != "resnet18" and spec == PAPER_SCREEN_MARGIN:
+    rules = parse_rules(net, spec)
+    if net.name != "resnet18" and spec == PAPER_SCREEN_MARGIN:
         rules = {"*": rules["*"]}
     return rules
 
@@ -253,9 +241,9 @@ def accepted(rule, correct_random, correct_passing, n_images):
     return diff < bound if op == "<" else diff <= bound
 
 
-def parse_sets(spec):
+def parse_sets(net, spec):
     """'2.1:3,17,40:48;3.1:0,9' -> {block: sorted channels}."""
-    return parse_block_channels(spec, "--sets")
+    return net.parse_block_channels(spec, "--sets")
 
 
 def draw_sets(rng, population, size, count):
@@ -280,34 +268,34 @@ def overwrite(h, masks, mean):
     return out.flatten(0, 1)
 
 
-def run_suffix(model, h, start):
-    """The network from block RESIDUAL_BLOCKS[start] on, to the logits."""
-    for name in RESIDUAL_BLOCKS[start:]:
+def run_suffix(net, model, h, start):
+    """The network from block net.residual[start] on, to the logits."""
+    for name in net.residual[start:]:
         h = block_forward(model.get_submodule(name), h)["post"]
     return head(model, h)
 
 
-def predictions(model, x, plan, suffix_batch):
+def predictions(net, model, x, plan, suffix_batch):
     """Top-1 predictions (1 + sum of K, B) of one normalised batch x: row 0 unablated, then per plan entry
     (block index, mean (C,), masks (K, C) bool), in forward order, its K conditions."""
     memory = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() else torch.contiguous_format
     h, i, rows = stem(model, x), 0, []
     for idx, mean, masks in plan:
         while i <= idx:
-            h = block_forward(model.get_submodule(RESIDUAL_BLOCKS[i]), h)["post"]
+            h = block_forward(model.get_submodule(net.residual[i]), h)["post"]
             i += 1
         per = max(1, suffix_batch // h.shape[0])
         for k in range(0, masks.shape[0], per):
             xk = overwrite(h, masks[k:k + per], mean).contiguous(memory_format=memory)
-            rows.append(run_suffix(model, xk, idx + 1).argmax(1).view(-1, h.shape[0]))
-    rows.insert(0, run_suffix(model, h, i).argmax(1).view(1, -1))
+            rows.append(run_suffix(net, model, xk, idx + 1).argmax(1).view(-1, h.shape[0]))
+    rows.insert(0, run_suffix(net, model, h, i).argmax(1).view(1, -1))
     return torch.cat(rows)
 
 
-def reference_logits(model, loader, block, channels, mean, device):
+def reference_logits(net, model, loader, block, channels, mean, device):
     """The released way: one pass over a DataLoader per condition, the whole network, a forward hook on the
     block that overwrites the channels. Returns the logits (N, 1000) in dataset order."""
-    module = model.get_submodule(RESIDUAL_BLOCKS[where(BLOCKS[block][2])[0]])
+    module = model.get_submodule(net.residual[net.where(net.blocks[block][2])[0]])
     chans = torch.as_tensor(list(channels), dtype=torch.long, device=device)
 
     def hook(_module, _inputs, out):
@@ -350,7 +338,7 @@ def masks_for(sets, n):
 # ----------------------------------------------------------------------------------------------------
 # A pass over the set that counts correct top-1 predictions for many cells at once, resumable.
 
-def run_pass(name, model, n, loader_for, scales, plan, device, dtype, suffix_batch, folder, key):
+def run_pass(net, name, model, n, loader_for, scales, plan, device, dtype, suffix_batch, folder, key):
     """Per-image hits, bool (len(scales), 1 + sum of K, n_images): is the top-1 prediction right, for every scale and
     every condition of `plan` (see predictions), in one pass that decodes each image once. The hits so far go to
     folder/.partial-<name>.pt every CHECKPOINT_SECONDS and on Ctrl-C; a rerun with the same key and plan continues."""
@@ -382,7 +370,7 @@ def run_pass(name, model, n, loader_for, scales, plan, device, dtype, suffix_bat
                 for v in range(len(scales)):
                     x = normalize(to_float(views[:, v])).contiguous(memory_format=torch.channels_last)
                     with autocast(device, dtype):
-                        batch[v] = predictions(model, x, plan_dev, suffix_batch) == labels[None]
+                        batch[v] = predictions(net, model, x, plan_dev, suffix_batch) == labels[None]
                 batch = batch.cpu()  # one copy to the host per batch of images, not one per view
                 first = int(index[0])
                 hits[..., first:first + len(labels)] = batch
@@ -404,18 +392,18 @@ def run_pass(name, model, n, loader_for, scales, plan, device, dtype, suffix_bat
 # ----------------------------------------------------------------------------------------------------
 # Stage 1: natural-image activations (METHOD.md section 4).
 
-def natural_stage(model, wid, dataset, loader_for, batch, root, device):
+def natural_stage(net, model, wid, dataset, loader_for, batch, root, device):
     folder = os.path.join(RESULTS, "natural")
     os.makedirs(folder, exist_ok=True)
     n = len(dataset)
-    config = {"stage": "natural", "arch": current_arch(), "weights": wid, "data": root, "fake": FAKE, "limit": LIMIT, "count": n,
+    config = {"stage": "natural", "arch": net.name, "weights": wid, "data": root, "fake": FAKE, "limit": LIMIT, "count": n,
               "paths": digest(dataset.paths), "labels": digest(dataset.labels), "label_file": LABELS, "seed": SEED, "batch": batch,
               "precision": "fp32", "versions": versions()}
     keys = ["weights", "data", "limit", "count", "paths", "labels"]
     summary_path = os.path.join(folder, "summary.pt")
     if os.path.isfile(summary_path):
         old = load_pt(summary_path, "natural-image summary")
-        check_arch(old["config"], summary_path)
+        net.check(old["config"], summary_path)
         why = config_mismatch(old["config"], config, keys)
         if why:
             die(f"{summary_path} was made under another config ({why}); use another --results or delete {folder}")
@@ -427,16 +415,16 @@ def natural_stage(model, wid, dataset, loader_for, batch, root, device):
         state = load_pt(progress_path, "natural-stage progress")
         if config_mismatch(state["config"], config, keys):
             state = None
-    partial = {layer: os.path.join(folder, f".{layer}.npy.partial") for layer in LAYERS}
+    partial = {layer: os.path.join(folder, f".{layer}.npy.partial") for layer in net.layers}
     resume = state is not None and state["done"] > 0 and all(os.path.isfile(p) for p in partial.values())
     if resume:
         print(f"natural: resuming after {state['done']} of {n} images")
     else:
         state = {"config": config, "done": 0,
-                 "top9": {layer: (torch.empty(n_channels(layer), 0), torch.empty(n_channels(layer), 0, dtype=torch.int64)) for layer in LAYERS},
-                 "sum": {layer: torch.zeros(n_channels(layer), dtype=torch.float64) for layer in LAYERS}}
-    arrays = {layer: np.lib.format.open_memmap(partial[layer], mode="r+" if resume else "w+", dtype=np.float16, shape=(n, n_channels(layer)))
-              for layer in LAYERS}
+                 "top9": {layer: (torch.empty(net.channels(layer), 0), torch.empty(net.channels(layer), 0, dtype=torch.int64)) for layer in net.layers},
+                 "sum": {layer: torch.zeros(net.channels(layer), dtype=torch.float64) for layer in net.layers}}
+    arrays = {layer: np.lib.format.open_memmap(partial[layer], mode="r+" if resume else "w+", dtype=np.float16, shape=(n, net.channels(layer)))
+              for layer in net.layers}
 
     def checkpoint(s):
         for a in arrays.values():
@@ -444,7 +432,7 @@ def natural_stage(model, wid, dataset, loader_for, batch, root, device):
         save_pt(s, progress_path)
 
     loader = loader_for([0], state["done"])  # this stage reads the standard eval view only
-    bar = tqdm(total=n, initial=state["done"], unit="img", desc=f"natural: {len(LAYERS)} layers, center neurons", dynamic_ncols=True)
+    bar = tqdm(total=n, initial=state["done"], unit="img", desc=f"natural: {len(net.layers)} layers, center neurons", dynamic_ncols=True)
     last_save = time.time()
     try:
         with torch.inference_mode():
@@ -452,9 +440,9 @@ def natural_stage(model, wid, dataset, loader_for, batch, root, device):
                 first = state["done"]
                 assert int(index[0]) == first
                 x = normalize(to_float(views[:, 0].to(device, non_blocking=True))).contiguous(memory_format=torch.channels_last)
-                acts = read_center(model, x, LAYERS)
-                host = torch.cat([acts[layer] for layer in LAYERS], 1).cpu()  # one copy to the host for all the layers
-                acts = dict(zip(LAYERS, (a.contiguous() for a in host.split([acts[layer].shape[1] for layer in LAYERS], 1))))
+                acts = read_center(net, model, x, net.layers)
+                host = torch.cat([acts[layer] for layer in net.layers], 1).cpu()  # one copy to the host for all the layers
+                acts = dict(zip(net.layers, (a.contiguous() for a in host.split([acts[layer].shape[1] for layer in net.layers], 1))))
                 new = {"config": config, "done": first + len(index), "top9": {}, "sum": {}}
                 for layer, a in acts.items():
                     arrays[layer][first:first + len(a)] = a.numpy().astype(np.float16)
@@ -471,29 +459,29 @@ def natural_stage(model, wid, dataset, loader_for, batch, root, device):
         raise
     finally:
         bar.close()
-    for layer in LAYERS:
+    for layer in net.layers:
         arrays[layer].flush()
         del arrays[layer]
         os.replace(partial[layer], os.path.join(folder, f"{layer}.npy"))
     summary = {"root": root, "paths": dataset.paths, "labels": torch.as_tensor(dataset.labels, dtype=torch.int64),
-               "top9_index": {layer: state["top9"][layer][1] for layer in LAYERS}, "top9_activation": {layer: state["top9"][layer][0] for layer in LAYERS},
-               "mean": {layer: (state["sum"][layer] / n).float() for layer in LAYERS}, "count": n, "config": config}
+               "top9_index": {layer: state["top9"][layer][1] for layer in net.layers}, "top9_activation": {layer: state["top9"][layer][0] for layer in net.layers},
+               "mean": {layer: (state["sum"][layer] / n).float() for layer in net.layers}, "count": n, "config": config}
     save_pt(summary, summary_path)
     if os.path.isfile(progress_path):
         os.remove(progress_path)
-    print(f"natural: wrote {folder}/<layer>.npy (float16, {n} x C) for the {len(LAYERS)} layers and {summary_path}")
+    print(f"natural: wrote {folder}/<layer>.npy (float16, {n} x C) for the {len(net.layers)} layers and {summary_path}")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Stage 2: screening and the ablation sweep (METHOD.md section 5).
 
-def read_criteria(wid):
+def read_criteria(net, wid):
     """RESULTS/criteria.json, refused if made with another architecture or weights; None if there is none."""
     path = os.path.join(RESULTS, "criteria.json")
     if not os.path.isfile(path):
         return None
     crit = load_json(path, "criteria file")
-    check_arch(crit.get("config", {}), path)
+    net.check(crit.get("config", {}), path)
     made = crit.get("config", {}).get("weights_id", crit.get("config", {}).get("weights"))
     made = "random:0" if made == "random" else made
     if made is not None and made != wid:
@@ -501,34 +489,34 @@ def read_criteria(wid):
     return crit
 
 
-def default_blocks(crit, named):
+def default_blocks(net, crit, named):
     """The sweep's blocks when --ablate_blocks is empty: resnet18's are the paper's (2.1 and 3.1); for another
     architecture the blocks named in --sets, else the two blocks with the largest passing fraction in criteria.json
     (ties: the earlier block)."""
-    if current_arch() == "resnet18":
+    if net.name == "resnet18":
         return ["2.1", "3.1"]
     if named:
-        return sorted(named, key=list(BLOCKS).index)
+        return sorted(named, key=list(net.blocks).index)
     if crit is None:
         die(f"no blocks to ablate: run criteria.py first ({RESULTS}/criteria.json is missing), or pass --ablate_blocks / --sets")
-    fraction = {b: v["percent"] for b, v in crit.get("blocks", {}).items() if b in BLOCKS and v.get("count")}
+    fraction = {b: v["percent"] for b, v in crit.get("blocks", {}).items() if b in net.blocks and v.get("count")}
     if not fraction:
         die(f"no block of {RESULTS}/criteria.json has passing channels: nothing to ablate (name a set with --sets)")
-    best = sorted(fraction, key=lambda b: (-fraction[b], list(BLOCKS).index(b)))[:2]
-    return sorted(best, key=list(BLOCKS).index)
+    best = sorted(fraction, key=lambda b: (-fraction[b], list(net.blocks).index(b)))[:2]
+    return sorted(best, key=list(net.blocks).index)
 
 
-def passing_sets(wid):
+def passing_sets(net, wid):
     global ABLATE_BLOCKS
-    sets = parse_sets(SETS)
-    crit = read_criteria(wid)
+    sets = parse_sets(net, SETS)
+    crit = read_criteria(net, wid)
     if not ABLATE_BLOCKS:
-        ABLATE_BLOCKS = default_blocks(crit, list(sets))
-        print(f"sweep: blocks {','.join(ABLATE_BLOCKS)}" + (" (the paper's)" if current_arch() == "resnet18" else
+        ABLATE_BLOCKS = default_blocks(net, crit, list(sets))
+        print(f"sweep: blocks {','.join(ABLATE_BLOCKS)}" + (" (the paper's)" if net.name == "resnet18" else
                                                              " (the largest passing fractions; --ablate_blocks to choose)"))
     for b in ABLATE_BLOCKS:
-        if b not in BLOCKS:
-            die(f"--ablate_blocks: unknown block {b!r}; the blocks of {current_arch()} are: {', '.join(BLOCKS)}")
+        if b not in net.blocks:
+            die(f"--ablate_blocks: unknown block {b!r}; the blocks of {net.name} are: {', '.join(net.blocks)}")
     missing = [b for b in ABLATE_BLOCKS if b not in sets]
     if missing:
         path = os.path.join(RESULTS, "criteria.json")
@@ -539,11 +527,11 @@ def passing_sets(wid):
                 die(f"{path} has no block {b}; name its passing set with --sets")
             unmeasured = crit["blocks"][b].get("missing", [])
             if unmeasured:  # random 'non-passing' sets would be drawn among channels that were never measured
-                layers = BLOCKS[b][:2]
+                layers = net.blocks[b][:2]
                 like = crit.get("fz_files", {}).get(layers[0], {})
                 die(f"{path}: block {b} measured only {len(crit['blocks'][b].get('measured', []))} of its channels "
                     f"({len(unmeasured)} missing), so random sets could include passing channels; make the rest with: "
-                    f"{fzs_command(layers, RESULTS, WEIGHTS, like, unmeasured)}, then run criteria.py again (or name the set with --sets)")
+                    f"{fzs_command(layers, net.name, WEIGHTS, RESULTS, like, unmeasured)}, then run criteria.py again (or name the set with --sets)")
             sets[b] = sorted(int(c) for c in crit["blocks"][b]["passing"])
     return {b: sets[b] for b in ABLATE_BLOCKS}
 
@@ -573,7 +561,7 @@ def unpack_hits(text, n):
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n).astype(bool)
 
 
-def compute_cells(name, model, loader_for, scales, wanted, means, device, dtype, suffix_batch, key, n_images):
+def compute_cells(net, name, model, loader_for, scales, wanted, means, device, dtype, suffix_batch, key, n_images):
     """wanted: {block: [(condition, channels)]} -> {(block, condition, scale): per-image hits}. Runs one pass for the
     cells not finished yet and writes them."""
     cells = {}
@@ -587,10 +575,10 @@ def compute_cells(name, model, loader_for, scales, wanted, means, device, dtype,
                 else:
                     cells[b, cond, s] = got
     if todo:
-        blocks = sorted(todo, key=lambda b: where(BLOCKS[b][2])[0])
+        blocks = sorted(todo, key=lambda b: net.where(net.blocks[b][2])[0])
         names = {b: [c for c in todo[b] if c != "none"] for b in blocks}
-        plan = [(where(BLOCKS[b][2])[0], means[b], masks_for([todo[b][c] for c in names[b]], len(means[b]))) for b in blocks]
-        hits = run_pass(name, model, n_images, loader_for, scales, plan, device, dtype, suffix_batch, os.path.join(RESULTS, "ablation"),
+        plan = [(net.where(net.blocks[b][2])[0], means[b], masks_for([todo[b][c] for c in names[b]], len(means[b]))) for b in blocks]
+        hits = run_pass(net, name, model, n_images, loader_for, scales, plan, device, dtype, suffix_batch, os.path.join(RESULTS, "ablation"),
                         key).numpy()
         col = 1
         for b in blocks:
@@ -611,28 +599,28 @@ def compute_cells(name, model, loader_for, scales, wanted, means, device, dtype,
     return cells
 
 
-def sweep_stage(model, wid, dataset, loader_for, batch, root, device, device_name, prec, suffix_batch):
+def sweep_stage(net, model, wid, dataset, loader_for, batch, root, device, device_name, prec, suffix_batch):
     dtype = amp_dtype(prec)
     n = len(dataset)
     summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run the natural stage first)")
-    check_arch(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
+    net.check(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
     mine = {"weights": wid, "data": root, "limit": LIMIT, "count": n, "paths": digest(dataset.paths), "labels": digest(dataset.labels)}
     why = config_mismatch(summary["config"], mine, list(mine))
     if why:
         die(f"{RESULTS}/natural/summary.pt was made under another config ({why}): run the natural stage with the same --data/--limit/--weights")
-    rules = screening_rules(SCREEN_MARGIN)
-    passing = passing_sets(wid)
+    rules = screening_rules(net, SCREEN_MARGIN)
+    passing = passing_sets(net, wid)
     rules = {b: rules.get(b, rules.get("*")) for b in ABLATE_BLOCKS if rules.get(b, rules.get("*"))}
     means, key, nonpassing, rngs = {}, {}, {}, {}
     for b in ABLATE_BLOCKS:
-        post = BLOCKS[b][2]
+        post = net.blocks[b][2]
         means[b] = summary["mean"][post].float()
         if b not in rules:
             die(f"no screening rule for block {b} in --screen_margin {SCREEN_MARGIN!r}")
-        nonpassing[b] = sorted(set(range(n_channels(post))) - set(passing[b]))
+        nonpassing[b] = sorted(set(range(net.channels(post))) - set(passing[b]))
         if len(nonpassing[b]) < len(passing[b]):
             die(f"block {b}: {len(passing[b])} passing channels but only {len(nonpassing[b])} others to draw random sets from")
-        key[b] = {"arch": current_arch(), "weights": wid, "data": root, "limit": LIMIT, "n_images": n, "paths": digest(dataset.paths),
+        key[b] = {"arch": net.name, "weights": wid, "data": root, "limit": LIMIT, "n_images": n, "paths": digest(dataset.paths),
                   "labels": digest(dataset.labels),
                   "mean": digest(means[b].numpy()), "precision": prec,
                   "passing": passing[b], "seed": SEED, "cells": "per-image hits"}
@@ -667,7 +655,7 @@ def sweep_stage(model, wid, dataset, loader_for, batch, root, device, device_nam
         for b in blocks:
             draws[b] += draw_sets(rngs[b], nonpassing[b], len(passing[b]), min(want[b], SCREEN_CAP - len(draws[b])))
         wanted = {b: [("passing", passing[b])] + [(f"draw{j:03d}", s) for j, s in enumerate(draws[b])] for b in blocks}
-        cells = compute_cells(f"screen{rnd}", model, loader_for, [0], wanted, means, device, dtype, suffix_batch, key, n)
+        cells = compute_cells(net, f"screen{rnd}", model, loader_for, [0], wanted, means, device, dtype, suffix_batch, key, n)
         short, report = [], []
         for b in blocks:
             need = 0
@@ -708,7 +696,7 @@ def sweep_stage(model, wid, dataset, loader_for, batch, root, device, device_nam
     # variants share their cells: a draw chosen by two of them is computed once.
     used = {b: sorted({j for v in VARIANTS for j in chosen[v, b]}) for b in blocks}
     wanted = {b: [("passing", passing[b])] + [(f"draw{j:03d}", draws[b][j]) for j in used[b]] for b in blocks}
-    cells.update(compute_cells("sweep", model, loader_for, list(SCALES), wanted, means, device, dtype, suffix_batch, key, n))
+    cells.update(compute_cells(net, "sweep", model, loader_for, list(SCALES), wanted, means, device, dtype, suffix_batch, key, n))
     scales = [0] + list(SCALES)
     for b in blocks:
         for v in VARIANTS:
@@ -739,7 +727,7 @@ def sweep_stage(model, wid, dataset, loader_for, batch, root, device, device_nam
             if v == "heldout":
                 out["split"] = {key_: split[key_] for key_ in ("fraction", "seed", "screen", "report", "paths")}
                 out["config"]["holdout"] = HOLDOUT
-            save_json(out, ablation_path(RESULTS, b, v))
+            save_json(out, ablation_file(RESULTS, b, v))
             print_block(out)
 
 
@@ -781,7 +769,7 @@ def print_block(out):
 
 def main():
     cfg = configure(globals())
-    use_arch(ARCH)
+    net = arch.net(ARCH)
     for stage in STAGES:
         if stage not in ("natural", "sweep"):
             die(f"unknown stage {stage!r}: the stages are natural, sweep")
@@ -812,7 +800,7 @@ def main():
     listing = None if FAKE else imagenet_folder(root, LIMIT, LABELS)  # a bad folder or label file stops here, before the model
     lock = lock_results(RESULTS, "ablate.py")  # noqa: F841 (held until the process ends)
     device_name = use_device(device, prec)  # TF32 only for --amp tf32 (the fp32 sweep equals the reference)
-    model, wid = load_model(WEIGHTS, device)
+    model, wid = load_model(net.name, WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU, same fp32 arithmetic
     if FAKE:  # smoke data, labelled with this model's predictions
         write_fake_imagenet(root, FAKE, predict=lambda views: model(normalize(to_float(views.to(device)))).argmax(1).cpu())
@@ -827,10 +815,10 @@ def main():
           f"batch {batch}, sweep precision {prec}, channels_last")
     if "natural" in STAGES:
         with no_tf32():  # fp32 means fp32: the natural stage measures
-            natural_stage(model, wid, dataset, loader_for, batch, root, device)
+            natural_stage(net, model, wid, dataset, loader_for, batch, root, device)
     if "sweep" in STAGES:
         suffix_batch = SUFFIX_BATCH or (4096 if device.type == "cuda" else 512)
-        sweep_stage(model, wid, dataset, loader_for, batch, root, device, device_name, prec, suffix_batch)
+        sweep_stage(net, model, wid, dataset, loader_for, batch, root, device, device_name, prec, suffix_batch)
     return cfg
 
 

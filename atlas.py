@@ -26,24 +26,10 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+import arch
+from cli import configure, die, main_guard
 from imagenet import ImageError, decode_rgb, eval_views
-from stream import (
-    BLOCKS,
-    atomic_write,
-    check_arch,
-    configure,
-    current_arch,
-    die,
-    fzs_command,
-    is_random,
-    load_json,
-    load_pt,
-    main_guard,
-    n_channels,
-    use_arch,
-    weights_flags,
-    weights_of,
-)
+from results import atomic_write, fzs_command, is_random, load_json, load_pt, weights_flags, weights_of
 
 RESULTS = "results"  # results folder to browse; the atlas goes to RESULTS/atlas
 ARCH = "resnet18"  # the torchvision ResNet the results were made with
@@ -51,13 +37,13 @@ THUMB = 56  # pixels per natural image in a top-9 montage (3 x 3)
 FZ_THUMB = 112  # pixels of an FZ shown in a row (PNGs are linked, shown at this size; JPEGs written only where no PNG exists)
 NATURAL_ROOT = ""  # folder of the natural images if it moved since ablate.py recorded it (empty: summary.pt's root)
 
-# Fixed by the pages (written as expressions, so that they are no command-line flags).
-ROLES = tuple(["In", "Pre", "Post"])
-OBJECTIVES = tuple(["center", "channel"])
-CRITERIA = list([("pre_in", "Pre(FZ In)"), ("pre_zoom_in", "Pre(S(FZ In))"), ("post_in", "Post(FZ In)"), ("post_pre", "Post(FZ Pre)"),
-            ("eq1", "Eq. 1"), ("eq2", "Eq. 2"), ("passes", "passes"), ("mix", "mix m")])
-LATER = list([("passes_natural", "passes (natural)"), ("post_si", "Post SI (natural)"), ("eq1n_fraction", "Eq. 1n"), ("eq2n", "Eq. 2n"),
-         ("pass_frequency", "pass freq. (seeds)"), ("ablated", "ablated")])
+# ---- end of flags (below: fixed constants, not flags)
+OBJECTIVES = ("center", "channel")
+ROLES = ("In", "Pre", "Post")
+CRITERIA = [("pre_in", "Pre(FZ In)"), ("pre_zoom_in", "Pre(S(FZ In))"), ("post_in", "Post(FZ In)"), ("post_pre", "Post(FZ Pre)"),
+            ("eq1", "Eq. 1"), ("eq2", "Eq. 2"), ("passes", "passes"), ("mix", "mix m")]
+LATER = [("passes_natural", "passes (natural)"), ("post_si", "Post SI (natural)"), ("eq1n_fraction", "Eq. 1n"), ("eq2n", "Eq. 2n"),
+         ("pass_frequency", "pass freq. (seeds)"), ("ablated", "ablated")]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -68,12 +54,12 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def optional(path, load, what):
+def optional(net, path, load, what):
     """The result file at path (load: load_json or load_pt), refused if made with another architecture; None if absent."""
     if not os.path.isfile(path):
         return None
     data = load(path, what)
-    check_arch(data.get("config", {}), path)
+    net.check(data.get("config", {}), path)
     return data
 
 
@@ -82,25 +68,25 @@ def rows_by_unit(path):
     return {(r["block"], int(r["channel"])): r for r in read_csv(path)} if os.path.isfile(path) else {}
 
 
-def read_inputs(results):
+def read_inputs(net, results):
     """{'criteria', 'values', 'tuning', 'tuning_rows', 'stability', 'ablation', 'summary'}; None where absent."""
-    ablation = {b: optional(os.path.join(results, "ablation", f"{b}.json"), load_json, "ablation file") for b in BLOCKS}
-    return {"criteria": optional(os.path.join(results, "criteria.json"), load_json, "criteria file"),
+    ablation = {b: optional(net, os.path.join(results, "ablation", f"{b}.json"), load_json, "ablation file") for b in net.blocks}
+    return {"criteria": optional(net, os.path.join(results, "criteria.json"), load_json, "criteria file"),
             "values": rows_by_unit(os.path.join(results, "criteria.csv")),
-            "tuning": optional(os.path.join(results, "tuning.json"), load_json, "tuning summary"),
+            "tuning": optional(net, os.path.join(results, "tuning.json"), load_json, "tuning summary"),
             "tuning_rows": rows_by_unit(os.path.join(results, "tuning.csv")),
-            "stability": optional(os.path.join(results, "stability.json"), load_json, "stability file"),
+            "stability": optional(net, os.path.join(results, "stability.json"), load_json, "stability file"),
             "ablation": {b: d for b, d in ablation.items() if d is not None},
-            "summary": optional(os.path.join(results, "natural", "summary.pt"), load_pt, "natural-image summary")}
+            "summary": optional(net, os.path.join(results, "natural", "summary.pt"), load_pt, "natural-image summary")}
 
 
-def fz_channels(results, layer, objective):
+def fz_channels(net, results, layer, objective):
     """{channel: image path relative to RESULTS} of the FZs made (PNG if fzs.py wrote one), and the file's config."""
     pt = os.path.join(results, "fzs", layer, f"{objective}.pt")
     if not os.path.isfile(pt):
         return {}, None
     data = load_pt(pt, "FZ file")
-    check_arch(data.get("config", {}), pt)
+    net.check(data.get("config", {}), pt)
     out = {}
     for i, c in enumerate(data["channels"].tolist()):
         png = os.path.join("fzs", layer, objective, f"{c:04d}.png")
@@ -212,10 +198,10 @@ def number(v):
     return f"{x:.4g}" if np.isfinite(x) else ""
 
 
-def block_page(block, got, fzs, montages, weights, commands, natural_command):
-    In, Pre, Post = BLOCKS[block]
+def block_page(net, block, got, fzs, montages, weights, commands, natural_command):
+    In, Pre, Post = net.blocks[block]
     layers = dict(zip(ROLES, (In, Pre, Post)))
-    n = n_channels(Post)
+    n = net.channels(Post)
     crit = (got["criteria"] or {}).get("blocks", {}).get(block, {})
     passing = set(crit.get("passing", []))
     stab = (got["stability"] or {}).get("blocks", {}).get(block)
@@ -251,12 +237,12 @@ def block_page(block, got, fzs, montages, weights, commands, natural_command):
     make = ""
     for layer in dict.fromkeys(layers.values()):
         for o in OBJECTIVES:
-            missing = [ch for ch in range(n_channels(layer)) if ch not in fzs[layer, o]]
+            missing = [ch for ch in range(net.channels(layer)) if ch not in fzs[layer, o]]
             if missing and (o == "center" or fzs[layer, o]):  # channel FZs are optional: listed once some were made
                 make += f"<li><code>{html.escape(commands(layer, o, missing))}</code></li>"
     if not montages.get(Post):
         make += f"<li><code>{html.escape(natural_command)}</code></li>"
-    body = (f"<p><a href='index.html'>index</a></p><h1>{current_arch()} block {block}</h1>"
+    body = (f"<p><a href='index.html'>index</a></p><h1>{net.name} block {block}</h1>"
             f"<p>In = {In}, Pre = {Pre}, Post = {Post}; {n} channels, {measured} measured, {len(passing)} pass Eq. 1 and Eq. 2.</p>"
             + (f"<p>Missing pieces are made by:</p><ul>{make}</ul>" if make else "")
             + "<div class='controls'><label><input type='checkbox' id='passing'> passing only</label> &nbsp; mix ratio from "
@@ -264,7 +250,7 @@ def block_page(block, got, fzs, montages, weights, commands, natural_command):
               "<span id='status' data-loaded='0' data-broken='0'></span></div>"
             + f"<table id='units'><thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
             + f"<script>{SCRIPT}</script>")
-    return page(f"{current_arch()} block {block}", body, weights)
+    return page(f"{net.name} block {block}", body, weights)
 
 
 def camel(k):
@@ -272,68 +258,68 @@ def camel(k):
     return first + "".join(w.capitalize() for w in rest)
 
 
-def index_page(got, weights, results):
+def index_page(net, got, weights, results):
     crit = (got["criteria"] or {}).get("blocks", {})
     tune = (got["tuning"] or {}).get("blocks", {})
     stab = (got["stability"] or {}).get("blocks", {})
     rows = []
-    for b, (In, Pre, Post) in BLOCKS.items():
+    for b, (In, Pre, Post) in net.blocks.items():
         c, t, s = crit.get(b), tune.get(b), stab.get(b)
-        cells = [f"<td><a href='block_{b}.html'>{b}</a></td>", f"<td>{In}<br>{Pre}<br>{Post}</td>", f"<td>{n_channels(Post)}</td>",
+        cells = [f"<td><a href='block_{b}.html'>{b}</a></td>", f"<td>{In}<br>{Pre}<br>{Post}</td>", f"<td>{net.channels(Post)}</td>",
                  f"<td>{len(c['measured'])}</td><td>{c['count']} ({c['percent']:.1f}%)</td>" if c else "<td colspan=2 class='missing'>not measured</td>",
                  f"<td>{t['count_natural']} ({t['percent_natural']:.1f}%)</td>" if t else "<td class='missing'>\u2013</td>",
                  f"<td>{len(s['always'])} of {len(s['channels'])}</td>" if s else "<td class='missing'>\u2013</td>",
                  f"<td>{len(got['ablation'][b]['passing'])} channels</td>" if b in got["ablation"] else "<td class='missing'>\u2013</td>"]
         rows.append(f"<tr>{''.join(cells)}</tr>")
     figures = sorted(f for f in os.listdir(os.path.join(results, "figures")) if f.endswith(".png")) if os.path.isdir(os.path.join(results, "figures")) else []
-    body = (f"<h1>Atlas of {current_arch()}'s residual stream</h1><p>{html.escape(os.path.abspath(results))}</p>"
+    body = (f"<h1>Atlas of {net.name}'s residual stream</h1><p>{html.escape(os.path.abspath(results))}</p>"
             "<table><thead><tr><th>block</th><th>In / Pre / Post</th><th>channels</th><th>measured (FZ)</th><th>pass Eq. 1 and 2 (FZ)</th>"
             "<th>pass on natural images (tuning.py)</th><th>pass in every FZ seed</th><th>ablated set</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>"
             + ("<h2>Figures</h2><ul>" + "".join(f"<li><a href='../figures/{f}'>{f}</a></li>" for f in figures) + "</ul>" if figures else ""))
-    return page(f"Atlas: {current_arch()}", body, weights)
+    return page(f"Atlas: {net.name}", body, weights)
 
 
 # ----------------------------------------------------------------------------------------------------
 
 def main():
     configure(globals())
-    use_arch(ARCH)
+    net = arch.net(ARCH)
     if THUMB < 8 or FZ_THUMB < 16:
         die("--thumb must be at least 8 and --fz_thumb at least 16 pixels")
     if not os.path.isdir(RESULTS):
         die(f"results folder {RESULTS!r} does not exist")
     t0 = time.time()
-    got = read_inputs(RESULTS)
+    got = read_inputs(net, RESULTS)
     fzs, configs = {}, []
-    for layer in dict.fromkeys(lay for roles in BLOCKS.values() for lay in roles):
+    for layer in dict.fromkeys(lay for roles in net.blocks.values() for lay in roles):
         for o in OBJECTIVES:
-            fzs[layer, o], config = fz_channels(RESULTS, layer, o)
+            fzs[layer, o], config = fz_channels(net, RESULTS, layer, o)
             configs += [config] if config else []
     configs += [d.get("config", {}) for d in (got["criteria"], got["tuning"], got["summary"]) if d]
     if not configs:
         die(f"{RESULTS} holds no results of fzs.py, criteria.py or ablate.py to browse")
     weights = weights_of(*configs)
     like = next((c for c in configs if "steps" in c), None)
-    commands = lambda layer, o, channels: fzs_command([layer], RESULTS, weights, like, channels, objective=o)  # noqa: E731
-    natural_command = f"python ablate.py --stages natural --data /path/to/imagenet/val{weights_flags(weights, always=True)} --results {RESULTS}"
+    commands = lambda layer, o, channels: fzs_command([layer], net.name, weights, RESULTS, like, channels, objective=o)  # noqa: E731
+    natural_command = f"python ablate.py --stages natural --data /path/to/imagenet/val{weights_flags(weights, net.name, always=True)} --results {RESULTS}"
     montages, problem = {}, None
     if got["summary"]:
         root = NATURAL_ROOT or got["summary"]["root"]
-        layers = list(dict.fromkeys(layer for roles in BLOCKS.values() for layer in roles))
+        layers = list(dict.fromkeys(layer for roles in net.blocks.values() for layer in roles))
         montages, problem = write_montages(RESULTS, got["summary"], layers, root)
     folder = os.path.join(RESULTS, "atlas")
     os.makedirs(folder, exist_ok=True)
-    for b in tqdm(BLOCKS, desc="atlas: block pages", unit="block", dynamic_ncols=True):
-        text = block_page(b, got, fzs, montages, weights, commands, natural_command)
+    for b in tqdm(net.blocks, desc="atlas: block pages", unit="block", dynamic_ncols=True):
+        text = block_page(net, b, got, fzs, montages, weights, commands, natural_command)
         atomic_write(os.path.join(folder, f"block_{b}.html"), lambda tmp, t=text: open(tmp, "w").write(t))
-    text = index_page(got, weights, RESULTS)
+    text = index_page(net, got, weights, RESULTS)
     atomic_write(os.path.join(folder, "index.html"), lambda tmp: open(tmp, "w").write(text))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
-    pages = [os.path.getsize(os.path.join(folder, f"block_{b}.html")) for b in BLOCKS]
+    pages = [os.path.getsize(os.path.join(folder, f"block_{b}.html")) for b in net.blocks]
     if problem:
         print(f"note: some natural images could not be read ({problem}); their montages show as missing (--natural_root if they moved)")
-    print(f"atlas: {len(BLOCKS)} block pages ({min(pages) / 1e3:.0f}-{max(pages) / 1e3:.0f} kB of HTML each), {size / 1e6:.1f} MB in "
+    print(f"atlas: {len(net.blocks)} block pages ({min(pages) / 1e3:.0f}-{max(pages) / 1e3:.0f} kB of HTML each), {size / 1e6:.1f} MB in "
           f"{folder} in {time.time() - t0:.1f} s; open {os.path.join(folder, 'index.html')}")
 
 

@@ -28,33 +28,20 @@ import torch
 from tqdm import tqdm
 
 import arch
-import stream
-from stream import (
-    EQ2_HIGH,
-    EQ2_LOW,
-    check_arch,
+from cli import configure, die, main_guard, pick_device, resolve_batch, use_device
+from results import (
+    FZ_MATCH_KEYS,
     config_mismatch,
-    configure,
-    die,
     fzs_command,
     is_random,
-    load_model,
     load_pt,
     lock_results,
-    main_guard,
-    n_channels,
-    normalize,
-    pick_device,
-    read_center,
-    resolve_batch,
     save_json,
-    to_float,
-    use_arch,
-    use_device,
     versions,
     write_csv,
-    zoom,
 )
+from stats import EQ2_HIGH, EQ2_LOW
+from stream import load_model, normalize, read_center, to_float, zoom
 
 ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its blocks); must be the one the FZs were made with
 WEIGHTS = "IMAGENET1K_V1"  # model weights: torchvision's (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path
@@ -66,18 +53,18 @@ BATCH = "auto"  # images per forward pass: a number, or auto (64 on the CPU; on 
 MIX_IF_PRE_NONPOS = 10.0  # m_c when Post_c(X̂_Pre) <= 0 (released code; its rule comes first, so also when both are <= 0)
 MIX_IF_IN_NONPOS = 0.0  # m_c when Post_c(X̂_In) <= 0 < Post_c(X̂_Pre) (released code)
 
-# Fixed by the paper and by the result-file contract (not command-line options: written as expressions).
+# ---- end of flags (below: fixed constants, not flags)
 # The paper's passing channels (zero-indexed, its Figs. 1, 3 and 4): the reference for resnet18 with IMAGENET1K_V1.
-PAPER_PASSING = dict([
-    ("1.1", [10, 19, 21, 25, 44, 50]),
-    ("2.0", [50, 53]),
-    ("2.1", [13, 15, 18, 21, 25, 30, 31, 35, 36, 47, 48, 52, 56, 67, 68, 72, 88, 105, 106, 108, 110, 124, 127]),
-    ("3.0", []),
-    ("3.1", [1, 9, 13, 14, 16, 22, 29, 48, 58, 59, 63, 67, 69, 80, 88, 100, 113, 117, 126, 132, 135, 137, 141, 144, 147, 149,
-             153, 158, 161, 163, 164, 168, 178, 179, 180, 187, 188, 192, 198, 200, 204, 206, 215, 220, 226, 250]),
-    ("4.0", []),
-    ("4.1", []),
-])
+PAPER_PASSING = {
+    "1.1": [10, 19, 21, 25, 44, 50],
+    "2.0": [50, 53],
+    "2.1": [13, 15, 18, 21, 25, 30, 31, 35, 36, 47, 48, 52, 56, 67, 68, 72, 88, 105, 106, 108, 110, 124, 127],
+    "3.0": [],
+    "3.1": [1, 9, 13, 14, 16, 22, 29, 48, 58, 59, 63, 67, 69, 80, 88, 100, 113, 117, 126, 132, 135, 137, 141, 144, 147, 149,
+             153, 158, 161, 163, 164, 168, 178, 179, 180, 187, 188, 192, 198, 200, 204, 206, 215, 220, 226, 250],
+    "4.0": [],
+    "4.1": [],
+}
 PAPER_WEIGHTS = "IMAGENET1K_V1"  # the weights the paper's lists were measured with (resnet18's: an id without an architecture)
 CSV_COLUMNS = "block channel pre_in pre_zoom_in post_in post_pre eq1 eq2 passes mix bn2_abs conv2_abs_mean".split()
 
@@ -123,25 +110,25 @@ def fz_path(results, layer):
     return os.path.join(results, "fzs", layer, "center.pt")
 
 
-def load_fz(path):
+def load_fz(net, path):
     fz = load_pt(path, "FZ file")
     if not isinstance(fz, dict) or not all(k in fz for k in ("images", "channels", "config")):
         die(f"{path} is not an FZ file of fzs.py (a dict with images, channels, activation, config)")
-    check_arch(fz["config"], path)
+    net.check(fz["config"], path)
     images, channels = fz["images"], torch.as_tensor(fz["channels"]).long()
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, 224, 224) or len(images) != len(channels):
         die(f"{path}: expected uint8 images (N,3,224,224) and N channels, found {images.dtype} {tuple(images.shape)} and {len(channels)} channels")
-    n = n_channels(fz["config"].get("layer", os.path.basename(os.path.dirname(path))))
+    n = net.channels(fz["config"].get("layer", os.path.basename(os.path.dirname(path))))
     if len(channels) and (channels.min() < 0 or channels.max() >= n or len(set(channels.tolist())) != len(channels)):
         die(f"{path}: channel indices must be distinct and in 0..{n - 1}")
     return {"images": images, "channels": channels, "activation": fz.get("activation"), "config": fz["config"]}
 
 
-def any_fz(results):
+def any_fz(net, results):
     """The center FZ file of some probed layer in results/fzs (the first in forward order), or None."""
-    for layer in stream.LAYERS:
+    for layer in net.layers:
         if os.path.isfile(fz_path(results, layer)):
-            return load_fz(fz_path(results, layer))
+            return load_fz(net, fz_path(results, layer))
     return None
 
 
@@ -158,7 +145,7 @@ def pair_problem(cfg_in, cfg_pre, wid):
     for cfg in (cfg_in, cfg_pre):
         if cfg.get("weights") != wid:
             return f"{cfg.get('layer')} FZs were made with weights {cfg.get('weights')!r}, the model here is {wid!r}"
-    why = config_mismatch(cfg_in, cfg_pre, stream.FZ_MATCH_KEYS)
+    why = config_mismatch(cfg_in, cfg_pre, FZ_MATCH_KEYS)
     return f"its In and Pre FZs were made under different configs ({why})" if why else None
 
 
@@ -167,14 +154,14 @@ def pair_problem(cfg_in, cfg_pre, wid):
 # activation of each layer is entry (i, channels[i]).
 
 @torch.no_grad()
-def measure(model, images, channels, layers, device, batch, transform=None, bar=None):
+def measure(net, model, images, channels, layers, device, batch, transform=None, bar=None):
     """{layer: (N,) float32} center activation of channel channels[i] on image i (uint8), optionally transformed."""
     out = {layer: [] for layer in layers}
     for i in range(0, len(images), batch):
         x = to_float(images[i:i + batch].to(device))
         if transform is not None:
             x = transform(x)
-        acts = read_center(model, normalize(x).contiguous(memory_format=torch.channels_last), layers)
+        acts = read_center(net, model, normalize(x).contiguous(memory_format=torch.channels_last), layers)
         rows, cols = torch.arange(len(x), device=device), channels[i:i + batch].to(device)
         for layer in layers:
             out[layer].append(acts[layer][rows, cols])
@@ -192,18 +179,18 @@ def weight_magnitudes(model, pre, channels):
     return bn2.weight.detach().cpu()[c].abs(), conv2.weight.detach().cpu()[c].abs().flatten(1).mean(1)
 
 
-def measure_block(model, block, fz_in, fz_pre, device, batch, bar=None):
+def measure_block(net, model, block, fz_in, fz_pre, device, batch, bar=None):
     """All per-channel values of a block, for the channels that have both an In and a Pre FZ."""
-    In, Pre, Post = stream.BLOCKS[block]
+    In, Pre, Post = net.blocks[block]
     channels = sorted(set(fz_in["channels"].tolist()) & set(fz_pre["channels"].tolist()))
     pos_in = {c: i for i, c in enumerate(fz_in["channels"].tolist())}
     pos_pre = {c: i for i, c in enumerate(fz_pre["channels"].tolist())}
     ch = torch.tensor(channels, dtype=torch.long)
     x_in = fz_in["images"][[pos_in[c] for c in channels]]
     x_pre = fz_pre["images"][[pos_pre[c] for c in channels]]
-    on_in = measure(model, x_in, ch, [In, Pre, Post], device, batch, bar=bar)              # X̂_In
-    on_zoom = measure(model, x_in, ch, [Pre], device, batch, transform=zoom, bar=bar)      # S(X̂_In)
-    on_pre = measure(model, x_pre, ch, [Pre, Post], device, batch, bar=bar)                # X̂_Pre
+    on_in = measure(net, model, x_in, ch, [In, Pre, Post], device, batch, bar=bar)              # X̂_In
+    on_zoom = measure(net, model, x_in, ch, [Pre], device, batch, transform=zoom, bar=bar)      # S(X̂_In)
+    on_pre = measure(net, model, x_pre, ch, [Pre, Post], device, batch, bar=bar)                # X̂_Pre
     bn2_abs, conv2_abs_mean = weight_magnitudes(model, Pre, ch)
     v = {"channel": ch, "pre_in": on_in[Pre], "pre_zoom_in": on_zoom[Pre], "post_in": on_in[Post], "post_pre": on_pre[Post],
          "bn2_abs": bn2_abs, "conv2_abs_mean": conv2_abs_mean}
@@ -237,25 +224,25 @@ def objective_warning(block, layer, measured, stored):
 # ----------------------------------------------------------------------------------------------------
 # One run: every asked block of one results folder.
 
-def run_criteria(model, wid, results, blocks, weights, device, batch, strict_weights=False):
+def run_criteria(net, model, wid, results, blocks, weights, device, batch, strict_weights=False):
     """{"blocks": {block: summary}, "values": {block: per-channel values}, "fz_files": {layer: config},
     "fz_sha256": {layer: hash}, "skipped": {block: reason}} for the FZs under results/fzs."""
     out = {"blocks": {}, "values": {}, "fz_files": {}, "fz_sha256": {}, "skipped": {}}
     ready = {}
-    first_fz = functools.lru_cache(maxsize=None)(lambda: any_fz(results))  # read once, whichever blocks need it
+    first_fz = functools.lru_cache(maxsize=None)(lambda: any_fz(net, results))  # read once, whichever blocks need it
     for block in blocks:
-        In, Pre, Post = stream.BLOCKS[block]
+        In, Pre, Post = net.blocks[block]
         missing = [layer for layer in (In, Pre) if not os.path.isfile(fz_path(results, layer))]
         if missing:
             other = [layer for layer in (In, Pre) if layer not in missing]
-            like = load_fz(fz_path(results, other[0])) if other else first_fz()  # copy the settings of FZs made here
+            like = load_fz(net, fz_path(results, other[0])) if other else first_fz()  # copy the settings of FZs made here
             made = like["channels"].tolist() if like else []
-            some = like is not None and len(made) < n_channels(like["config"].get("layer", Pre))  # not all its channels
-            channels = ([c for c in made if c < n_channels(Pre)] or None) if some else None
-            command = fzs_command(missing, results, weights, like and like["config"], channels)
+            some = like is not None and len(made) < net.channels(like["config"].get("layer", Pre))  # not all its channels
+            channels = ([c for c in made if c < net.channels(Pre)] or None) if some else None
+            command = fzs_command(missing, net.name, weights, results, like and like["config"], channels)
             out["skipped"][block] = f"no center FZs for {', '.join(missing)}; make them with: {command}"
             continue
-        fz_in, fz_pre = load_fz(fz_path(results, In)), load_fz(fz_path(results, Pre))
+        fz_in, fz_pre = load_fz(net, fz_path(results, In)), load_fz(net, fz_path(results, Pre))
         if strict_weights:
             for fz in (fz_in, fz_pre):
                 if fz["config"].get("weights") != wid:
@@ -272,16 +259,16 @@ def run_criteria(model, wid, results, blocks, weights, device, batch, strict_wei
     total = sum(3 * len(set(a["channels"].tolist()) & set(b["channels"].tolist())) for a, b in ready.values())
     with tqdm(total=total, desc=f"criteria {results}", unit="img", leave=False) as bar:
         for block, (fz_in, fz_pre) in ready.items():
-            In, Pre, Post = stream.BLOCKS[block]
+            In, Pre, Post = net.blocks[block]
             for layer, fz in ((In, fz_in), (Pre, fz_pre)):
                 out["fz_files"][layer] = fz["config"]
                 out["fz_sha256"][layer] = sha256(fz_path(results, layer))
-            v = measure_block(model, block, fz_in, fz_pre, device, batch, bar=bar)
+            v = measure_block(net, model, block, fz_in, fz_pre, device, batch, bar=bar)
             for layer, measured, stored in ((In, v["objective_in"], v["stored_in"]), (Pre, v["objective_pre"], v["stored_pre"])):
                 warning = objective_warning(block, layer, measured, stored)
                 if warning:
                     tqdm.write(warning)
-            n, measured = n_channels(Pre), v["channel"].tolist()
+            n, measured = net.channels(Pre), v["channel"].tolist()
             passing = v["channel"][v["passes"]].tolist()
             out["values"][block] = v
             out["blocks"][block] = {
@@ -340,19 +327,19 @@ def print_summary(result, wid):
 # ----------------------------------------------------------------------------------------------------
 # Stability across FZ seeds.
 
-def stability(runs):
+def stability(net, runs):
     """runs: {folder: run_criteria result}. Per block measured in every run, over the channels measured in every
     run: pass frequency per channel, pairwise Jaccard of the passing sets, channels passing in every run."""
     folders = list(runs)
     out, skipped = {}, {}
-    for block in BLOCKS or stream.BLOCKS:
+    for block in BLOCKS or net.blocks:
         lacking = [f for f in folders if block not in runs[f]["blocks"]]
         if lacking:
             skipped[block] = f"not measured in {', '.join(lacking)}" if len(lacking) < len(folders) else "not measured in any run"
             continue
         channels = sorted(set.intersection(*(set(runs[f]["blocks"][block]["measured"]) for f in folders)))
         sets = [set(runs[f]["blocks"][block]["passing"]) & set(channels) for f in folders]
-        seeds = [runs[f]["fz_files"][stream.BLOCKS[block][0]].get("seed") for f in folders]
+        seeds = [runs[f]["fz_files"][net.blocks[block][0]].get("seed") for f in folders]
         out[block] = {
             "channels": channels,
             "pass_frequency": [sum(c in s for s in sets) / len(sets) for c in channels],
@@ -392,12 +379,12 @@ def print_stability(folders, blocks, skipped):
 def main():
     global BLOCKS
     cfg = configure(globals())
-    use_arch(ARCH)
-    BLOCKS = BLOCKS or list(stream.BLOCKS)
+    net = arch.net(ARCH)
+    BLOCKS = BLOCKS or list(net.blocks)
     cfg["BLOCKS"] = BLOCKS
     for block in BLOCKS:
-        if block not in stream.BLOCKS:
-            die(f"unknown block {block!r}; the blocks are: {', '.join(stream.BLOCKS)}")
+        if block not in net.blocks:
+            die(f"unknown block {block!r}; the blocks are: {', '.join(net.blocks)}")
     if RUNS and (len(RUNS) < 2 or len(set(map(os.path.abspath, RUNS))) < len(RUNS)):
         die("--runs needs at least two different results folders to compare")
     for folder in RUNS:
@@ -405,13 +392,13 @@ def main():
             die(f"run {folder}: no FZs in {os.path.join(folder, 'fzs')}")
     single = not RUNS or os.path.isdir(os.path.join(RESULTS, "fzs"))  # with --runs, RESULTS may be just the output folder
     if single and not os.path.isdir(os.path.join(RESULTS, "fzs")):
-        layers = [layer for b in BLOCKS for layer in stream.BLOCKS[b][:2]]
-        die(f"no FZs in {os.path.join(RESULTS, 'fzs')}; make them with: {fzs_command(layers, RESULTS, WEIGHTS)}")
+        layers = [layer for b in BLOCKS for layer in net.blocks[b][:2]]
+        die(f"no FZs in {os.path.join(RESULTS, 'fzs')}; make them with: {fzs_command(layers, net.name, WEIGHTS, RESULTS)}")
     device = pick_device(DEVICE)
     device_name = use_device(device, "fp32")  # these are measurements: true float32 convolutions on a GPU too (no TF32)
     batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=64, cap=1024)
     t0 = time.time()
-    model, wid = load_model(WEIGHTS, device)
+    model, wid = load_model(net.name, WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and GPUs alike, still float32
     config = {**cfg, "arch": ARCH, "weights_id": wid, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": device_name, "batch": batch,
               "versions": versions()}
@@ -421,7 +408,7 @@ def main():
     results = {}
     lock = lock_results(RESULTS, "criteria.py")  # noqa: F841 (held until the process ends)
     if single:
-        result = run_criteria(model, wid, RESULTS, BLOCKS, WEIGHTS, device, batch)
+        result = run_criteria(net, model, wid, RESULTS, BLOCKS, WEIGHTS, device, batch)
         if not result["blocks"]:
             for block, reason in result["skipped"].items():
                 print(f"block {block}: not measured: {reason}", file=sys.stderr)
@@ -441,7 +428,7 @@ def main():
         for folder in RUNS:
             key = os.path.abspath(folder)
             if key not in results:
-                results[key] = run_criteria(model, wid, folder, BLOCKS, WEIGHTS, device, batch, strict_weights=True)
+                results[key] = run_criteria(net, model, wid, folder, BLOCKS, WEIGHTS, device, batch, strict_weights=True)
                 for block, reason in results[key]["skipped"].items():
                     print(f"run {folder}, block {block}: not measured: {reason}")
             runs[folder] = results[key]
@@ -449,7 +436,7 @@ def main():
             for layer, c in r["fz_files"].items():
                 if c.get("weights") != wid:
                     die(f"run {folder}: {layer} FZs were made with weights {c.get('weights')!r}, not {wid!r}")
-        blocks, skipped = stability(runs)
+        blocks, skipped = stability(net, runs)
         if not blocks:
             die("no block was measured in every run: nothing to compare")
         save_json({"runs": list(RUNS), "blocks": blocks, "skipped": skipped, "config": config,

@@ -30,39 +30,10 @@ import torchvision.transforms.functional as TF
 from tqdm import tqdm
 
 import arch
-from stream import (
-    BLOCKS,
-    amp_dtype,
-    autocast,
-    block_of,
-    center,
-    check_arch,
-    config_mismatch,
-    configure,
-    current_arch,
-    die,
-    features,
-    init_ranks,
-    load_json,
-    load_model,
-    load_pt,
-    lock_results,
-    main_guard,
-    n_channels,
-    no_tf32,
-    normalize,
-    parse_channels,
-    parse_layers,
-    pick_device,
-    precision,
-    save_pt,
-    to_float,
-    truncated,
-    use_arch,
-    use_device,
-    versions,
-    where,
-)
+from arch import parse_channels
+from cli import amp_dtype, autocast, configure, die, init_ranks, main_guard, no_tf32, pick_device, precision, use_device
+from results import FZ_KEYS, config_mismatch, load_json, load_pt, lock_results, save_pt, versions
+from stream import center, features, load_model, normalize, to_float, truncated
 
 ARCH = "resnet18"  # a torchvision ResNet: resnet18, resnet34, resnet50, resnet101, ... (--list prints its blocks and units)
 WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), a state_dict path, or random[:SEED] (smoke runs only)
@@ -86,9 +57,7 @@ DEVICE = "auto"  # auto, cpu, cuda or cuda:N (under torchrun: auto or cuda, and 
 RESULTS = "results"  # results folder
 PNG = True  # also write one PNG per unit, RESULTS/fzs/<layer>/<objective>/<channel>.png
 LIST = False  # print ARCH's probed blocks (In / Pre / Post), its unit count and the cost of a full sweep at STEPS, then stop
-
-# config entries that must agree for FZs to share a file (not an option: written as an expression)
-FZ_KEYS = tuple("arch layer objective weights seed steps lr batch size scales angles jitter pre_as_released fold_bn amp device".split())
+# ---- end of flags (below: fixed constants, not flags)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -244,38 +213,38 @@ def objective(fmap, channels, kind):
     return fmap[rows, channels].mean(dim=(1, 2))
 
 
-def target_layer(layer, pre_as_released):
+def target_layer(net, layer, pre_as_released):
     """The layer whose output the optimisation reads. The released scripts' lucent hooks held a reference to
     bn2's output, which the block's in-place add and ReLU turn into the block output."""
-    return block_of(layer) if pre_as_released and where(layer)[1] == "pre" else layer
+    return net.block_of(layer) if pre_as_released and net.where(layer)[1] == "pre" else layer
 
 
-def parse_jitter(spec):
+def parse_jitter(net, spec):
     """'layer2.1:16,layer3.0:8' -> {residual block: pad}, the overrides of arch.jitter's rule."""
-    out, blocks = {}, arch.tables(current_arch())[1]
+    out, blocks = {}, net.residual
     for item in [t.strip() for t in str(spec).split(",") if t.strip()]:
         block, _, value = item.partition(":")
         if block.strip() not in blocks or not value.strip().isdigit():
-            die(f"--jitter: cannot read {item!r}; use block:pad, e.g. layer2.1:16 (blocks of {current_arch()}: {blocks[0]} .. {blocks[-1]})")
+            die(f"--jitter: cannot read {item!r}; use block:pad, e.g. layer2.1:16 (blocks of {net.name}: {blocks[0]} .. {blocks[-1]})")
         out[block.strip()] = int(value)
     return out
 
 
-def render(model, layer, channels, kind, cfg, unit_seeds, transform_seed, device, amp, forward=None, on_step=None):
+def render(net, model, layer, channels, kind, cfg, unit_seeds, transform_seed, device, amp, forward=None, on_step=None):
     """Optimise one image per unit (layer, channels[i]) for cfg['steps'] steps; uint8 N x 3 x S x S images.
     Image i starts from the spectrum drawn with unit_seeds[i]; the transform draws (shared by the batch) come from
     a RandomState(transform_seed). With one unit and both seeds equal, this is lucent's render_vis after seeding."""
-    return render_groups(model, layer, kind, cfg, [(channels, unit_seeds, transform_seed)], device, amp, forward, on_step)[0]
+    return render_groups(net, model, layer, kind, cfg, [(channels, unit_seeds, transform_seed)], device, amp, forward, on_step)[0]
 
 
-def render_groups(model, layer, kind, cfg, groups, device, amp, forward=None, on_step=None):
-    """render() for several batches of units of one layer at once: groups = [(channels, unit_seeds, transform_seed)].
+def render_groups(net, model, layer, kind, cfg, groups, device, amp, forward=None, on_step=None):
+    """render(net) for several batches of units of one layer at once: groups = [(channels, unit_seeds, transform_seed)].
     Each group keeps its own spectrum, transform draws and optimiser, and runs its own forward and backward at its own
-    batch size, so its images are the ones render() gives it alone (bit for bit on the CPU). On a GPU each group runs
+    batch size, so its images are the ones render(net) gives it alone (bit for bit on the CPU). On a GPU each group runs
     on its own CUDA stream, so that small batches of deep layers fill the card together. Returns one uint8 tensor a
     group; on_step() is called once per step (all groups)."""
-    target = target_layer(layer, cfg["pre_as_released"])
-    forward = forward or truncated(model, target)
+    target = target_layer(net, layer, cfg["pre_as_released"])
+    forward = forward or truncated(net, model, target)
     steps = transforms_for(cfg["jitter"], cfg["scales"], cfg["angles"], cfg["size"])
     # inputs in the model's memory layout (fzs.py runs it channels_last: faster convolutions on CPUs and GPUs)
     layout = torch.channels_last if model.conv1.weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
@@ -314,9 +283,9 @@ def side_streams(device, n):
     return [torch.cuda.Stream(device) for _ in range(n)]
 
 
-def compile_forward(model, target, n_targets, backend="inductor"):
+def compile_forward(net, model, target, n_targets, backend="inductor"):
     """torch.compile of the truncated network up to `target` (one compiled function per target layer). Every target
-    shares truncated()'s code, so dynamo's recompile limit (8 by default, after which it runs the rest in eager mode,
+    shares truncated(net)'s code, so dynamo's recompile limit (8 by default, after which it runs the rest in eager mode,
     silently) is raised to one graph per target, input size and batch size: jitter-0 layers see 4 sizes (224, 225, 230,
     236), and a layer's last batch can be smaller than the others."""
     import torch._dynamo.config as dynamo
@@ -324,15 +293,15 @@ def compile_forward(model, target, n_targets, backend="inductor"):
     for name in ("recompile_limit", "cache_size_limit"):  # the name since torch 2.6, and the older one
         if hasattr(dynamo, name) and getattr(dynamo, name) < limit:
             setattr(dynamo, name, limit)
-    return torch.compile(truncated(model, target), backend=backend, dynamic=False)
+    return torch.compile(truncated(net, model, target), backend=backend, dynamic=False)
 
 
 @torch.no_grad()
-def measure(model, layer, images, channels, kind, device):
+def measure(net, model, layer, images, channels, kind, device):
     """The objective of each unit on its stored 8-bit image, untransformed, in float32 (no TF32 on GPUs)."""
     with no_tf32():
         x = normalize(to_float(images).to(device))
-        fmap = features(model, x, [layer])[layer].float()
+        fmap = features(net, model, x, [layer])[layer].float()
         return objective(fmap, torch.as_tensor(channels, device=device), kind).cpu()
 
 
@@ -376,23 +345,23 @@ def part_path(results, layer, kind, group, channels):
     return os.path.join(parts_dir(results, layer, kind), f"{group:04d}-{tag:08x}.pt")
 
 
-def check_config(path, cfg, stored):
-    check_arch(stored, path)
+def check_config(net, path, cfg, stored):
+    net.check(stored, path)
     why = config_mismatch(stored, cfg, FZ_KEYS)
     if why:
         die(f"{path} was made under another config ({why}); use another --results folder or remove it")
 
 
-def existing(path, cfg):
+def existing(net, path, cfg):
     """The FZ file at path (or None), refused if it was made under another config."""
     if not os.path.exists(path):
         return None
     data = load_pt(path, "FZ file")
-    check_config(path, cfg, data["config"])
+    check_config(net, path, cfg, data["config"])
     return data
 
 
-def parts_of(results, layer, kind, cfg):
+def parts_of(net, results, layer, kind, cfg):
     """{path: part} of every finished part file of (layer, kind); one made under another config is refused."""
     folder = parts_dir(results, layer, kind)
     names = sorted(n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith(".")) if os.path.isdir(folder) else []
@@ -400,17 +369,17 @@ def parts_of(results, layer, kind, cfg):
     for name in names:
         path = os.path.join(folder, name)
         out[path] = load_pt(path, "FZ part file")
-        check_config(path, cfg, out[path]["config"])
+        check_config(net, path, cfg, out[path]["config"])
     return out
 
 
-def merge(results, layer, kind, cfg):
+def merge(net, results, layer, kind, cfg):
     """Merge every part file of (layer, kind) into its final file, with what that file already held."""
-    parts = parts_of(results, layer, kind, cfg)
+    parts = parts_of(net, results, layer, kind, cfg)
     if not parts:
         return
     final = out_path(results, layer, kind)
-    old = existing(final, cfg)
+    old = existing(net, final, cfg)
     pieces = ([old] if old else []) + list(parts.values())
     channels = torch.cat([p["channels"] for p in pieces])
     order = channels.argsort(stable=True)
@@ -432,22 +401,22 @@ def write_pngs(results, layer, kind, data, skip):
             Image.fromarray(img.permute(1, 2, 0).numpy()).save(os.path.join(folder, f"{c:04d}.png"))
 
 
-def passing_channels(results, layer):
+def passing_channels(net, results, layer):
     """Channels of a layer that pass the criteria in any block the layer belongs to (criteria.json)."""
     path = os.path.join(results, "criteria.json")
     if not os.path.exists(path):
         die(f"--channels passing needs {path}: run criteria.py first")
     crit = load_json(path, "criteria file")
-    check_arch(crit.get("config", {}), path)
+    net.check(crit.get("config", {}), path)
     blocks = crit.get("blocks", {})
-    return sorted({c for b, names in BLOCKS.items() if layer in names for c in blocks.get(b, {}).get("passing", [])})
+    return sorted({c for b, names in net.blocks.items() if layer in names for c in blocks.get(b, {}).get("passing", [])})
 
 
 # ----------------------------------------------------------------------------------------------------
 
 def main():
     configure(globals())
-    use_arch(ARCH)
+    net = arch.net(ARCH)
     if LIST:
         print("\n".join(arch.describe(ARCH, STEPS)))
         return
@@ -456,7 +425,7 @@ def main():
     prec = precision(AMP, device)
     device_name = use_device(device, prec)  # the current GPU; TF32 only under --amp tf32
     init_ranks(world)  # under torchrun: the ranks meet at two barriers (after planning, before merging)
-    layers = parse_layers(LAYERS)
+    layers = net.parse_layers(LAYERS)
     kinds = OBJECTIVES if isinstance(OBJECTIVES, list) else [OBJECTIVES]
     for k in kinds:
         if k not in ("center", "channel"):
@@ -471,19 +440,19 @@ def main():
         die(f"--scales must be one or more positive factors such as 1,0.975,1.025, not {','.join(map(str, SCALES)) or 'empty'}")
     if not ANGLES:
         die("--angles must list one or more angles in degrees, such as -5,0,5")
-    jitter = {b: arch.jitter(b) for b in arch.tables(ARCH)[1]} | parse_jitter(JITTER)
+    jitter = {b: arch.jitter(b) for b in net.residual} | parse_jitter(net, JITTER)
     for block, j in jitter.items():
         if j < 0 or j == 1:
             die(f"jitter of {block} must be 0 or at least 2 (lucent's jitter(d) needs d > 1), not {j}")
     if rank == 0:
         lock = lock_results(RESULTS, "fzs.py")  # noqa: F841 (held until the process ends)
-    channels_of = {layer: passing_channels(RESULTS, layer) if CHANNELS == "passing" else
-                   parse_channels(CHANNELS, n_channels(layer), layer) for layer in layers}
+    channels_of = {layer: passing_channels(net, RESULTS, layer) if CHANNELS == "passing" else
+                   parse_channels(CHANNELS, net.channels(layer), layer) for layer in layers}
     for layer, channels in channels_of.items():
         if CHANNELS == "passing" and not channels:
             print(f"fzs: no channel of {layer} passes the criteria in {os.path.join(RESULTS, 'criteria.json')}: nothing to "
                   f"make for it (name channels by hand with --channels, e.g. --channels 0:8)")
-    model, weights_id = load_model(WEIGHTS, device)
+    model, weights_id = load_model(net.name, WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # measures the stored images
     amp = amp_dtype(prec)
     optimised = fold_batchnorm(model) if FOLD_BN else copy.deepcopy(model)  # runs the optimisation
@@ -496,19 +465,19 @@ def main():
         for kind in kinds:
             cfg = {"arch": ARCH, "layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
                    "batch": BATCH, "size": SIZE, "scales": list(SCALES), "angles": list(ANGLES),
-                   "jitter": jitter[block_of(layer)], "pre_as_released": PRE_AS_RELEASED, "fold_bn": FOLD_BN,
+                   "jitter": jitter[net.block_of(layer)], "pre_as_released": PRE_AS_RELEASED, "fold_bn": FOLD_BN,
                    "amp": prec, "param": "lucent fft, decorrelate, sd 0.01", "device": device.type,
                    "device_name": device_name}
             cfgs[layer, kind] = cfg
-            old = existing(out_path(RESULTS, layer, kind), cfg)
+            old = existing(net, out_path(RESULTS, layer, kind), cfg)
             done = set(old["channels"].tolist()) if old else set()
-            for part in parts_of(RESULTS, layer, kind, cfg).values():
+            for part in parts_of(net, RESULTS, layer, kind, cfg).values():
                 done |= set(part["channels"].tolist())
             made += sum(c in done for c in channels)
             todo = [c for c in channels if c not in done]
             for group in sorted({c // BATCH for c in todo}):  # whole batches: the units asked for and their batch-mates
                 plan.append((layer, kind, group, [c for c in todo if c // BATCH == group],
-                             batch_members(group, BATCH, n_channels(layer))))
+                             batch_members(group, BATCH, net.channels(layer))))
     if world > 1:
         torch.distributed.barrier()  # every rank has planned before any rank writes a part
     mine = plan[rank::world]
@@ -525,33 +494,33 @@ def main():
             chunks[-1].append(entry)
         else:
             chunks.append([entry])
-    compiled, n_targets = {}, len({target_layer(p[0], PRE_AS_RELEASED) for p in mine})
+    compiled, n_targets = {}, len({target_layer(net, p[0], PRE_AS_RELEASED) for p in mine})
     t0 = time.time()
     with tqdm(total=optimised_units * STEPS, unit="img-step", unit_scale=True, smoothing=0.05, disable=units == 0) as bar:
         for n, chunk in enumerate(chunks):
             layer, kind = chunk[0][:2]
             bar.set_description(f"{layer} {kind} {chunk[0][3][0]}..{chunk[-1][3][-1]}")
-            target = target_layer(layer, PRE_AS_RELEASED)
+            target = target_layer(net, layer, PRE_AS_RELEASED)
             if COMPILE and target not in compiled:
-                compiled[target] = compile_forward(optimised, target, n_targets)
+                compiled[target] = compile_forward(net, optimised, target, n_targets)
             cfg = cfgs[layer, kind]
             groups = [(members, [unit_seed(SEED, layer, kind, c) for c in members], transform_seed(SEED, layer, kind, group))
                       for _, _, group, _, members in chunk]
-            images = render_groups(optimised, layer, kind, cfg, groups, device, amp, compiled.get(target),
+            images = render_groups(net, optimised, layer, kind, cfg, groups, device, amp, compiled.get(target),
                                    on_step=lambda k=sum(len(g[0]) for g in groups): bar.update(k))
             for (_, _, group, channels, members), imgs in zip(chunk, images):
-                activation = measure(model, layer, imgs, members, kind, device)  # the whole batch: the same rounding
+                activation = measure(net, model, layer, imgs, members, kind, device)  # the whole batch: the same rounding
                 keep = [members.index(c) for c in channels]  # the units asked for
                 save_pt({"images": imgs[keep], "channels": torch.tensor(channels, dtype=torch.int64), "activation": activation[keep],
                          "config": cfg}, part_path(RESULTS, layer, kind, group, channels))
             if world == 1 and all(c[0][:2] != (layer, kind) for c in chunks[n + 1:]):
-                merge(RESULTS, layer, kind, cfg)  # the last batch of this (layer, objective): its file is complete
+                merge(net, RESULTS, layer, kind, cfg)  # the last batch of this (layer, objective): its file is complete
     elapsed = time.time() - t0
     if world > 1:
         torch.distributed.barrier()  # every rank's parts are written
     if rank == 0:
         for (layer, kind), cfg in cfgs.items():
-            merge(RESULTS, layer, kind, cfg)  # also the parts an interrupted run left
+            merge(net, RESULTS, layer, kind, cfg)  # also the parts an interrupted run left
     if world > 1:
         torch.distributed.destroy_process_group()
     if units:

@@ -21,26 +21,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+import arch
+from cli import configure, die, main_guard
+from figures import save_figure, stamp
 from imagenet import ImageError, decode_rgb, eval_views
-from stream import (
-    BLOCKS,
-    FZ_MATCH_KEYS,
-    check_arch,
-    config_mismatch,
-    configure,
-    die,
-    fzs_command,
-    load_json,
-    load_pt,
-    main_guard,
-    n_channels,
-    parse_block_channels,
-    save_figure,
-    stamp,
-    use_arch,
-    weights_flags,
-    weights_of,
-)
+from results import FZ_MATCH_KEYS, config_mismatch, fzs_command, load_json, load_pt, weights_flags, weights_of
 
 RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -52,6 +37,7 @@ GRID_INCHES = 2.1  # width of one channel's grid on the page, inches
 TILE = 112  # pixels per natural image in the top-9 montage (the PDF keeps them at this size)
 NATURAL_ROOT = ""  # folder of the natural images if it moved since ablate.py recorded it (empty: summary.pt's root)
 DPI = 200  # PNG resolution
+# ---- end of flags (below: fixed constants, not flags)
 
 
 
@@ -59,13 +45,13 @@ DPI = 200  # PNG resolution
 # Inputs
 
 
-def read_fzs(results, layer, objective):
+def read_fzs(net, results, layer, objective):
     """{channel: (uint8 HxWx3 image, achieved activation)} and the file's config, or ({}, None) when there is no file."""
     path = os.path.join(results, "fzs", layer, f"{objective}.pt")
     if not os.path.isfile(path):
         return {}, None
     d = load_pt(path, f"{objective} FZ file")
-    check_arch(d.get("config", {}), path)
+    net.check(d.get("config", {}), path)
     images = d["images"].numpy().transpose(0, 2, 3, 1)
     acts = d["activation"].tolist() if d.get("activation") is not None else [None] * len(images)
     return {int(c): (images[i], acts[i]) for i, c in enumerate(d["channels"].tolist())}, d.get("config", {})
@@ -90,10 +76,10 @@ def montage(paths, tile):
     return out
 
 
-def which_channels(criteria, spec, only):
+def which_channels(net, criteria, spec, only):
     """[(block, [channels])]: named by hand ('2.1:5,17;3.1:40'), else the passing channels of criteria.json."""
     if spec:
-        return list(parse_block_channels(spec).items())
+        return list(net.parse_block_channels(spec).items())
     if criteria is None:
         die("no criteria.json in the results folder: run python criteria.py first, or name channels with --channels 2.1:5,17")
     blocks = [b.strip() for b in only.split(",") if b.strip()] or list(criteria["blocks"])
@@ -162,12 +148,12 @@ def draw_page(grids, title, weights):
 
 def main():
     configure(globals())
-    use_arch(ARCH)
+    net = arch.net(ARCH)
     criteria_path = os.path.join(RESULTS, "criteria.json")
     criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else None
     if criteria is not None:
-        check_arch(criteria.get("config", {}), criteria_path)
-    chosen = which_channels(criteria, CHANNELS, ONLY_BLOCKS)
+        net.check(criteria.get("config", {}), criteria_path)
+    chosen = which_channels(net, criteria, CHANNELS, ONLY_BLOCKS)
     if not chosen:
         print("no block has passing channels in criteria.json: nothing to plot "
               "(name channels by hand with --channels 2.1:0,1 to see their grids)")
@@ -176,7 +162,7 @@ def main():
     summary_path = os.path.join(RESULTS, "natural", "summary.pt")
     summary = load_pt(summary_path, "natural-image summary") if os.path.isfile(summary_path) else None
     if summary is not None:
-        check_arch(summary.get("config", {}), summary_path)
+        net.check(summary.get("config", {}), summary_path)
     configs, missing, grids_by_block, center_config = [], [], {}, {}
     if criteria is not None:
         configs.append(criteria.get("config", {}))
@@ -186,11 +172,11 @@ def main():
 
     reference = None  # the config every FZ file of the figure must share (FZ_MATCH_KEYS)
     for block, channels in chosen:
-        layers = BLOCKS[block]
+        layers = net.blocks[block]
         fzs = {}
         for layer in layers:
             for objective in ("center", "channel"):
-                images, config = read_fzs(RESULTS, layer, objective)
+                images, config = read_fzs(net, RESULTS, layer, objective)
                 fzs[layer, objective] = images
                 if config is None:
                     continue
@@ -206,7 +192,7 @@ def main():
                 if why:
                     die(f"fzs/{layer}/{objective}.pt was made under another config than fzs/{reference.get('layer')}/"
                         f"{reference.get('objective')}.pt ({why}): a grid compares FZs of one optimisation setting; remake it "
-                        f"with: {fzs_command([layer], RESULTS, reference.get('weights'), reference, objective=objective)}")
+                        f"with: {fzs_command([layer], net.name, reference.get('weights'), RESULTS, reference, objective=objective)}")
         grids = []
         for c in channels:
             panels = [[fzs[layer, "center"].get(c) for layer in layers],
@@ -241,30 +227,30 @@ def main():
         for block, channels in chosen:
             grids = grids_by_block[block]
             n = len(criteria["blocks"][block].get("passing", channels))
-            total = criteria["blocks"][block].get("n_channels", n_channels(BLOCKS[block][2]))
+            total = criteria["blocks"][block].get("n_channels", net.channels(net.blocks[block][2]))
             measured = len(criteria["blocks"][block].get("measured", range(total)))
             of = f"{total} channels" if measured == total else f"{measured} measured channels (of {total})"
             pages = []
             for p, i in enumerate(range(0, len(grids), page_size)):
                 page = f", page {p + 1} of {math.ceil(len(grids) / page_size)}" if len(grids) > page_size else ""
                 title = (f"Block {block}: the {n} of {of} passing Eq. 1 and Eq. 2{page}\n"
-                         f"In = {BLOCKS[block][0]}, Pre = {BLOCKS[block][1]}, Post = {BLOCKS[block][2]}; weights {weights}")
+                         f"In = {net.blocks[block][0]}, Pre = {net.blocks[block][1]}, Post = {net.blocks[block][2]}; weights {weights}")
                 pages.append(draw_page(grids[i:i + page_size], title, weights))
             written += save_figure(pages, os.path.join(RESULTS, "figures", f"grids_block{block}"), dpi=DPI)
     for path in written:
         print(f"wrote {path}")
-    report_missing(missing, weights, center_config)
+    report_missing(net, missing, weights, center_config)
 
 
-def report_missing(missing, weights, like):
+def report_missing(net, missing, weights, like):
     """Say which panels are missing and the commands that fill them (one fzs.py command per block and objective,
     with the settings of the center FZs found, so that both rows come from the same optimisation)."""
-    w = weights_flags(weights, always=True)
+    w = weights_flags(weights, net.name, always=True)
     same = "".join(f" --{k} {like[k]}" for k in ("steps", "seed") if k in like) + (" --pre_as_released true" if like.get("pre_as_released") else "")
     for objective in ("center", "channel"):
         for block in dict.fromkeys(b for o, b, _, _ in missing if o == objective):
             entries = [(layer, c) for o, b, layer, c in missing if o == objective and b == block]
-            layers = [layer for layer in BLOCKS[block] if any(layer == e[0] for e in entries)]
+            layers = [layer for layer in net.blocks[block] if any(layer == e[0] for e in entries)]
             chans = sorted({c for _, c in entries})
             print(f"missing {objective} FZs of block {block} ({', '.join(layers)}); make them with:\n"
                   f"  python fzs.py --layers {','.join(layers)} --objectives {objective} --channels {','.join(map(str, chans))} "

@@ -18,35 +18,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import (
-    ABLATION_VARIANTS,
-    BLOCKS,
-    ablation_path,
-    check_arch,
-    config_mismatch,
-    configure,
-    current_arch,
-    die,
-    load_json,
-    main_guard,
-    save_figure,
-    stamp,
-    use_arch,
-    weights_of,
-)
+import arch
+from cli import configure, die, main_guard
+from figures import save_figure, stamp
+from results import ABLATION_VARIANTS, ablation_file, config_mismatch, load_json, weights_of
 
 RESULTS = "results"  # results folder: reads ablation/<block>.json, writes figures/ratios.*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
 ABLATED = []  # blocks to plot, one column each, e.g. 2.1,3.1 (empty: every block with an ablation file; named ones without are skipped, with a note)
 VARIANTS = ["paper", "heldout", "unscreened"]  # rows: the paper's protocol, then each variant whose files exist
 SHOW_TEST = True  # write each panel's test of the claim (p that the scaled ratios are below the no-scale ratio)
-SAME_RUN = ("weights", "data", "limit", "paths", "mean", "precision", "passing", "seed", "n_trials", "screen_margin")  # variants must share these
 DPI = 200  # PNG resolution
+# ---- end of flags (below: fixed constants, not flags)
+SAME_RUN = ("weights", "data", "limit", "paths", "mean", "precision", "passing", "seed", "n_trials", "screen_margin")  # variants must share these
 
 
-def read_ablation(path):
+def read_ablation(net, path):
     d = load_json(path, "ablation file")
-    check_arch(d.get("config", {}), path)
+    net.check(d.get("config", {}), path)
     for key in ("scales", "ratio", "sem", "accuracy", "random_sets", "passing"):
         if key not in d:
             die(f"ablation file {path} has no {key!r}: is it from an older ablate.py? run python ablate.py again")
@@ -92,23 +81,23 @@ def draw(ax, block, d, variant="paper"):
 def main():
     global ABLATED
     configure(globals())
-    use_arch(ARCH)
-    ABLATED = ABLATED or [b for b in BLOCKS if os.path.isfile(ablation_path(RESULTS, b))] or ["2.1", "3.1"]
+    net = arch.net(ARCH)
+    ABLATED = ABLATED or [b for b in net.blocks if os.path.isfile(ablation_file(RESULTS, b))] or ["2.1", "3.1"]
     for v in VARIANTS:
         if v not in ABLATION_VARIANTS:
             die(f"unknown variant {v!r}: the variants are {', '.join(ABLATION_VARIANTS)}")
     found = {}  # {(variant, block): ablation JSON}
     for block in ABLATED:
-        path = ablation_path(RESULTS, block)
+        path = ablation_file(RESULTS, block)
         if not os.path.isfile(path):
             print(f"note: no {path}: block {block} is left out (make it with python ablate.py --ablate_blocks {block} --data /path/to/imagenet/val"
-                  f"{'' if current_arch() == 'resnet18' else ' --arch ' + current_arch()}{'' if RESULTS == 'results' else ' --results ' + RESULTS})")
+                  f"{'' if net.name == 'resnet18' else ' --arch ' + net.name}{'' if RESULTS == 'results' else ' --results ' + RESULTS})")
             continue
-        found["paper", block] = paper = read_ablation(path)
+        found["paper", block] = paper = read_ablation(net, path)
         for v in VARIANTS:
-            other = ablation_path(RESULTS, block, v)
+            other = ablation_file(RESULTS, block, v)
             if v != "paper" and os.path.isfile(other):
-                found[v, block] = d = read_ablation(other)
+                found[v, block] = d = read_ablation(net, other)
                 why = config_mismatch(paper.get("config", {}), d.get("config", {}), SAME_RUN) or (
                     d["scales"] != paper["scales"] and f"scales: {paper['scales']} vs {d['scales']}")
                 if why:

@@ -26,23 +26,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import arch
-from stream import (
-    BLOCKS,
-    EQ2_HIGH,
-    EQ2_LOW,
-    check_arch,
-    configure,
-    die,
-    is_random,
-    load_json,
-    main_guard,
-    mix_regions,
-    save_figure,
-    split_weights_id,
-    stamp,
-    use_arch,
-    weights_of,
-)
+from cli import configure, die, main_guard
+from figures import save_figure, stamp
+from results import is_random, load_json, split_weights_id, weights_of
+from stats import EQ2_HIGH, EQ2_LOW, mix_regions
 
 RESULTS = "results"  # results folder: reads criteria.csv/json and stability.json, writes figures/
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -51,6 +38,7 @@ BINS = 25  # histogram bins over [0, MIX_CLIP]
 PANELS_PER_ROW = 4  # block panels per row
 ACROSS = []  # results folders, any architectures (each with criteria.json): draw RESULTS/figures/across_archs from them
 DPI = 200  # PNG resolution
+# ---- end of flags (below: fixed constants, not flags)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -88,7 +76,7 @@ def truth(text):
     return str(text).strip().lower() in ("1", "true", "yes")
 
 
-def read_table(path):
+def read_table(net, path):
     """{block: {'channel', 'mix', 'bn2_abs', 'conv2_abs_mean': float arrays, 'passes': bool array}}, in block order."""
     if not os.path.isfile(path):
         die(f"no {path}: run python criteria.py first")
@@ -104,7 +92,7 @@ def read_table(path):
     for row in rows:
         table.setdefault(row["block"], []).append(row)
     out = {}
-    for block in sorted(table, key=lambda b: list(BLOCKS).index(b) if b in BLOCKS else 99):
+    for block in sorted(table, key=lambda b: list(net.blocks).index(b) if b in net.blocks else 99):
         rows = sorted(table[block], key=lambda r: int(r["channel"]))
         try:
             out[block] = {k: np.array([float(r[k]) for r in rows])
@@ -148,7 +136,7 @@ UNDEFINED_X = (MIX_CLIP + 0.7, MIX_CLIP + 1.5)  # where the two 'undefined' bars
 
 
 def region_counts(m):
-    """Channels in the overwrite, mix and skip regions: Eq. 2's bounds with Eq. 2's strictness (stream.mix_regions)."""
+    """Channels in the overwrite, mix and skip regions: Eq. 2's bounds with Eq. 2's strictness (stats.mix_regions)."""
     return tuple(int(r.sum()) for r in mix_regions(m))
 
 
@@ -246,7 +234,7 @@ def pass_frequency(stability, weights):
 def relative_depth(arch_name, block):
     """Where block 'L.B' sits in the network: its position among all residual blocks, 1..n, divided by n (the last
     block is at 1; resnet18's 1.1 at 2/8, resnet50's 1.0 at 1/16)."""
-    residual = arch.tables(arch_name)[1]
+    residual = arch.net(arch_name).residual
     return (residual.index(f"layer{block}") + 1) / len(residual)
 
 
@@ -293,20 +281,20 @@ def across_architectures(runs):
 
 def main():
     configure(globals())
-    use_arch(ARCH)
+    net = arch.net(ARCH)
     figures_dir = os.path.join(RESULTS, "figures")
     written = []
     if ACROSS and not os.path.isfile(os.path.join(RESULTS, "criteria.csv")):
         print(f"note: no {os.path.join(RESULTS, 'criteria.csv')}: only the across-architectures figure is drawn")
     else:
-        table = read_table(os.path.join(RESULTS, "criteria.csv"))
+        table = read_table(net, os.path.join(RESULTS, "criteria.csv"))
         criteria_path = os.path.join(RESULTS, "criteria.json")
         criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else {}
         if criteria:
-            check_arch(criteria.get("config", {}), criteria_path)
+            net.check(criteria.get("config", {}), criteria_path)
         weights = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}))
         written += save_figure(mix_histogram(table, weights), os.path.join(figures_dir, "mix_hist"), dpi=DPI)
-        bn = next(iter(BLOCKS.values()))[1].rsplit(".", 1)[1]  # Pre's BatchNorm (bn2, or bn3 in a Bottleneck) and its convolution
+        bn = next(iter(net.blocks.values()))[1].rsplit(".", 1)[1]  # Pre's BatchNorm (bn2, or bn3 in a Bottleneck) and its convolution
         conv = "conv" + bn[-1]
         written += save_figure(mix_scatter(table, "bn2_abs", f"|{bn} weight| of the channel",
                                            f"Mix ratio against the block's |{bn} weight| per channel", weights),

@@ -19,25 +19,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from stream import (
-    check_arch,
-    configure,
-    die,
-    load_json,
-    load_pt,
-    main_guard,
-    parse_block_channels,
-    save_figure,
-    stamp,
-    use_arch,
-    weights_of,
-)
+import arch
+from cli import configure, die, main_guard
+from figures import save_figure, stamp
+from results import load_json, load_pt, weights_of
 
 RESULTS = "results"  # reads tuning/curves.pt, tuning.json, criteria.json; writes figures/tuning_*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
 CHANNELS = ""  # tuning curves of channels named by hand, 'block:channels;...' e.g. '2.1:5,17;3.1:40'; empty: the passing channels
 PER_PAGE = 16  # tuning-curve panels per page (4 x 4)
 DPI = 200  # PNG resolution
+# ---- end of flags (below: fixed constants, not flags)
 ROLES = (("In", "tab:blue"), ("Pre", "tab:orange"), ("Post", "black"))
 
 
@@ -126,9 +118,9 @@ def zoom_figure(blocks, pairs, zoom, weights):
 
 def main():
     configure(globals())
-    use_arch(ARCH)
+    net = arch.net(ARCH)
     curves = load_pt(os.path.join(RESULTS, "tuning", "curves.pt"), "tuning curves (run python tuning.py first)")
-    check_arch(curves["config"], os.path.join(RESULTS, "tuning", "curves.pt"))
+    net.check(curves["config"], os.path.join(RESULTS, "tuning", "curves.pt"))
     summary = load_json(os.path.join(RESULTS, "tuning.json"), "tuning summary (run python tuning.py first)")
     if summary["config"].get("weights") != curves["config"].get("weights"):
         die(f"{RESULTS}/tuning.json and tuning/curves.pt come from different runs: run python tuning.py again")
@@ -138,7 +130,7 @@ def main():
     units, zoom = [tuple(u) for u in curves["units"]], list(curves["zooms"])
     blocks = list(summary["blocks"])
     out = os.path.join(RESULTS, "figures")
-    named = parse_block_channels(CHANNELS)
+    named = net.parse_block_channels(CHANNELS)
     for b in named:
         if b not in blocks:
             die(f"--channels names block {b}, which tuning.py did not measure (it measured {', '.join(blocks)})")

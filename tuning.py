@@ -38,35 +38,21 @@ import torch
 from tqdm import tqdm
 
 import arch
+from cli import configure, die, main_guard, pick_device, resolve_batch, use_device
 from imagenet import ZoomFolder, guarded, image_loader, zooms
-from stream import (
-    BLOCKS,
-    EQ2_HIGH,
-    EQ2_LOW,
-    LAYERS,
-    check_arch,
+from results import (
     config_mismatch,
-    configure,
-    die,
     is_random,
     load_json,
-    load_model,
     load_pt,
     lock_results,
-    main_guard,
-    n_channels,
-    normalize,
-    pick_device,
-    read_center,
-    resolve_batch,
     save_json,
     save_pt,
-    to_float,
-    use_arch,
-    use_device,
     versions,
     write_csv,
 )
+from stats import EQ2_HIGH, EQ2_LOW
+from stream import load_model, normalize, read_center, to_float
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
 ARCH = "resnet18"  # a torchvision ResNet; must be the natural stage's
@@ -82,6 +68,7 @@ WORKERS = -1  # DataLoader worker processes decoding JPEGs (-1 = one per CPU cor
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
 PERMUTATIONS = 10000  # label permutations for the Mann-Whitney p-values
 CHECKPOINT_SECONDS = 30.0  # save the values measured so far at most this often (and on Ctrl-C)
+# ---- end of flags (below: fixed constants, not flags)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -92,13 +79,13 @@ def top_k(acts, k):
     return np.argsort(-acts.astype(np.float32), axis=0, kind="stable")[:k]
 
 
-def unit_sets(tops, blocks, k):
+def unit_sets(net, tops, blocks, k):
     """For every (block, channel): U = the union of the top-k images of In_c, Pre_c and Post_c (sorted, padded with
     -1 to 3k), and member (3, 3k): which slots of U are in each role's own top-k. tops: {layer: (k, C)}."""
     units, sets, member = [], [], []
     for b in blocks:
-        roles = BLOCKS[b]
-        for c in range(n_channels(roles[2])):
+        roles = net.blocks[b]
+        for c in range(net.channels(roles[2])):
             own = [tops[layer][:, c] for layer in roles]
             u = np.unique(np.concatenate(own))
             sets.append(np.pad(u, (0, 3 * k - len(u)), constant_values=-1))
@@ -162,11 +149,11 @@ def mann_whitney(x, y, permutations, seed):
 # ----------------------------------------------------------------------------------------------------
 # The measurement: every distinct image once, all zooms, all probed layers per pass; resumable.
 
-def measure(model, root, paths, ids, sets, columns, sample_pos, device, batch, state_path, config):
+def measure(net, model, root, paths, ids, sets, columns, sample_pos, device, batch, state_path, config):
     """values (G, 3k, 3, Z): each unit's three roles on each image of its set at each zoom; sample (S, Z, sum C)."""
     G, slots = sets.shape
     Z = len(zooms(FRACTIONS))
-    total = sum(n_channels(layer) for layer in LAYERS)
+    total = sum(net.channels(layer) for layer in net.layers)
     g_idx, slot_idx = np.nonzero(sets >= 0)
     e_pos = np.searchsorted(ids, sets[g_idx, slot_idx])  # ids: sorted, and holding every image of every set
     order = np.argsort(e_pos, kind="stable")
@@ -185,7 +172,7 @@ def measure(model, root, paths, ids, sets, columns, sample_pos, device, batch, s
         return state
     sample_slot = {int(p): s for s, p in enumerate(sample_pos)}
     loader = image_loader(ZoomFolder(root, paths, ids, FRACTIONS), batch, WORKERS, device, start=state["done"])
-    bar = tqdm(total=len(ids), initial=state["done"], unit="img", desc=f"tuning: {Z} zooms x {len(LAYERS)} layers", dynamic_ncols=True)
+    bar = tqdm(total=len(ids), initial=state["done"], unit="img", desc=f"tuning: {Z} zooms x {len(net.layers)} layers", dynamic_ncols=True)
     last_save = time.time()
     try:
         with torch.inference_mode():
@@ -195,8 +182,8 @@ def measure(model, root, paths, ids, sets, columns, sample_pos, device, batch, s
                 out = []
                 for z in range(Z):
                     x = normalize(to_float(views[:, z])).contiguous(memory_format=torch.channels_last)
-                    got = read_center(model, x, LAYERS)
-                    out.append(torch.cat([got[layer].float() for layer in LAYERS], 1))
+                    got = read_center(net, model, x, net.layers)
+                    out.append(torch.cat([got[layer].float() for layer in net.layers], 1))
                 acts = torch.stack(out, 1).cpu().numpy()  # (n, Z, total): one copy to the host per batch
                 lo, hi = np.searchsorted(e_pos, [first, first + n])
                 g, sl = g_idx[lo:hi], slot_idx[lo:hi]
@@ -277,23 +264,23 @@ def compare(block, chans, a, rows, fz_block, seed):
 def main():
     global TUNE_BLOCKS
     cfg = configure(globals())
-    use_arch(ARCH)
-    TUNE_BLOCKS = TUNE_BLOCKS or list(BLOCKS)
+    net = arch.net(ARCH)
+    TUNE_BLOCKS = TUNE_BLOCKS or list(net.blocks)
     for name, value, least in (("top_k", TOP_K, 1), ("sample", SAMPLE, 0), ("permutations", PERMUTATIONS, 1)):
         if value < least:
             die(f"--{name} must be at least {least}, not {value}")
     if not FRACTIONS or any(not 0 < f <= 1 for f in FRACTIONS) or min(FRACTIONS) == 1:
         die(f"--fractions must be crop fractions in (0, 1] with at least one below 1, such as 1,0.75,0.5, not {FRACTIONS}")
     for b in TUNE_BLOCKS:
-        if b not in BLOCKS:
-            die(f"unknown block {b!r}: the probed blocks are {', '.join(BLOCKS)}")
+        if b not in net.blocks:
+            die(f"unknown block {b!r}: the probed blocks are {', '.join(net.blocks)}")
     summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run python ablate.py --stages natural first)")
-    check_arch(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
+    net.check(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
     device = pick_device(DEVICE)
     device_name = use_device(device, "fp32")  # true fp32 (no TF32), as the natural stage measured
     batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=32, cap=256)  # cap: host memory (workers x 11 zooms)
     lock = lock_results(RESULTS, "tuning.py")  # noqa: F841 (held until the process ends)
-    model, wid = load_model(WEIGHTS, device)
+    model, wid = load_model(net.name, WEIGHTS, device)
     if summary["config"].get("weights") != wid:
         die(f"{RESULTS}/natural was made with weights {summary['config'].get('weights')!r}, this run uses {wid!r}: pass the same --weights")
     model = model.to(memory_format=torch.channels_last)
@@ -304,18 +291,18 @@ def main():
     # The image sets.
     n_images = summary["count"]
     tops = {}
-    for layer in {lay for b in TUNE_BLOCKS for lay in BLOCKS[b]}:
+    for layer in {lay for b in TUNE_BLOCKS for lay in net.blocks[b]}:
         path = os.path.join(RESULTS, "natural", f"{layer}.npy")
         if not os.path.isfile(path):
             die(f"{path} is missing: run python ablate.py --stages natural again")
         tops[layer] = top_k(np.load(path, mmap_mode="r"), min(TOP_K, n_images))
     k = min(TOP_K, n_images)
-    units, sets, member = unit_sets(tops, TUNE_BLOCKS, k)
+    units, sets, member = unit_sets(net, tops, TUNE_BLOCKS, k)
     sample = np.sort(np.random.default_rng([SEED, 5]).choice(n_images, size=min(SAMPLE, n_images), replace=False))
     ids = np.union1d(np.unique(sets[sets >= 0]), sample)
-    offset = np.cumsum([0] + [n_channels(layer) for layer in LAYERS])
-    col = {layer: offset[i] for i, layer in enumerate(LAYERS)}
-    columns = np.array([[col[layer] + c for layer in BLOCKS[b]] for b, c in units], dtype=np.int64)
+    offset = np.cumsum([0] + [net.channels(layer) for layer in net.layers])
+    col = {layer: offset[i] for i, layer in enumerate(net.layers)}
+    columns = np.array([[col[layer] + c for layer in net.blocks[b]] for b, c in units], dtype=np.int64)
     zoom = zooms(FRACTIONS)
     print(f"tuning: {len(units)} channels of blocks {','.join(TUNE_BLOCKS)}, top-{k} images each + a sample of {len(sample)}: "
           f"{len(ids)} distinct images of {n_images} (each decoded once), zooms {', '.join(f'{z:.3g}' for z in zoom)}; "
@@ -326,7 +313,7 @@ def main():
               "blocks": list(TUNE_BLOCKS), "top_k": k, "sample": len(sample), "fractions": list(FRACTIONS), "seed": SEED}
     folder = os.path.join(RESULTS, "tuning")
     os.makedirs(folder, exist_ok=True)
-    state = measure(model, summary["root"], summary["paths"], ids, sets, columns, np.searchsorted(ids, sample), device, batch,
+    state = measure(net, model, summary["root"], summary["paths"], ids, sets, columns, np.searchsorted(ids, sample), device, batch,
                     os.path.join(folder, "values.pt"), config)
     a = analyse(units, sets, member, state["values"], state["sample"], columns, zoom)
 
@@ -335,7 +322,7 @@ def main():
     crit_path = os.path.join(RESULTS, "criteria.json")
     if os.path.isfile(crit_path):
         criteria = load_json(crit_path, "criteria file")
-        check_arch(criteria.get("config", {}), crit_path)
+        net.check(criteria.get("config", {}), crit_path)
         made = criteria.get("config", {}).get("weights_id")
         if made is not None and made != wid:
             die(f"{crit_path} was made with weights {made!r}, this run uses {wid!r}: rerun criteria.py with the same --weights")

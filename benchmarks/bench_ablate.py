@@ -22,9 +22,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ablate  # noqa: E402
-import stream  # noqa: E402
+import arch  # noqa: E402
+import cli  # noqa: E402
+from cli import configure, die, main_guard, pick_device
 from imagenet import ImageNetFolder, guarded, image_loader, imagenet_folder, write_fake_imagenet  # noqa: E402
-from stream import BLOCKS, configure, die, load_model, main_guard, n_channels, pick_device, where  # noqa: E402
+from stream import load_model
 
 DATA = ""  # image folder in the prepared layout (one sub-folder per wnid); empty: generate one with FAKE
 FAKE = 0  # no DATA: write this many ImageNet-sized (500 x 375) generated JPEGs into FAKE_DIR first (kept for reruns)
@@ -42,10 +44,12 @@ SCALES = [10, 20, 30, 40, 50]  # scales besides no scale
 REFERENCE = True  # also time the released way (132 passes over the images)
 REF_PASSES = 0  # time only this many of the released way's passes, evenly spread, and scale up (0 = all)
 SEED = 0  # seeds the sets and the means
+# ---- end of flags (below: fixed constants, not flags)
 
 
 def main():
     configure(globals())
+    net = arch.net("resnet18")  # the paper's architecture
     root = DATA
     if not root:
         if not FAKE:
@@ -53,9 +57,9 @@ def main():
         write_fake_imagenet(FAKE_DIR, FAKE)
         root = FAKE_DIR
     device = pick_device(DEVICE)
-    prec = stream.precision(AMP, device)  # as ablate.py's sweep
-    dtype = stream.amp_dtype(prec)
-    stream.use_device(device, prec)
+    prec = cli.precision(AMP, device)  # as ablate.py's sweep
+    dtype = cli.amp_dtype(prec)
+    cli.use_device(device, prec)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     paths, labels, _ = imagenet_folder(root, LIMIT)
@@ -65,7 +69,7 @@ def main():
     blocks = ["2.1", "3.1"]
     sets, means = {}, {}
     for b, k in zip(blocks, PASSING):
-        c = n_channels(BLOCKS[b][2])
+        c = net.channels(net.blocks[b][2])
         passing = sorted(rng.choice(c, size=k, replace=False).tolist())
         others = sorted(set(range(c)) - set(passing))
         sets[b] = [passing] + ablate.draw_sets(rng, others, k, N_TRIALS)
@@ -75,13 +79,13 @@ def main():
           f"{len(blocks)} blocks x {len(scales)} scales x {1 + N_TRIALS} conditions = {n_cells} cells")
 
     # Ours: one pass, every cell (and the unablated baseline).
-    model = load_model(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
+    model = load_model(net.name, WEIGHTS, device)[0].to(memory_format=torch.channels_last)
     ablate.CHECKPOINT_SECONDS = 10 ** 9
-    plan = [(where(BLOCKS[b][2])[0], means[b], ablate.masks_for(sets[b], len(means[b]))) for b in blocks]
+    plan = [(net.where(net.blocks[b][2])[0], means[b], ablate.masks_for(sets[b], len(means[b]))) for b in blocks]
     suffix_batch = SUFFIX_BATCH or (4096 if device.type == "cuda" else 512)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ours = ablate.run_pass("ours", model, n, ablate.loader_cache(root, paths, labels, BATCH, WORKERS, device), scales, plan, device,
+        ours = ablate.run_pass(net, "ours", model, n, ablate.loader_cache(root, paths, labels, BATCH, WORKERS, device), scales, plan, device,
                                dtype, suffix_batch, tmp, {"bench": 1})
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -98,7 +102,7 @@ def main():
         return
 
     # The released way: one DataLoader pass per (block, scale, condition), the whole network, a hook.
-    ref_model, _ = load_model(WEIGHTS, device)
+    ref_model, _ = load_model(net.name, WEIGHTS, device)
     todo = [(b, v, k) for b in blocks for v in range(len(scales)) for k in range(1 + N_TRIALS)]
     if REF_PASSES:
         todo = [todo[i] for i in np.unique(np.linspace(0, len(todo) - 1, REF_PASSES).round().astype(int))]
@@ -106,7 +110,7 @@ def main():
     equal = 0
     for done, (b, v, k) in enumerate(todo):
         loader = image_loader(ImageNetFolder(root, paths, labels, [scales[v]]), BATCH, WORKERS, device)
-        preds = ablate.reference_logits(ref_model, loader, b, sets[b][k], means[b], device).argmax(1)
+        preds = ablate.reference_logits(net, ref_model, loader, b, sets[b][k], means[b], device).argmax(1)
         correct = int((preds == torch.as_tensor(labels)).sum())
         col = 1 + blocks.index(b) * (1 + N_TRIALS) + k
         equal += correct == int(ours[v, col].sum())  # per-image hits of the cell

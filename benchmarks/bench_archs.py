@@ -19,9 +19,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import arch  # noqa: E402
+import cli  # noqa: E402
 import fzs  # noqa: E402
 import stream  # noqa: E402
-from stream import amp_dtype, configure, die, main_guard, pick_device  # noqa: E402
+from cli import amp_dtype, configure, die, main_guard, pick_device
 
 ARCHS = ["resnet18", "resnet34", "resnet50"]  # architectures to measure (resnet18 first: the others are given as ratios to it)
 BATCH = 8  # units optimised together (fzs.py's BATCH is 64; a CPU is saturated well before)
@@ -29,11 +30,13 @@ STEPS = 4  # timed optimisation steps per layer (after one warm-up batch of 1 st
 FULL_STEPS = 2560  # steps per unit of the projected full sweep (the paper's)
 AMP = "auto"  # as fzs.py (auto = fp32 unless AMP_AUTO says bf16), or fp32, bf16, tf32 (GPU)
 DEVICE = "auto"  # auto, cpu, cuda
+# ---- end of flags (below: fixed constants, not flags)
 
 
 def stage_layers(name):
     """{stage: (its deepest probed layer, the probed units of the stage)}."""
-    table, residual, widths = arch.tables(name)
+    net = arch.net(name)
+    table, residual, widths = net.blocks, net.residual, net.widths
     out = {}
     for layer in arch.layers_of(table):
         stage = int(layer[5])
@@ -42,12 +45,12 @@ def stage_layers(name):
     return {s: tuple(v) for s, v in sorted(out.items())}
 
 
-def rate(model, layer, device, amp, steps):
+def rate(net, model, layer, device, amp, steps):
     """Image-steps per second of fzs.render on `layer` (BATCH units, `steps` steps)."""
-    cfg = {"steps": steps, "lr": fzs.LR, "jitter": arch.jitter(stream.block_of(layer)), "scales": fzs.SCALES,
+    cfg = {"steps": steps, "lr": fzs.LR, "jitter": arch.jitter(net.block_of(layer)), "scales": fzs.SCALES,
            "angles": fzs.ANGLES, "size": fzs.SIZE, "pre_as_released": False}
     channels = list(range(BATCH))
-    run = lambda s: fzs.render(model, layer, channels, "center", {**cfg, "steps": s}, channels, 0, device, amp)  # noqa: E731
+    run = lambda s: fzs.render(net, model, layer, channels, "center", {**cfg, "steps": s}, channels, 0, device, amp)  # noqa: E731
     run(1)  # warm-up: allocations, kernel choices
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -66,21 +69,21 @@ def main():
     if BATCH < 1 or STEPS < 1:
         die("--batch and --steps must be at least 1")
     device = pick_device(DEVICE)
-    prec = stream.precision(AMP, device)
-    stream.use_device(device, prec)
+    prec = cli.precision(AMP, device)
+    cli.use_device(device, prec)
     amp = amp_dtype(prec)
     print(f"FZ engine rate per architecture: {BATCH} units x {STEPS} steps per stage, {device}, "
           f"{'bf16' if amp is not None else 'fp32'}, {torch.get_num_threads()} threads")
     print(f"{'arch':<18}{'stage':>6}  {'layer':<12}{'units':>8}{'img-steps/s':>13}   projected full sweep ({FULL_STEPS} steps)")
     total = {}
     for name in ARCHS:
-        stream.use_arch(name)
-        model = fzs.fold_batchnorm(stream.load_model("random:0", device)[0])  # random weights: the rate does not depend on them
+        net = arch.net(name)
+        model = fzs.fold_batchnorm(stream.load_model(net.name, "random:0", device)[0])  # random weights: the rate does not depend on them
         if amp is not None:
             model = model.to(amp)
         seconds = 0.0
         for stage, (layer, units) in stage_layers(name).items():
-            r = rate(model, layer, device, amp, STEPS)
+            r = rate(net, model, layer, device, amp, STEPS)
             seconds += units * FULL_STEPS / r
             print(f"{name:<18}{stage:>6}  {layer:<12}{units:>8,}{r:>13.1f}")
         total[name] = seconds

@@ -14,11 +14,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from stream import configure, die, main_guard  # noqa: E402
+from cli import configure, die, main_guard  # noqa: E402
 
 CHANNELS = 0  # channels 0..CHANNELS-1 of every layer (0: all of them, 4,672 units)
 STEPS = 1  # FZ steps (the time of criteria.py does not depend on them)
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
+# ---- end of flags (below: fixed constants, not flags)
 
 
 def run(script, *args):

@@ -27,9 +27,10 @@ import torchvision
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import arch  # noqa: E402
+import cli  # noqa: E402
 import fzs  # noqa: E402
-import stream  # noqa: E402
-from stream import configure, load_model, main_guard, pick_device  # noqa: E402
+from cli import configure, main_guard, pick_device  # noqa: E402
+from stream import load_model  # noqa: E402
 
 WEIGHTS = "random"  # weights for both paths (no pretrained weights needed to compare speed)
 LAYERS = ["layer1.0", "layer2.0.downsample.1", "layer2.1", "layer3.0", "layer3.1", "layer4.0.downsample.1", "layer4.1"]  # Post and downsample layers
@@ -38,6 +39,7 @@ STEPS = 64  # optimisation steps per unit, the same for both paths
 AMPS = ["fp32", "bf16"]  # fzs.py runs to time, one per precision (fp32 is the default)
 DEVICE = "auto"  # auto, cpu, cuda
 SEED = 0  # seed for both paths
+# ---- end of flags (below: fixed constants, not flags)
 
 
 def lucent_transforms(j):
@@ -48,12 +50,12 @@ def lucent_transforms(j):
             transform.random_rotate(fzs.ANGLES), transform.jitter(j // 2), torchvision.transforms.CenterCrop(fzs.SIZE)]
 
 
-def reference(units, device):
+def reference(net, units, device):
     """The released way: a render_vis per unit on the full model; returns uint8 images and seconds."""
     from lucent.optvis import objectives, param, render
     t0 = time.time()
     model = torchvision.models.resnet18(weights=None)
-    model.load_state_dict(load_model(WEIGHTS)[0].state_dict())
+    model.load_state_dict(load_model(net.name, WEIGHTS)[0].state_dict())
     model.to(device).eval()  # weights keep requires_grad, as in the released scripts
     images = []
     for i, (layer, c) in enumerate(units):
@@ -62,7 +64,7 @@ def reference(units, device):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = render.render_vis(model, objectives.neuron(layer.replace(".", "_"), c), param_f=lambda: param.image(fzs.SIZE),
-                                    optimizer=lambda p: torch.optim.Adam(p, lr=fzs.LR), transforms=lucent_transforms(arch.jitter(stream.block_of(layer))),
+                                    optimizer=lambda p: torch.optim.Adam(p, lr=fzs.LR), transforms=lucent_transforms(arch.jitter(net.block_of(layer))),
                                     thresholds=(STEPS,), show_image=False, progress=False)
         images.append((torch.from_numpy(out[-1]).permute(0, 3, 1, 2) * 255).to(torch.uint8))
         print(f"  lucent {i + 1}/{len(units)} ({layer}:{c}) {time.time() - t0:.0f} s", end="\r", flush=True)
@@ -86,30 +88,31 @@ def ours(units, amp, device, results):
     return torch.cat(images), seconds
 
 
-def activations(model, units, images, device):
+def activations(net, model, units, images, device):
     """Center activation of each unit on its image, float32, on the stored 8-bit image (fzs.measure)."""
     out = torch.empty(len(units))
     for layer in LAYERS:
         idx = [i for i, (name, _) in enumerate(units) if name == layer]
-        out[idx] = fzs.measure(model, layer, images[idx], [units[i][1] for i in idx], "center", device)
+        out[idx] = fzs.measure(net, model, layer, images[idx], [units[i][1] for i in idx], "center", device)
     return out
 
 
 def main():
     configure(globals())
+    net = arch.net("resnet18")  # the paper's architecture
     device = pick_device(DEVICE)
-    stream.use_device(device, "fp32")  # lucent's loop in true float32 (no TF32 on a GPU)
+    cli.use_device(device, "fp32")  # lucent's loop in true float32 (no TF32 on a GPU)
     units = [(layer, c) for layer in LAYERS for c in range(CHANNELS)]
-    model = load_model(WEIGHTS, device)[0]
+    model = load_model(net.name, WEIGHTS, device)[0]
     print(f"bench_fzs: {len(units)} units ({CHANNELS} per layer of {', '.join(LAYERS)}), {STEPS} steps, {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    ref_images, ref_s = reference(units, device)
-    ref_act = activations(model, units, ref_images, device)
+    ref_images, ref_s = reference(net, units, device)
+    ref_act = activations(net, model, units, ref_images, device)
     rows = [("lucent render_vis (released way)", ref_s, 1.0, 1.0)]
     for amp in AMPS:
         with tempfile.TemporaryDirectory() as tmp:
             images, s = ours(units, amp, device, tmp)
-        act = activations(model, units, images, device)
+        act = activations(net, model, units, images, device)
         positive = ref_act > 0  # the ratio means nothing where lucent's unit did not activate
         ratio = np.median((act[positive] / ref_act[positive]).numpy()) if positive.any() else float("nan")
         rows.append((f"fzs.py --amp {amp} (whole process)", s, ref_s / s, ratio))

@@ -28,8 +28,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-import stream  # noqa: E402
-from stream import configure, die, main_guard  # noqa: E402
+import arch  # noqa: E402
+import cli  # noqa: E402
+from cli import configure, die, main_guard  # noqa: E402
 
 BLOCKS = []  # blocks whose FZs are made and compared (empty: all seven)
 CHANNELS = 16  # channels 0..CHANNELS-1 of every layer of those blocks (one batch per layer)
@@ -39,6 +40,7 @@ SETS = "2.1:0:6;3.1:0:12"  # the ablated sets (by hand: the point is the arithme
 N_TRIALS = 3  # random sets per block in the sweep
 DEVICE = "cpu"  # where the scripts run (cuda on a GPU)
 KEEP = ""  # a folder to keep the runs in (empty: a temporary folder, removed)
+# ---- end of flags (below: fixed constants, not flags)
 
 
 def run(script, *args):
@@ -51,7 +53,7 @@ def run(script, *args):
 def fz_runs(work, weights):
     """{name: results folder} of the three FZ runs, with criteria.py run in each."""
     runs = {"fp32 seed 0": ("fp32", 0), "fp32 seed 1": ("fp32", 1), "bf16 seed 0": ("bf16", 0)}
-    if stream.pick_device(DEVICE).type == "cuda":
+    if cli.pick_device(DEVICE).type == "cuda":
         runs["tf32 seed 0"] = ("tf32", 0)
     out = {}
     for name, (amp, seed) in runs.items():
@@ -70,9 +72,9 @@ def passing(folder):
         return {b: set(v["passing"]) for b, v in json.load(f)["blocks"].items()}
 
 
-def activations(folder):
+def activations(net, folder):
     return {layer: torch.load(os.path.join(folder, "fzs", layer, "center.pt"), weights_only=False)["activation"]
-            for b in BLOCKS or stream.BLOCKS for layer in stream.BLOCKS[b]}
+            for b in BLOCKS or net.blocks for layer in net.blocks[b]}
 
 
 def sweep_cells(work, weights, data, amp):
@@ -90,6 +92,7 @@ def sweep_cells(work, weights, data, amp):
 
 def main():
     configure(globals())
+    net = arch.net("resnet18")  # the paper's architecture
     threads = os.environ.get("OMP_NUM_THREADS")
     from conftest import build_fixture_model  # (conftest sets OMP_NUM_THREADS for the tests: not for these runs)
     if threads is None:
@@ -104,15 +107,15 @@ def main():
         weights = os.path.join(work, "fixture_resnet18.pth")
         torch.save(build_fixture_model().state_dict(), weights)
         print(f"bench_precision: {CHANNELS} channels of each layer of blocks {','.join(BLOCKS) or 'all seven'}, {STEPS} steps, fixture ResNet18, {DEVICE}, "
-              f"torch {torch.__version__}, native CPU bf16: {stream.cpu_has_bf16()}")
+              f"torch {torch.__version__}, native CPU bf16: {cli.cpu_has_bf16()}")
         runs = fz_runs(work, weights)
         sets = {name: passing(folder) for name, folder in runs.items()}
-        acts = {name: activations(folder) for name, folder in runs.items()}
+        acts = {name: activations(net, folder) for name, folder in runs.items()}
         print(f"\n{'block':6s} {'passing fp32 s0 / fp32 s1 / bf16 s0':>36s} {'Jaccard fp32-bf16':>18s} {'Jaccard seed 0-1':>17s} "
               f"{'act. ratio bf16/fp32':>21s}")
         j_prec, j_seed = [], []
-        for b in BLOCKS or stream.BLOCKS:
-            In, Pre, Post = stream.BLOCKS[b]
+        for b in BLOCKS or net.blocks:
+            In, Pre, Post = net.blocks[b]
             a, s1, h = sets["fp32 seed 0"].get(b, set()), sets["fp32 seed 1"].get(b, set()), sets["bf16 seed 0"].get(b, set())
             ratios = []
             for layer in (In, Pre, Post):
@@ -127,7 +130,7 @@ def main():
         verdict = "within" if np.mean(j_prec) >= np.mean(j_seed) else "beyond"
         print(f"bf16 moves the passing sets {verdict} seed noise (mean Jaccard {np.mean(j_prec):.2f} against {np.mean(j_seed):.2f})")
         if "tf32 seed 0" in runs:
-            for b in BLOCKS or stream.BLOCKS:
+            for b in BLOCKS or net.blocks:
                 a, t = sets["fp32 seed 0"].get(b, set()), sets["tf32 seed 0"].get(b, set())
                 print(f"  tf32, block {b}: {len(t)} passing, Jaccard with fp32 {jaccard(a, t):.2f}")
         if FAKE:

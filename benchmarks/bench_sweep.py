@@ -19,9 +19,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import arch  # noqa: E402
+import cli  # noqa: E402
 import fzs  # noqa: E402
 import stream  # noqa: E402
-from stream import configure, die, main_guard  # noqa: E402
+from cli import configure, die, main_guard
 
 LAYERS = "all"  # layers to time ('all' or comma-separated names); layers not timed are projected at the rate of the next deeper one timed
 BATCH = 64  # units per batch (fzs.py's default; part of a result's identity, so it is not raised to fill a card)
@@ -32,6 +33,7 @@ AMP = "auto"  # as fzs.py
 COMPILE = False  # time the torch.compile'd truncated network (fzs.py --compile) instead of eager
 WEIGHTS = "random"  # the weights do not change the speed
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
+# ---- end of flags (below: fixed constants, not flags)
 
 
 def sync(device):
@@ -39,10 +41,10 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_layer(model, layer, streams, device, amp, forward):
+def time_layer(net, model, layer, streams, device, amp, forward):
     """(image-steps per second, host syncs per step or None) for `streams` full batches of `layer` at once."""
-    n = arch.tables(stream.current_arch())[2][layer]
-    cfg = {"lr": fzs.LR, "jitter": arch.jitter(stream.block_of(layer)), "scales": fzs.SCALES, "angles": fzs.ANGLES,
+    n = net.widths[layer]
+    cfg = {"lr": fzs.LR, "jitter": arch.jitter(net.block_of(layer)), "scales": fzs.SCALES, "angles": fzs.ANGLES,
            "size": fzs.SIZE, "pre_as_released": False}
     groups = [(list(range(BATCH)), list(range(g * BATCH, (g + 1) * BATCH)), g) for g in range(streams)]
     groups = [([c % n for c in chans], seeds, t) for chans, seeds, t in groups]
@@ -55,7 +57,7 @@ def time_layer(model, layer, streams, device, amp, forward):
                 torch.cuda.set_sync_debug_mode("warn")
             try:
                 t0 = time.perf_counter()
-                fzs.render_groups(model, layer, "center", {**cfg, "steps": steps}, groups, device, amp, forward)
+                fzs.render_groups(net, model, layer, "center", {**cfg, "steps": steps}, groups, device, amp, forward)
                 sync(device)
                 return time.perf_counter() - t0, sum("synchroniz" in str(w.message) for w in caught)
             finally:
@@ -72,31 +74,32 @@ def time_layer(model, layer, streams, device, amp, forward):
 
 def main():
     configure(globals())
+    net = arch.net("resnet18")  # the paper's architecture
     if BATCH < 1 or STEPS < 1 or not STREAMS or min(STREAMS) < 1:
         die("--batch, --steps and every --streams value must be at least 1")
-    device = stream.pick_device(DEVICE)
-    prec = stream.precision(AMP, device)
-    name = stream.use_device(device, prec)
-    amp = stream.amp_dtype(prec)
-    model = stream.load_model(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
+    device = cli.pick_device(DEVICE)
+    prec = cli.precision(AMP, device)
+    name = cli.use_device(device, prec)
+    amp = cli.amp_dtype(prec)
+    model = stream.load_model(net.name, WEIGHTS, device)[0].to(memory_format=torch.channels_last)
     optimised = fzs.fold_batchnorm(model)
     if amp is not None:
         optimised = optimised.to(amp)
-    layers = stream.parse_layers(LAYERS)
-    widths = arch.tables(stream.current_arch())[2]
+    layers = net.parse_layers(LAYERS)
+    widths = net.widths
     print(f"bench_sweep: {len(layers)} layer(s), batches of {BATCH}, {STEPS} steps, {name}, {prec}, "
           f"{'compiled' if COMPILE else 'eager'}, torch {torch.__version__}")
     rates = {s: {} for s in STREAMS}
     print(f"{'layer':24s} {'units':>6s} " + " ".join(f"{f'{s} at once img-steps/s':>24s}" for s in STREAMS) + f" {'syncs/step':>11s}")
     for layer in layers:
-        forward = fzs.compile_forward(optimised, layer, len(layers)) if COMPILE else None
+        forward = fzs.compile_forward(net, optimised, layer, len(layers)) if COMPILE else None
         row, syncs = [], None
         for s in STREAMS:
-            rates[s][layer], counted = time_layer(optimised, layer, s, device, amp, forward)
+            rates[s][layer], counted = time_layer(net, optimised, layer, s, device, amp, forward)
             syncs = counted if syncs is None else syncs
             row.append(f"{rates[s][layer]:24.1f}")
         print(f"{layer:24s} {widths[layer]:6d} " + " ".join(row) + f" {'n/a (CPU)' if syncs is None else f'{syncs:.1f}':>11s}", flush=True)
-    all_layers = stream.LAYERS
+    all_layers = net.layers
     print(f"\nprojected full center sweep ({sum(widths[lay] for lay in all_layers):,} units x {FULL_STEPS:,} steps), by layer:")
     totals = {}
     for s in STREAMS:

@@ -19,7 +19,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from stream import configure, die, main_guard  # noqa: E402
+from cli import configure, die, main_guard  # noqa: E402
 
 DATA = ""  # image folder (prepared layout); empty: generate FAKE images into FAKE_DIR
 FAKE = 0  # no DATA: this many generated JPEGs, labelled with the model's predictions
@@ -30,6 +30,7 @@ SETS = "2.1:0:12;3.1:0:25"  # passing sets of the paper's size (12 and 25 channe
 TRIALS = [10, 100]  # N_TRIALS settings to time
 BATCH = 64  # images per batch
 WORKERS = -1  # DataLoader workers (-1 = one per core)
+# ---- end of flags (below: fixed constants, not flags)
 
 
 def ablate(results, *args):

@@ -20,17 +20,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import arch  # noqa: E402
 import fzs  # noqa: E402
 import stream  # noqa: E402
-from stream import configure, main_guard  # noqa: E402
+from cli import configure, main_guard
 
 ARCH = "resnet18"  # a torchvision ResNet
 STEPS = 2560  # steps per unit (the paper's)
 PEAK_TFLOPS = 989.0  # the card's dense bf16 tensor-core peak (H100 SXM and H200: 989; A100: 312)
 UTILISATIONS = [1.0, 0.4, 0.2, 0.1]  # fractions of the peak to project at
+# ---- end of flags (below: fixed constants, not flags)
 
 
-def step_flops(model, layer):
+def step_flops(net, model, layer):
     """FLOPs of one FZ step of one image at `layer`: forward to it and backward to the input."""
-    forward = stream.truncated(model, layer)
+    forward = stream.truncated(net, model, layer)
     x = torch.rand(1, 3, 224, 224, requires_grad=True)
     with FlopCounterMode(display=False) as counter:
         out = forward(stream.normalize(x))
@@ -40,14 +41,14 @@ def step_flops(model, layer):
 
 def main():
     configure(globals())
-    stream.use_arch(ARCH)
+    net = arch.net(ARCH)
     model = fzs.fold_batchnorm(arch.build(ARCH).requires_grad_(False))
-    widths = arch.tables(ARCH)[2]
+    widths = net.widths
     total = 0
     print(f"{ARCH}: FLOPs of one FZ step of one image (forward to the layer + backward to the image), 224 px")
     print(f"{'layer':24s} {'units':>6s} {'GFLOP/step':>11s} {'PFLOP at ' + format(STEPS, ',') + ' steps':>22s}")
-    for layer in stream.LAYERS:
-        f = step_flops(model, layer)
+    for layer in net.layers:
+        f = step_flops(net, model, layer)
         total += f * widths[layer] * STEPS
         print(f"{layer:24s} {widths[layer]:6d} {f / 1e9:11.2f} {f * widths[layer] * STEPS / 1e15:22.2f}")
     print(f"full center sweep: {total / 1e15:,.1f} PFLOP")

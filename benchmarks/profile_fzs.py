@@ -16,9 +16,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import arch  # noqa: E402
+import cli  # noqa: E402
 import fzs  # noqa: E402
-import stream  # noqa: E402
-from stream import amp_dtype, autocast, configure, features, load_model, main_guard, normalize, pick_device  # noqa: E402
+from cli import amp_dtype, autocast, configure, main_guard, pick_device
+from stream import features, load_model, normalize
 
 WEIGHTS = "random"  # weights (the timing does not depend on them)
 LAYERS = ["layer1.0", "layer2.1", "layer3.1", "layer4.1"]  # layers to profile (their jitter is fzs.py's)
@@ -29,6 +30,7 @@ AMP = "auto"  # as fzs.py
 FOLD_BN = True  # as fzs.py
 DEVICE = "auto"  # auto, cpu, cuda
 TOP = 12  # operators listed from torch.profiler
+# ---- end of flags (below: fixed constants, not flags)
 
 
 def sync(device):
@@ -36,9 +38,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def profile_layer(model, layer, device, amp):
+def profile_layer(net, model, layer, device, amp):
     """{phase: seconds per step} for one layer."""
-    cfg = dict(steps=0, lr=fzs.LR, jitter=arch.jitter(stream.block_of(layer)), scales=fzs.SCALES, angles=fzs.ANGLES, size=fzs.SIZE)
+    cfg = dict(steps=0, lr=fzs.LR, jitter=arch.jitter(net.block_of(layer)), scales=fzs.SCALES, angles=fzs.ANGLES, size=fzs.SIZE)
     channels = list(range(BATCH))
     spectrum, image = fzs.fft_image(channels, fzs.SIZE, device)
     optimizer = torch.optim.Adam([spectrum], lr=fzs.LR)
@@ -60,7 +62,7 @@ def profile_layer(model, layer, device, amp):
         x = normalize(x).contiguous(memory_format=torch.channels_last)
         mark()
         with autocast(device, amp):
-            loss = -fzs.objective(features(model, x, [layer])[layer], idx, "center").float().sum()
+            loss = -fzs.objective(features(net, model, x, [layer])[layer], idx, "center").float().sum()
         mark()
         loss.backward()
         mark()
@@ -74,11 +76,12 @@ def profile_layer(model, layer, device, amp):
 
 def main():
     configure(globals())
+    net = arch.net("resnet18")  # the paper's architecture
     device = pick_device(DEVICE)
-    prec = stream.precision(AMP, device)
-    stream.use_device(device, prec)
+    prec = cli.precision(AMP, device)
+    cli.use_device(device, prec)
     amp = amp_dtype(prec)
-    model = load_model(WEIGHTS, device)[0].to(memory_format=torch.channels_last)
+    model = load_model(net.name, WEIGHTS, device)[0].to(memory_format=torch.channels_last)
     model = fzs.fold_batchnorm(model) if FOLD_BN else model
     model = model.to(amp) if amp is not None else model  # as fzs.py: weights cast once
     print(f"profile_fzs: batch {BATCH}, {STEPS} timed steps per layer, {'bf16' if amp else 'fp32'}, fold_bn {FOLD_BN}, "
@@ -87,7 +90,7 @@ def main():
           + f"{'total ms':>10}")
     totals = {}
     for layer in LAYERS:
-        t = profile_layer(model, layer, device, amp)
+        t = profile_layer(net, model, layer, device, amp)
         total = sum(t.values())
         for k, v in t.items():
             totals[k] = totals.get(k, 0.0) + v
@@ -99,7 +102,7 @@ def main():
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for layer in LAYERS:
-            profile_layer(model, layer, device, amp)
+            profile_layer(net, model, layer, device, amp)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\nmost expensive operators (torch.profiler, all layers, {WARMUP + STEPS} steps each):")
     print(prof.key_averages().table(sort_by=key, row_limit=TOP, max_name_column_width=40))

@@ -30,6 +30,10 @@ import torchvision  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import arch  # noqa: E402
+
+net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLASSES = [23, 97, 150, 281, 340, 417, 562, 700, 818, 951]  # the classes the fixture head can predict
 EVAL = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(MEAN, STD)])  # the independent eval view
@@ -131,7 +135,7 @@ def fixture_weights(tmp_path_factory):
 def fixture_model(fixture_weights):
     """The fixture model as the scripts load it (eval mode, no weight gradients)."""
     import stream
-    return stream.load_model(fixture_weights)[0]
+    return stream.load_model(net.name, fixture_weights)[0]
 
 
 @pytest.fixture(scope="session")
@@ -177,12 +181,3 @@ def pytest_collection_modifyitems(config, items):
 def device(pytestconfig):
     """The device of the device-aware tests: cpu, or cuda:0 under --device cuda."""
     return torch.device("cuda", 0) if pytestconfig.getoption("--device") == "cuda" else torch.device("cpu")
-
-
-@pytest.fixture(autouse=True)
-def resnet18_tables():
-    """stream's block tables are resnet18's in every test, whatever an earlier test set with use_arch."""
-    import stream
-    stream.use_arch("resnet18")
-    yield
-    stream.use_arch("resnet18")

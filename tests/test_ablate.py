@@ -16,8 +16,12 @@ import torchvision.transforms as T
 from PIL import Image
 
 import ablate
+import arch
 import imagenet
+import results
 import stream
+
+net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = [5, 17, 999]  # a partial class set: labels must be these, not 0, 1, 2
@@ -47,7 +51,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    return stream.load_model("random:3")[0]
+    return stream.load_model(net.name, "random:3")[0]
 
 
 def error_of(fn, *args):
@@ -195,7 +199,7 @@ def test_eq3_on_planted_accuracies():
 
 
 def test_screening_rule_per_block():
-    rules = ablate.parse_rules(ablate.SCREEN_MARGIN)
+    rules = ablate.parse_rules(net, ablate.SCREEN_MARGIN)
     assert rules == {"2.1": ("<", 0.0), "3.1": ("<=", 1.0), "*": ("<=", 1.0)}  # * : any other block (other architectures)
     n = 200  # 1 pp = 2 images
     assert ablate.accepted(rules["2.1"], 49, 50, n) and not ablate.accepted(rules["2.1"], 50, 50, n)
@@ -205,7 +209,7 @@ def test_screening_rule_per_block():
 
 
 def test_sets_and_draws():
-    assert ablate.parse_sets("2.1:3,17,40:43;3.1:0") == {"2.1": [3, 17, 40, 41, 42], "3.1": [0]}
+    assert ablate.parse_sets(net, "2.1:3,17,40:43;3.1:0") == {"2.1": [3, 17, 40, 41, 42], "3.1": [0]}
     assert "out of range" in error_of(ablate.parse_sets, "2.1:200")
     rng = np.random.default_rng([0, 21])
     sets = ablate.draw_sets(rng, list(range(10, 30)), 5, 50)
@@ -223,7 +227,7 @@ def test_overwrite_equals_a_hook_that_overwrites(model):
     sets = [[1, 5, 9], [0, 127], []]
     masks = ablate.masks_for(sets, 128)
     with torch.no_grad():
-        h = stream.features(model, x, ["layer2.1"])["layer2.1"]
+        h = stream.features(net, model, x, ["layer2.1"])["layer2.1"]
         fast = ablate.overwrite(h, masks, mean).view(3, 3, *h.shape[1:])
         for k, chans in enumerate(sets):
             seen = {}
@@ -238,7 +242,7 @@ def test_overwrite_equals_a_hook_that_overwrites(model):
             for hd in handles:
                 hd.remove()
             assert torch.equal(fast[k], seen["x"])
-            assert torch.allclose(ablate.run_suffix(model, fast[k], 4), logits, atol=1e-5, rtol=1e-5)
+            assert torch.allclose(ablate.run_suffix(net, model, fast[k], 4), logits, atol=1e-5, rtol=1e-5)
 
 
 def test_fast_path_predictions_equal_released_loop(folder, model):
@@ -250,7 +254,7 @@ def test_fast_path_predictions_equal_released_loop(folder, model):
     g = torch.Generator().manual_seed(0)
     means = {"2.1": torch.rand(128, generator=g), "3.1": torch.rand(256, generator=g)}
     sets = {"2.1": [[2, 7, 30], [1, 50, 99]], "3.1": [[0, 9, 100, 200]]}
-    plan = [(stream.where(stream.BLOCKS[b][2])[0], means[b], ablate.masks_for(sets[b], len(means[b]))) for b in ("2.1", "3.1")]
+    plan = [(net.where(net.blocks[b][2])[0], means[b], ablate.masks_for(sets[b], len(means[b]))) for b in ("2.1", "3.1")]
     ds = imagenet.ImageNetFolder(folder, paths, labels, scales)
     fast_model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # as ablate.py runs it
     fast = {s: [] for s in scales}
@@ -258,7 +262,7 @@ def test_fast_path_predictions_equal_released_loop(folder, model):
         for views, _y, _i in imagenet.image_loader(ds, 3, workers=0):
             for v, s in enumerate(scales):
                 x = stream.normalize(stream.to_float(views[:, v])).contiguous(memory_format=torch.channels_last)
-                fast[s].append(ablate.predictions(fast_model, x, plan, suffix_batch=4))  # several suffix chunks
+                fast[s].append(ablate.predictions(net, fast_model, x, plan, suffix_batch=4))  # several suffix chunks
     fast = {s: torch.cat(p, 1) for s, p in fast.items()}
     checked = 0
 
@@ -274,9 +278,9 @@ def test_fast_path_predictions_equal_released_loop(folder, model):
         row = 1
         for b in ("2.1", "3.1"):
             for chans in sets[b]:
-                assert same(fast[s][row], ablate.reference_logits(model, loader, b, chans, means[b], torch.device("cpu"))), (b, chans, s)
+                assert same(fast[s][row], ablate.reference_logits(net, model, loader, b, chans, means[b], torch.device("cpu"))), (b, chans, s)
                 row += 1
-        assert same(fast[s][0], ablate.reference_logits(model, loader, "2.1", [], means["2.1"], torch.device("cpu")))
+        assert same(fast[s][0], ablate.reference_logits(net, model, loader, "2.1", [], means["2.1"], torch.device("cpu")))
     assert checked >= 0.9 * 2 * 4 * 4  # nearly every prediction was a clear one
 
 
@@ -285,15 +289,15 @@ def test_run_pass_resumes_from_partial_counts(folder, model, tmp_path, monkeypat
     loader_for = ablate.loader_cache(folder, paths, labels, 3, 0, "cpu")
     plan = [(3, torch.rand(128), ablate.masks_for([[1, 2], [3]], 128))]
     args = ("t", model, len(paths), loader_for, [0, 50], plan, torch.device("cpu"), None, 64, str(tmp_path), {"k": 1})
-    full = ablate.run_pass(*args)
+    full = ablate.run_pass(net, *args)
     assert full.shape == (2, 3, 4) and full.dtype == torch.bool  # (scale, condition, image)
     partial = tmp_path / ".partial-t.pt"
     state = torch.load(partial, weights_only=False)
     assert state["done"] == 4 and np.array_equal(np.unpackbits(state["hits"], axis=-1, count=4).astype(bool), full.numpy())
     # Pretend a run stopped after 3 images with planted hits: the rerun computes only image 3 and keeps the rest.
     planted = torch.from_numpy(np.random.default_rng(0).random((2, 3, 3)) < 0.5)
-    stream.save_pt({**state, "done": 3, "hits": np.packbits(planted.numpy(), axis=-1)}, str(partial))
-    again = ablate.run_pass(*args)
+    results.save_pt({**state, "done": 3, "hits": np.packbits(planted.numpy(), axis=-1)}, str(partial))
+    again = ablate.run_pass(net, *args)
     assert torch.equal(again[..., :3], planted) and torch.equal(again[..., 3], full[..., 3])
 
 
@@ -317,7 +321,7 @@ CROPS = {0: 224, 10: 231, 50: 128}  # METHOD.md section 5: 256 - floor(256 p / 1
 
 def view_transform(scale):
     resize = [T.Resize((224, 224))] if scale else []
-    return T.Compose([T.Resize(256), T.CenterCrop(CROPS[scale]), *resize, T.ToTensor(), T.Normalize(stream.MEAN, stream.STD)])
+    return T.Compose([T.Resize(256), T.CenterCrop(CROPS[scale]), *resize, T.ToTensor(), T.Normalize(imagenet.MEAN, imagenet.STD)])
 
 
 def reference_logits(model, root, paths, scale, block=None, channels=(), mean=None, layer=None):
@@ -332,7 +336,7 @@ def reference_logits(model, root, paths, scale, block=None, channels=(), mean=No
             out = out.clone()
             out[:, chans] = mean[chans].view(1, -1, 1, 1)
             return out
-        handles.append(model.get_submodule(stream.BLOCKS[block][2]).register_forward_hook(overwrite))
+        handles.append(model.get_submodule(net.blocks[block][2]).register_forward_hook(overwrite))
     if layer:
         handles.append(model.get_submodule(layer).register_forward_hook(
             lambda _m, _i, out: seen.update(a=out[:, :, out.shape[2] // 2, out.shape[3] // 2].clone())))
@@ -389,7 +393,7 @@ def test_counts_equal_independent_recomputation(swept):
     summary = torch.load(os.path.join(swept.results, "natural", "summary.pt"), weights_only=False)
     seen = set()
     for block, out in swept.out.items():
-        layer = stream.BLOCKS[block][2]
+        layer = net.blocks[block][2]
         mean = reference_logits(swept.model, swept.root, swept.paths, 0, layer=layer)[1].mean(0)  # independent mean
         assert torch.allclose(mean, summary["mean"][layer], rtol=1e-4, atol=1e-4)
         assert out["passing"] == SETS[block] and out["scales"] == [0, 10, 50] and out["n_images"] == LIMIT
@@ -451,8 +455,8 @@ def test_screening_accepts_some_and_rejects_others(swept):
 
 def test_end_to_end_and_resume(swept):
     results, common = swept.results, swept.common
-    for layer in stream.LAYERS:
-        assert np.load(os.path.join(results, "natural", f"{layer}.npy")).shape == (LIMIT, stream.n_channels(layer))
+    for layer in net.layers:
+        assert np.load(os.path.join(results, "natural", f"{layer}.npy")).shape == (LIMIT, net.channels(layer))
     out = swept.out["3.1"]
     assert len(out["random_sets"]) == 3 and all(len(s) == 10 and not set(s) & set(range(10)) for s in out["random_sets"])
     assert len(out["screening"]["draws"]) == 8 and out["config"]["weights"].startswith("file:fixture_resnet18.pth")
@@ -499,9 +503,9 @@ def test_passing_sets_from_criteria_json(tmp_path, monkeypatch):
     assert "criteria.json is missing" in error_of(ablate.passing_sets, "random:0")
     crit = {"config": {"WEIGHTS": "random", "weights_id": "random:0"},
             "blocks": {"2.1": {"n_channels": 128, "passing": [9, 1, 5], "count": 3, "percent": 2.3,
-                               "layers": list(stream.BLOCKS["2.1"])}}}
-    stream.save_json(crit, str(tmp_path / "criteria.json"))
-    assert ablate.passing_sets("random:0") == {"2.1": [1, 5, 9], "3.1": [2, 4]}  # 3.1 named by hand
+                               "layers": list(net.blocks["2.1"])}}}
+    results.save_json(crit, str(tmp_path / "criteria.json"))
+    assert ablate.passing_sets(net, "random:0") == {"2.1": [1, 5, 9], "3.1": [2, 4]}  # 3.1 named by hand
     assert "made with weights 'random:0'" in error_of(ablate.passing_sets, "IMAGENET1K_V1")
     monkeypatch.setattr(ablate, "SETS", "")
     assert "has no block 3.1" in error_of(ablate.passing_sets, "random:0")
@@ -509,13 +513,13 @@ def test_passing_sets_from_criteria_json(tmp_path, monkeypatch):
     monkeypatch.setattr(ablate, "WEIGHTS", "random")
     crit["blocks"]["3.1"] = {"n_channels": 256, "passing": [2, 4], "measured": list(range(16)), "missing": list(range(16, 256))}
     crit["fz_files"] = {"layer3.0": {"seed": 2, "steps": 256, "lr": 0.05, "amp": "bf16", "pre_as_released": False, "batch": 64}}
-    stream.save_json(crit, str(tmp_path / "criteria.json"))
+    results.save_json(crit, str(tmp_path / "criteria.json"))
     text = error_of(ablate.passing_sets, "random:0")
     assert "block 3.1 measured only 16 of its channels (240 missing)" in text
     assert (f"python fzs.py --layers layer3.0,layer3.1.bn2 --channels 16:256 --seed 2 --steps 256 --lr 0.05 --amp bf16 "
             f"--pre_as_released False --batch 64 --weights random --results {tmp_path}") in text
     monkeypatch.setattr(ablate, "SETS", "3.1:4,2")  # named by hand: allowed
-    assert ablate.passing_sets("random:0") == {"2.1": [1, 5, 9], "3.1": [2, 4]}
+    assert ablate.passing_sets(net, "random:0") == {"2.1": [1, 5, 9], "3.1": [2, 4]}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -589,7 +593,7 @@ def test_heldout_cells_are_counted_on_heldout_images_only(swept):
     for block in SETS:
         out = json.load(open(os.path.join(swept.results, "ablation", f"{block}.heldout.json")))
         assert out["variant"] == "heldout" and out["n_images"] == len(report) and out["split"]["report"] == len(report)
-        mean = summary["mean"][stream.BLOCKS[block][2]]
+        mean = summary["mean"][net.blocks[block][2]]
         for name, channels, accuracy in [("passing", out["passing"], out["accuracy"]["passing"])] + \
                 [(f"random {k}", c, a) for k, (c, a) in enumerate(zip(out["random_sets"], out["accuracy"]["random"]))]:
             for k, scale in enumerate(out["scales"]):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import arch
+import results
 import stream
 
 
@@ -40,15 +41,15 @@ def test_resnet18_table_is_the_papers():
     model = arch.build("resnet18")
     table = arch.block_table(model)
     assert table == PAPER_TABLE and list(table) == list(PAPER_TABLE)  # block by block, layer by layer, in order
-    assert stream.BLOCKS == PAPER_TABLE and len(stream.LAYERS) == 18  # what the scripts use by default
-    assert stream.RESIDUAL_BLOCKS == list(PAPER_JITTER)
+    assert net.blocks == PAPER_TABLE and len(net.layers) == 18  # what the scripts use by default
+    assert net.residual == list(PAPER_JITTER)
     widths = {"layer1": 64, "layer2": 128, "layer3": 256, "layer4": 512}
-    assert all(stream.n_channels(layer) == widths[layer[:6]] for layer in stream.LAYERS)
+    assert all(net.channels(layer) == widths[layer[:6]] for layer in net.layers)
     assert arch.units(model) == 4672
 
 
 def test_jitter_rule_reproduces_the_resnet18_table():
-    assert {b: arch.jitter(b) for b in stream.RESIDUAL_BLOCKS} == PAPER_JITTER
+    assert {b: arch.jitter(b) for b in net.residual} == PAPER_JITTER
 
 
 @pytest.mark.parametrize("name,probed,first", [("resnet34", 15, "1.1"), ("resnet50", 16, "1.0")])
@@ -96,8 +97,8 @@ def test_truncated_reader_equals_hooks(name):
         assert torch.allclose(got[layer], value, rtol=1e-4, atol=1e-4 * float(value.abs().max())), layer
     pre = next(p for _, p, _ in table.values())
     assert (got[pre] < 0).any()  # the true BatchNorm output, not the in-place sum after the ReLU
-    stream.use_arch(name)  # the scripts' reader: stream.features over the tables use_arch set
-    read = stream.features(model, x, stream.LAYERS)
+    net = arch.net(name)  # the scripts' reader: stream.features over the tables use_arch set
+    read = stream.features(net, model, x, net.layers)
     assert set(read) == set(ref)
     for layer, value in ref.items():
         assert torch.allclose(read[layer], value, rtol=1e-4, atol=1e-4 * float(value.abs().max())), layer
@@ -126,6 +127,8 @@ import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -142,61 +145,61 @@ def one_line_error(p, *words):
 
 
 def test_weights_ids_carry_the_architecture():
-    assert stream.weights_id("resnet18", "IMAGENET1K_V1") == "IMAGENET1K_V1"  # resnet18's ids are unchanged
-    assert stream.weights_id("resnet50", "IMAGENET1K_V2") == "resnet50:IMAGENET1K_V2"
+    assert results.make_weights_id("resnet18", "IMAGENET1K_V1") == "IMAGENET1K_V1"  # resnet18's ids are unchanged
+    assert results.make_weights_id("resnet50", "IMAGENET1K_V2") == "resnet50:IMAGENET1K_V2"
     for wid, pair in (("random:3", ("resnet18", "random:3")), ("resnet50:random:0", ("resnet50", "random:0")),
                       ("wide_resnet50_2:file:a.pth:sha256=1f", ("wide_resnet50_2", "file:a.pth:sha256=1f"))):
-        assert stream.split_weights_id(wid) == pair
-    assert stream.is_random("resnet50:random:0") and not stream.is_random("resnet50:IMAGENET1K_V2")
-    stream.use_arch("resnet50")
-    _, wid = stream.load_model("random:2")
+        assert results.split_weights_id(wid) == pair
+    assert results.is_random("resnet50:random:0") and not results.is_random("resnet50:IMAGENET1K_V2")
+    net = arch.net("resnet50")
+    _, wid = stream.load_model(net.name, "random:2")
     assert wid == "resnet50:random:2"
-    assert stream.fzs_command(["layer2.1.bn3"], "r50", wid) == "python fzs.py --layers layer2.1.bn3 --arch resnet50 --weights random:2 --results r50"
+    assert results.fzs_command(["layer2.1.bn3"], net.name, wid, "r50") == "python fzs.py --layers layer2.1.bn3 --arch resnet50 --weights random:2 --results r50"
 
 
 def test_torchvision_weights_by_name_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))  # an empty cache: no download is possible here
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    stream.use_arch("resnet50")
+    net = arch.net("resnet50")
     for name, file in (("IMAGENET1K_V1", "resnet50-0676ba61.pth"), ("IMAGENET1K_V2", "resnet50-11ad3fa6.pth"),
                        ("DEFAULT", "resnet50-11ad3fa6.pth")):  # DEFAULT is V2 for resnet50
         with pytest.raises(SystemExit) as e:
-            stream.load_model(name)
+            stream.load_model(net.name, name)
         msg = str(e.value)
         assert "resnet50 IMAGENET1K_V" in msg and file in msg and os.path.join(str(tmp_path / "hub"), "hub", "checkpoints", file) in msg
     with pytest.raises(SystemExit, match="resnet50 has the torchvision weights IMAGENET1K_V1, IMAGENET1K_V2"):
-        stream.load_model("IMAGENET1K_V3")
+        stream.load_model(net.name, "IMAGENET1K_V3")
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     path = tmp_path / "r18.pth"
     torch.save(arch.build("resnet18").state_dict(), path)
-    stream.use_arch("resnet50")
+    net = arch.net("resnet50")
     with pytest.raises(SystemExit, match="is not a torchvision resnet50 state_dict .*is --arch right"):
-        stream.load_model(str(path))
-    stream.use_arch("resnet18")
-    assert stream.load_model(str(path))[1].startswith("file:r18.pth:sha256=")
+        stream.load_model(net.name, str(path))
+    net = arch.net("resnet18")
+    assert stream.load_model(net.name, str(path))[1].startswith("file:r18.pth:sha256=")
 
 
 def test_folding_covers_the_bottleneck():
     import fzs
-    stream.use_arch("resnet50")
+    net = arch.net("resnet50")
     model = nontrivial_batchnorms(arch.build("resnet50"), seed=3)
     folded = fzs.fold_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     x = stream.normalize(torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0)))
-    ref, got = stream.features(model, x, stream.LAYERS), stream.features(folded, x, stream.LAYERS)
-    for name in stream.LAYERS:  # Pre (bn3 folded into conv3) included
+    ref, got = stream.features(net, model, x, net.layers), stream.features(net, folded, x, net.layers)
+    for name in net.layers:  # Pre (bn3 folded into conv3) included
         assert (got[name] - ref[name]).abs().max() <= 1e-4 * ref[name].abs().max(), name
 
 
 def test_jitter_rule_extends_and_can_be_overridden():
     import fzs
     assert [arch.jitter(f"layer3.{b}") for b in range(6)] == [4, 16, 16, 16, 16, 16]  # resnet50's stage 3
-    stream.use_arch("resnet50")
-    assert fzs.parse_jitter("layer3.5:8") == {"layer3.5": 8}
+    net = arch.net("resnet50")
+    assert fzs.parse_jitter(net, "layer3.5:8") == {"layer3.5": 8}
     with pytest.raises(SystemExit, match="--jitter: cannot read 'layer3.6:8'"):
-        fzs.parse_jitter("layer3.6:8")  # resnet50's stage 3 has blocks 0..5
+        fzs.parse_jitter(net, "layer3.6:8")  # resnet50's stage 3 has blocks 0..5
 
 
 def planted_criteria(folder, arch_name, percents):
@@ -204,26 +207,26 @@ def planted_criteria(folder, arch_name, percents):
     blocks = {b: {"n_channels": 100, "count": int(p), "percent": float(p), "passing": list(range(int(p))), "measured": list(range(100)),
                   "missing": []} for b, p in percents.items()}
     with open(os.path.join(folder, "criteria.json"), "w") as f:
-        json.dump({"config": {"arch": arch_name, "weights_id": stream.weights_id(arch_name, "random:0")}, "blocks": blocks}, f)
+        json.dump({"config": {"arch": arch_name, "weights_id": results.make_weights_id(arch_name, "random:0")}, "blocks": blocks}, f)
 
 
 def test_sweep_default_blocks(tmp_path, monkeypatch):
     import ablate
     monkeypatch.setattr(ablate, "RESULTS", str(tmp_path))
-    stream.use_arch("resnet50")
+    net = arch.net("resnet50")
     crit = {"blocks": {"1.0": {"count": 3, "percent": 3.0}, "2.3": {"count": 9, "percent": 9.0}, "3.1": {"count": 12, "percent": 12.0},
                        "3.4": {"count": 9, "percent": 9.0}, "4.2": {"count": 0, "percent": 0.0}}}
-    assert ablate.default_blocks(crit, []) == ["2.3", "3.1"]  # the two largest fractions, in forward order; a tie goes to the earlier
-    assert ablate.default_blocks(crit, ["3.4", "1.2"]) == ["1.2", "3.4"]  # the blocks named in --sets come first
+    assert ablate.default_blocks(net, crit, []) == ["2.3", "3.1"]  # the two largest fractions, in forward order; a tie goes to the earlier
+    assert ablate.default_blocks(net, crit, ["3.4", "1.2"]) == ["1.2", "3.4"]  # the blocks named in --sets come first
     with pytest.raises(SystemExit, match="criteria.json is missing"):
-        ablate.default_blocks(None, [])
+        ablate.default_blocks(net, None, [])
     with pytest.raises(SystemExit, match="has passing channels"):
-        ablate.default_blocks({"blocks": {"4.2": {"count": 0, "percent": 0.0}}}, [])
-    assert ablate.screening_rules(ablate.SCREEN_MARGIN) == {"*": ("<=", 1.0)}  # the paper's 2.1 / 3.1 rules are resnet18's
-    assert ablate.screening_rules("2.1:<0") == {"2.1": ("<", 0.0)}  # named by the user: kept
-    stream.use_arch("resnet18")
-    assert ablate.default_blocks(crit, []) == ["2.1", "3.1"]  # resnet18: the paper's blocks (METHOD.md section 5)
-    assert ablate.screening_rules(ablate.SCREEN_MARGIN)["2.1"] == ("<", 0.0)
+        ablate.default_blocks(net, {"blocks": {"4.2": {"count": 0, "percent": 0.0}}}, [])
+    assert ablate.screening_rules(net, ablate.SCREEN_MARGIN) == {"*": ("<=", 1.0)}  # the paper's 2.1 / 3.1 rules are resnet18's
+    assert ablate.screening_rules(net, "2.1:<0") == {"2.1": ("<", 0.0)}  # named by the user: kept
+    net = arch.net("resnet18")
+    assert ablate.default_blocks(net, crit, []) == ["2.1", "3.1"]  # resnet18: the paper's blocks (METHOD.md section 5)
+    assert ablate.screening_rules(net, ablate.SCREEN_MARGIN)["2.1"] == ("<", 0.0)
 
 
 def test_passing_percent_by_relative_depth_across_architectures(tmp_path):

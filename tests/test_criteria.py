@@ -15,8 +15,12 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
+import arch
+import cli
 import criteria
 import stream
+
+net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,7 +105,7 @@ WEIGHTS = "random"
 @pytest.fixture(scope="module")
 def model(fixture_model, fixture_weights):
     """The fixture model (conftest.py: every BatchNorm non-trivial) and its weights id."""
-    return fixture_model, stream.load_model(fixture_weights)[1]
+    return fixture_model, stream.load_model(net.name, fixture_weights)[1]
 
 
 def make_fz(results, layer, channels, model=None, seed=0, **config):
@@ -112,8 +116,8 @@ def make_fz(results, layer, channels, model=None, seed=0, **config):
           "config": {"layer": layer, "objective": "center", "weights": "random:0", "seed": seed, "steps": 2, "lr": 0.05,
                      "batch": 4, "amp": "fp32", "pre_as_released": False, "jitter": 0, **config}}
     if model is not None:
-        fz["activation"] = stream.read_center(model, stream.normalize(stream.to_float(images)), [layer])[layer][torch.arange(len(ch)), ch]
-    stream.save_pt(fz, os.path.join(results, "fzs", layer, "center.pt"))
+        fz["activation"] = stream.read_center(net, model, stream.normalize(stream.to_float(images)), [layer])[layer][torch.arange(len(ch)), ch]
+    results.save_pt(fz, os.path.join(results, "fzs", layer, "center.pt"))
     return fz
 
 
@@ -132,11 +136,11 @@ def hooked(model, layers, x):
 @pytest.mark.parametrize("block", ["1.1", "2.1"])
 def test_batched_measurement_matches_hooks(tmp_path, model, block):
     m, wid = model
-    In, Pre, Post = stream.BLOCKS[block]
+    In, Pre, Post = net.blocks[block]
     fz_in = make_fz(tmp_path, In, [0, 5, 9, 11], m, weights=wid)
     fz_pre = make_fz(tmp_path, Pre, [0, 3, 5, 9, 40], m, weights=wid)
-    v = criteria.measure_block(m, block, criteria.load_fz(criteria.fz_path(tmp_path, In)),
-                               criteria.load_fz(criteria.fz_path(tmp_path, Pre)), torch.device("cpu"), batch=2)
+    v = criteria.measure_block(net, m, block, criteria.load_fz(net, criteria.fz_path(tmp_path, In)),
+                               criteria.load_fz(net, criteria.fz_path(tmp_path, Pre)), torch.device("cpu"), batch=2)
     assert v["channel"].tolist() == [0, 5, 9]  # channels with both FZs only
     for i, c in enumerate([0, 5, 9]):
         x_in = fz_in["images"][fz_in["channels"].tolist().index(c)][None].float() / 255
@@ -166,7 +170,7 @@ def test_run_refuses_mixed_configs_and_names_the_missing_fzs(tmp_path, model):
     make_fz(tmp_path, "layer3.1.bn2", [0], m, weights="IMAGENET1K_V1")
     make_fz(tmp_path, "layer2.0.downsample.1", [0, 1], m, weights=wid)  # block 2.0: measurable
     make_fz(tmp_path, "layer2.0.bn2", [1, 2], m, weights=wid)
-    out = criteria.run_criteria(m, wid, str(tmp_path), ["1.1", "2.0", "2.1", "3.1", "4.1"], WEIGHTS, torch.device("cpu"), 4)
+    out = criteria.run_criteria(net, m, wid, str(tmp_path), ["1.1", "2.0", "2.1", "3.1", "4.1"], WEIGHTS, torch.device("cpu"), 4)
     assert list(out["blocks"]) == ["2.0"]
     s = out["blocks"]["2.0"]
     assert s["measured"] == [1] and s["n_channels"] == 128 and len(s["missing"]) == 127 and s["count"] == len(s["passing"])
@@ -186,14 +190,14 @@ def test_stability_on_planted_runs():
                 "fz_files": {"layer2.0": {"seed": len(passing)}, "layer3.0": {"seed": len(passing)}}}
     runs = {"a": run([1, 2, 3]), "b": run([2, 3, 4, 5]), "c": run([2, 3])}
     runs["c"]["blocks"].pop("3.1")
-    blocks, skipped = criteria.stability(runs)
+    blocks, skipped = criteria.stability(net, runs)
     s = blocks["2.1"]
     assert s["channels"] == list(range(8))
     assert s["pass_frequency"] == [0, 1 / 3, 1, 1, 1 / 3, 1 / 3, 0, 0]
     assert s["always"] == [2, 3] and s["ever"] == [1, 2, 3, 4, 5] and s["counts"] == [3, 4, 2]
     assert s["jaccard"][0][1] == pytest.approx(2 / 5) and s["jaccard"][1][2] == 0.5 and s["jaccard"][2][2] == 1.0
     assert "3.1" not in blocks and "c" in skipped["3.1"]
-    two = criteria.stability({"a": run([]), "b": run([])})[0]["2.1"]  # nothing passes in either run: identical sets
+    two = criteria.stability(net, {"a": run([]), "b": run([])})[0]["2.1"]  # nothing passes in either run: identical sets
     assert two["jaccard"] == [[1.0, 1.0], [1.0, 1.0]] and two["always"] == []
 
 
@@ -214,7 +218,7 @@ def test_end_to_end_with_fzs(tmp_path):
     p = run_script("criteria.py", "--weights", WEIGHTS, "--results", r0, "--blocks", "2.1,3.1", "--runs", f"{r0},{r1}", "--batch", "3")
     assert p.returncode == 0, p.stderr[-2000:]
     assert "block 2.1:" in p.stdout and "of 4 measured channels (of 128) pass" in p.stdout and "time:" in p.stdout
-    amp = stream.precision("auto", torch.device("cpu"))  # what fzs.py's auto meant here: bf16 only on a CPU with native bf16
+    amp = cli.precision("auto", torch.device("cpu"))  # what fzs.py's auto meant here: bf16 only on a CPU with native bf16
     assert (f"python fzs.py --layers layer3.0,layer3.1.bn2 --channels 0:4 --seed 0 --steps 2 --lr 0.05 --amp {amp} "
             "--pre_as_released False --batch 4 --weights random --results") in p.stdout  # not a days-long default run
     assert "warning" not in p.stdout + p.stderr.replace("FutureWarning", "")
@@ -222,7 +226,7 @@ def test_end_to_end_with_fzs(tmp_path):
     result = json.load(open(os.path.join(r0, "criteria.json")))
     assert set(result["blocks"]) == {"2.1"} and "3.1" in result["skipped"]
     s = result["blocks"]["2.1"]
-    assert s["layers"] == list(stream.BLOCKS["2.1"]) and s["measured"] == [0, 1, 2, 3] and s["n_channels"] == 128
+    assert s["layers"] == list(net.blocks["2.1"]) and s["measured"] == [0, 1, 2, 3] and s["n_channels"] == 128
     assert result["config"]["weights_id"] == "random:0" and result["fz_files"]["layer2.0"]["seed"] == 0
     assert set(result["fz_sha256"]) == {"layer2.0", "layer2.1.bn2"}
     with open(os.path.join(r0, "criteria.csv")) as f:

@@ -13,7 +13,8 @@ import types
 import pytest
 import torch
 
-import stream
+import cli
+import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,51 +42,51 @@ def fake_backends(new_api=True):
 
 def test_auto_gives_an_indexed_device_that_set_device_takes():
     cuda = fake_cuda(2)
-    device = stream.pick_device("auto", env={}, cuda=cuda)
+    device = cli.pick_device("auto", env={}, cuda=cuda)
     assert device == torch.device("cuda", 0) and device.index == 0
-    assert stream.pick_device("cuda", env={}, cuda=cuda) == torch.device("cuda", 0)
-    assert stream.pick_device("cuda:1", env={}, cuda=cuda) == torch.device("cuda", 1)
-    assert stream.use_device(device, "fp32", cuda=cuda, backends=fake_backends()) == "cuda:0 Faked H200"
+    assert cli.pick_device("cuda", env={}, cuda=cuda) == torch.device("cuda", 0)
+    assert cli.pick_device("cuda:1", env={}, cuda=cuda) == torch.device("cuda", 1)
+    assert cli.use_device(device, "fp32", cuda=cuda, backends=fake_backends()) == "cuda:0 Faked H200"
     assert cuda.calls == ["cuda:0"]
-    assert stream.pick_device("auto", env={}, cuda=fake_cuda(0)) == torch.device("cpu")
+    assert cli.pick_device("auto", env={}, cuda=fake_cuda(0)) == torch.device("cpu")
 
 
 @pytest.mark.parametrize("name,message", [("cuda:2", r"this machine has 2 GPU\(s\)"), ("tpu", "unknown device"),
                                           ("cuda:x", "unknown device")])
 def test_bad_devices_are_one_line_errors(name, message):
     with pytest.raises(SystemExit, match=message):
-        stream.pick_device(name, env={}, cuda=fake_cuda(2))
+        cli.pick_device(name, env={}, cuda=fake_cuda(2))
     with pytest.raises(SystemExit, match="sees no CUDA GPU"):
-        stream.pick_device("cuda", env={}, cuda=fake_cuda(0))
+        cli.pick_device("cuda", env={}, cuda=fake_cuda(0))
 
 
 def test_torchrun_ranks_take_their_local_gpu():
     cuda = fake_cuda(4)
     for local in range(4):
         env = {"WORLD_SIZE": "4", "RANK": str(local), "LOCAL_RANK": str(local)}
-        assert stream.pick_device("auto", env=env, cuda=cuda) == torch.device("cuda", local)
-        assert stream.pick_device("cuda", env=env, cuda=cuda) == torch.device("cuda", local)
-    assert stream.pick_device("cpu", env={"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, cuda=cuda) == torch.device("cpu")
+        assert cli.pick_device("auto", env=env, cuda=cuda) == torch.device("cuda", local)
+        assert cli.pick_device("cuda", env=env, cuda=cuda) == torch.device("cuda", local)
+    assert cli.pick_device("cpu", env={"WORLD_SIZE": "2", "LOCAL_RANK": "1"}, cuda=cuda) == torch.device("cpu")
 
 
 def test_torchrun_rank_without_a_gpu_is_refused():
     env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}
     with pytest.raises(SystemExit, match=r"LOCAL_RANK 3, but this machine has 1 GPU\(s\).*--nproc_per_node=1"):
-        stream.pick_device("auto", env=env, cuda=fake_cuda(1))
+        cli.pick_device("auto", env=env, cuda=fake_cuda(1))
 
 
 def test_explicit_device_under_torchrun_is_refused():
     env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
     with pytest.raises(SystemExit, match="each rank runs on cuda:LOCAL_RANK"):
-        stream.pick_device("cuda:0", env=env, cuda=fake_cuda(2))
+        cli.pick_device("cuda:0", env=env, cuda=fake_cuda(2))
 
 
 @pytest.mark.parametrize("new_api", [True, False])
 def test_tf32_only_under_tf32(new_api):
     for prec, on in (("fp32", False), ("bf16", False), ("tf32", True)):
         backends = fake_backends(new_api)
-        stream.use_device(torch.device("cuda", 0), prec, cuda=fake_cuda(1), backends=backends)
-        assert stream.tf32_on(backends) is on, prec
+        cli.use_device(torch.device("cuda", 0), prec, cuda=fake_cuda(1), backends=backends)
+        assert cli.tf32_on(backends) is on, prec
         if new_api:
             assert backends.cuda.matmul.fp32_precision == ("tf32" if on else "ieee")
         else:
@@ -95,41 +96,41 @@ def test_tf32_only_under_tf32(new_api):
 def test_precision_auto():
     """auto is fp32 everywhere (bf16 moved the results by more than seed noise); AMP_AUTO sets what auto means."""
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
-    assert stream.precision("auto", gpu, env={}, cuda=fake_cuda(bf16=True)) == "fp32"
-    assert stream.precision("auto", cpu, env={}) == "fp32"
+    assert cli.precision("auto", gpu, env={}, cuda=fake_cuda(bf16=True)) == "fp32"
+    assert cli.precision("auto", cpu, env={}) == "fp32"
     for forced in ("fp32", "bf16"):  # AMP_AUTO: what auto means, on every device (the suite runs both)
-        assert stream.precision("auto", cpu, env={"AMP_AUTO": forced}) == forced
-        assert stream.precision("auto", gpu, env={"AMP_AUTO": forced}, cuda=fake_cuda()) == forced
-    assert stream.precision("auto", gpu, env={"AMP_AUTO": "bf16"}, cuda=fake_cuda(bf16=False)) == "fp32"  # no bf16 there
-    assert stream.precision("fp32", gpu, env={"AMP_AUTO": "bf16"}, cuda=fake_cuda()) == "fp32"  # explicit wins
+        assert cli.precision("auto", cpu, env={"AMP_AUTO": forced}) == forced
+        assert cli.precision("auto", gpu, env={"AMP_AUTO": forced}, cuda=fake_cuda()) == forced
+    assert cli.precision("auto", gpu, env={"AMP_AUTO": "bf16"}, cuda=fake_cuda(bf16=False)) == "fp32"  # no bf16 there
+    assert cli.precision("fp32", gpu, env={"AMP_AUTO": "bf16"}, cuda=fake_cuda()) == "fp32"  # explicit wins
     with pytest.raises(SystemExit, match="AMP_AUTO must be fp32 or bf16"):
-        stream.precision("auto", cpu, env={"AMP_AUTO": "fp16"})
+        cli.precision("auto", cpu, env={"AMP_AUTO": "fp16"})
     with pytest.raises(SystemExit, match="tf32 is a GPU mode"):
-        stream.precision("tf32", cpu, env={})
+        cli.precision("tf32", cpu, env={})
     with pytest.raises(SystemExit, match="amp must be"):
-        stream.precision("fp16", cpu, env={})
+        cli.precision("fp16", cpu, env={})
 
 
 def test_ranks_meet_over_gloo_with_a_long_timeout():
     calls = []
     dist = types.SimpleNamespace(init_process_group=lambda backend, timeout: calls.append((backend, timeout)))
-    stream.init_ranks(1, dist)
+    cli.init_ranks(1, dist)
     assert calls == []
-    stream.init_ranks(4, dist)
+    cli.init_ranks(4, dist)
     assert calls[0][0] == "gloo" and calls[0][1] >= datetime.timedelta(hours=24)
 
 
 def test_batch_auto_fills_the_card():
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert stream.resolve_batch("auto", cpu, 10 << 20, 128, 4096) == 128
-    assert stream.resolve_batch("64", gpu, 10 << 20, 128, 4096, cuda=fake_cuda()) == 64
-    n = stream.resolve_batch("auto", gpu, 40 << 20, 128, 100000, cuda=fake_cuda(free_gib=100))
+    assert cli.resolve_batch("auto", cpu, 10 << 20, 128, 4096) == 128
+    assert cli.resolve_batch("64", gpu, 10 << 20, 128, 4096, cuda=fake_cuda()) == 64
+    n = cli.resolve_batch("auto", gpu, 40 << 20, 128, 100000, cuda=fake_cuda(free_gib=100))
     assert n == (100 << 30) // 2 // (40 << 20) // 32 * 32 and n % 32 == 0
-    assert stream.resolve_batch("auto", gpu, 40 << 20, 128, 1024, cuda=fake_cuda(free_gib=100)) == 1024
-    assert stream.resolve_batch("auto", gpu, 40 << 30, 128, 1024, cuda=fake_cuda(free_gib=1)) == 32
+    assert cli.resolve_batch("auto", gpu, 40 << 20, 128, 1024, cuda=fake_cuda(free_gib=100)) == 1024
+    assert cli.resolve_batch("auto", gpu, 40 << 30, 128, 1024, cuda=fake_cuda(free_gib=1)) == 32
     for bad in ("0", "many", "-4"):
         with pytest.raises(SystemExit, match="--batch"):
-            stream.resolve_batch(bad, cpu, 1, 128, 4096)
+            cli.resolve_batch(bad, cpu, 1, 128, 4096)
 
 
 FAKED_GPU = """
@@ -148,10 +149,10 @@ torch.cuda.get_device_name = lambda i=0: "Faked H200"
 torch.cuda.mem_get_info = lambda d=None: (100 << 30, 141 << 30)
 import torch.distributed
 torch.distributed.init_process_group = lambda *a, **k: print("init_process_group", a, k, flush=True)
-import stream
+import cli
 def stop(*a, **k):
-    raise SystemExit("reached load_model on " + str(a[1] if len(a) > 1 else k.get("device")) + " after set_device " + ",".join(calls)
-                     + "; tf32 " + str(stream.tf32_on()))
+    raise SystemExit("reached load_model on " + str(a[2] if len(a) > 2 else k.get("device")) + " after set_device " + ",".join(calls)
+                     + "; tf32 " + str(cli.tf32_on()))
 script = sys.argv[1]
 module = __import__(script[:-3])
 module.load_model = stop
@@ -166,7 +167,7 @@ def test_each_script_starts_on_a_faked_gpu(tmp_path, script, extra):
     """`python SCRIPT` on a machine with one GPU reaches the model load on cuda:0, with set_device given an index
     and TF32 off (fp32 measurements; fzs.py's default bf16 optimisation too)."""
     os.makedirs(tmp_path / "fzs", exist_ok=True)
-    stream.save_pt({"config": {"arch": "resnet18"}}, str(tmp_path / "natural" / "summary.pt"))  # what tuning.py reads first
+    results.save_pt({"config": {"arch": "resnet18"}}, str(tmp_path / "natural" / "summary.pt"))  # what tuning.py reads first
     extra = extra + (["--data", str(tmp_path / "val")] if script == "ablate.py" else [])
     p = subprocess.run([sys.executable, "-c", FAKED_GPU, script, *extra, "--results", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)

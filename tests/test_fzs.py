@@ -13,8 +13,13 @@ import pytest
 import torch
 import torchvision
 
+import arch
+import cli
 import fzs
+import results
 import stream
+
+net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU = torch.device("cpu")
@@ -59,7 +64,7 @@ def lucent_render(model, layer, c, j, steps, seed, device=CPU):
 
 def render1(model, layer, c, j, steps, seed, device=CPU, **kw):
     """fzs.render for one unit with both seeds equal: lucent's render_vis after seeding numpy and torch."""
-    return fzs.render(model.to(device), layer, [c], "center", cfg(j, steps=steps, **kw), [seed], seed, device=device, amp=None)
+    return fzs.render(net, model.to(device), layer, [c], "center", cfg(j, steps=steps, **kw), [seed], seed, device=device, amp=None)
 
 
 def same_image(a, b, device):
@@ -76,7 +81,7 @@ def live_channel(model, layer, seed, positive_post_and_in=False):
     _, image = fzs.fft_image([seed], 224, CPU)
     with torch.no_grad():
         x = stream.normalize(image())
-        acts = stream.read_center(model, x, [layer] + ([layer.removesuffix(".bn2")] if positive_post_and_in else []))
+        acts = stream.read_center(net, model, x, [layer] + ([layer.removesuffix(".bn2")] if positive_post_and_in else []))
     ok = (acts[layer][0] > 0.05)
     if positive_post_and_in:
         ok &= acts[layer.removesuffix(".bn2")][0] > 0.05
@@ -86,7 +91,7 @@ def live_channel(model, layer, seed, positive_post_and_in=False):
 @pytest.mark.parametrize("layer,j", [("layer2.1", 4), ("layer1.0", 0), ("layer4.0.downsample.1", 16)])
 def test_engine_equals_lucent_render_vis(model, layer, j, device):
     c = live_channel(model, layer, 11)
-    stream.use_device(device, "fp32")
+    cli.use_device(device, "fp32")
     try:
         ours = render1(model, layer, c, j, 6, 11, device)
         start = render1(model, layer, c, j, 0, 11, device)
@@ -153,7 +158,7 @@ def test_batched_objectives_are_independent(model):
     spectrum, image = fzs.fft_image([0, 1, 2], 224, CPU)
     channels = torch.tensor([4, 9, 4])
     for kind in ("center", "channel"):
-        acts = fzs.objective(stream.features(model, stream.normalize(image()), ["layer1.1"])["layer1.1"], channels, kind)
+        acts = fzs.objective(stream.features(net, model, stream.normalize(image()), ["layer1.1"])["layer1.1"], channels, kind)
         for i in range(3):
             (g,) = torch.autograd.grad(acts[i], spectrum, retain_graph=True)
             norms = g.flatten(1).norm(dim=1)
@@ -166,15 +171,15 @@ def test_folded_batchnorm_computes_the_same_layers(model):
         assert ((bn.weight - 1).abs() > 1e-2).any() and (bn.bias.abs() > 1e-3).any()
     folded = fzs.fold_batchnorm(model)
     x = stream.normalize(torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
-    ref, got = stream.features(model, x, stream.LAYERS), stream.features(folded, x, stream.LAYERS)
-    for name in stream.LAYERS:  # Pre included: bn2 folded into conv2 still outputs the true bn2 values
+    ref, got = stream.features(net, model, x, net.layers), stream.features(net, folded, x, net.layers)
+    for name in net.layers:  # Pre included: bn2 folded into conv2 still outputs the true bn2 values
         scale = ref[name].abs().max()
         assert (got[name] - ref[name]).abs().max() <= 1e-4 * scale, name
     assert model.layer2[1].bn2.__class__.__name__ == "BatchNorm2d"  # the model itself is untouched
 
 
 def test_transform_table_follows_method():
-    assert fzs.parse_jitter("layer2.1:16, layer4.0:0") == {"layer2.1": 16, "layer4.0": 0}  # overrides of arch.jitter's rule
+    assert fzs.parse_jitter(net, "layer2.1:16, layer4.0:0") == {"layer2.1": 16, "layer4.0": 0}  # overrides of arch.jitter's rule
     assert len(fzs.transforms_for(0, fzs.SCALES, fzs.ANGLES, 224)) == 2
     x = torch.rand(2, 3, 224, 224)
     for j in (4, 16):
@@ -199,10 +204,10 @@ def test_end_to_end_file(tmp_path, model, fixture_weights):
             c = d["config"]
             assert (c["steps"], c["layer"], c["objective"], c["jitter"]) == (3, layer, kind, 0)
             assert c["weights"].startswith("file:fixture_resnet18.pth:sha256=")
-            assert all(k in c for k in fzs.FZ_KEYS) and c["fold_bn"] is True and c["seed"] == 0
+            assert all(k in c for k in results.FZ_KEYS) and c["fold_bn"] is True and c["seed"] == 0
             assert c["versions"]["torch"] == torch.__version__
             # the stored activation is the objective on the stored 8-bit image, untransformed, in float32
-            fmap = stream.features(model, stream.normalize(stream.to_float(d["images"])), [layer])[layer]
+            fmap = stream.features(net, model, stream.normalize(stream.to_float(d["images"])), [layer])[layer]
             expect = fzs.objective(fmap, d["channels"], kind)
             assert torch.allclose(d["activation"], expect, atol=1e-4)
             assert os.path.exists(os.path.join(res, "fzs", layer, kind, "0002.png"))
@@ -296,7 +301,7 @@ def test_bad_input_is_one_line_error(tmp_path, args, message):
 
 
 def test_passing_with_no_passing_channel_says_so(tmp_path):
-    stream.save_json({"config": {"weights_id": "random:0"}, "blocks": {"2.1": {"passing": [], "layers": list(stream.BLOCKS["2.1"]),
+    results.save_json({"config": {"weights_id": "random:0"}, "blocks": {"2.1": {"passing": [], "layers": list(net.blocks["2.1"]),
                                                                                 "n_channels": 128}}},
                      str(tmp_path / "criteria.json"))
     p = run("--layers", "layer2.0", "--channels", "passing", "--steps", "1", "--weights", "random", "--results", str(tmp_path))
@@ -324,7 +329,7 @@ def test_main_guard_message_is_the_scripts_own(capsys):
     def interrupted():
         raise KeyboardInterrupt
     with pytest.raises(SystemExit) as e:
-        stream.main_guard(interrupted, "nothing was written")
+        cli.main_guard(interrupted, "nothing was written")
     assert e.value.code == 130 and capsys.readouterr().err.strip() == "interrupted: nothing was written"
     for script, says in (("criteria.py", "nothing was written"), ("ablate.py", "run the same command again"),
                          ("fzs.py", "part files"), ("plot_grids.py", "figures written"), ("plot_ratios.py", "the figure was not written"),
@@ -366,12 +371,12 @@ def test_several_batches_at_once_equal_one_at_a_time(model, device):
     bit render() alone on the CPU."""
     c = cfg(4, steps=4)
     groups = [([0, 1, 2], [11, 12, 13], 5), ([3, 4], [14, 15], 6), ([5], [16], 7)]
-    stream.use_device(device, "fp32")
+    cli.use_device(device, "fp32")
     m = model.to(device)
     try:
-        together = fzs.render_groups(m, "layer2.1", "center", c, groups, device, None)
+        together = fzs.render_groups(net, m, "layer2.1", "center", c, groups, device, None)
         for (channels, seeds, tseed), got in zip(groups, together):
-            alone = fzs.render(m, "layer2.1", channels, "center", c, seeds, tseed, device=device, amp=None)
+            alone = fzs.render(net, m, "layer2.1", channels, "center", c, seeds, tseed, device=device, amp=None)
             assert same_image(got, alone, device)
         assert not torch.equal(together[1][0], together[2][0])
     finally:
@@ -390,7 +395,7 @@ def test_fz_steps_make_no_host_synchronisation(model, device, j):
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                fzs.render(m, "layer2.1", [0, 1], "center", cfg(j, steps=steps), [1, 2], 3, device=device, amp=torch.bfloat16)
+                fzs.render(net, m, "layer2.1", [0, 1], "center", cfg(j, steps=steps), [1, 2], 3, device=device, amp=torch.bfloat16)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         return sum("synchroniz" in str(w.message) for w in caught)
@@ -405,9 +410,9 @@ def test_a_units_image_is_seeded_by_its_channel_and_its_batch(tmp_path, fixture_
     run("--layers", "layer2.1", "--channels", "2:4", "--batch", "2", "--steps", "3", "--amp", "fp32", "--seed", "5",
         "--weights", fixture_weights, "--png", "false", "--results", str(tmp_path))
     got = torch.load(os.path.join(tmp_path, "fzs", "layer2.1", "center.pt"), weights_only=False)
-    model = fzs.fold_batchnorm(stream.load_model(fixture_weights)[0].to(memory_format=torch.channels_last))
+    model = fzs.fold_batchnorm(stream.load_model(net.name, fixture_weights)[0].to(memory_format=torch.channels_last))
     c = dict(cfg(4, steps=3), jitter=4)
-    want = fzs.render(model, "layer2.1", [2, 3], "center", c, [fzs.unit_seed(5, "layer2.1", "center", k) for k in (2, 3)],
+    want = fzs.render(net, model, "layer2.1", [2, 3], "center", c, [fzs.unit_seed(5, "layer2.1", "center", k) for k in (2, 3)],
                       fzs.transform_seed(5, "layer2.1", "center", 1), device=CPU, amp=None)
     assert torch.equal(got["images"], want)
 
@@ -422,12 +427,12 @@ def test_compile_makes_one_graph_per_target_without_breaks(model):
         return gm.forward
     torch._dynamo.reset()
     x = stream.normalize(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
-    targets = stream.LAYERS[:10]
+    targets = net.layers[:10]
     try:
         for t in targets:
-            f = fzs.compile_forward(model, t, len(targets), backend=counting)
+            f = fzs.compile_forward(net, model, t, len(targets), backend=counting)
             with torch.no_grad():
-                assert torch.allclose(f(x), stream.features(model, x, [t])[t], atol=1e-5), t
+                assert torch.allclose(f(x), stream.features(net, model, x, [t])[t], atol=1e-5), t
         assert len(graphs) == len(targets)
     finally:
         torch._dynamo.reset()

@@ -16,9 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
+import arch
+import figures
 import imagenet
 import plot_spectrum
-import stream
+import results
+
+net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +44,7 @@ def fz_file(layer, objective, channels, weights="random:0", seed=0):
     return {"images": torch.stack([pattern(1000 * hash(layer) % 997 + int(c)) for c in channels]),
             "channels": channels, "activation": torch.rand(len(channels)),
             "config": {"layer": layer, "objective": objective, "weights": weights, "seed": seed, "steps": 2, "lr": 0.05,
-                       "batch": 4, "amp": "fp32", "jitter": 0, "pre_as_released": False, "versions": stream.versions()}}
+                       "batch": 4, "amp": "fp32", "jitter": 0, "pre_as_released": False, "versions": results.versions()}}
 
 
 def make_results(root, weights="random:0", channel_fzs=True, natural=True, passing=None):
@@ -50,16 +54,16 @@ def make_results(root, weights="random:0", channel_fzs=True, natural=True, passi
     passing = passing or {"2.1": [1, 3, 4], "3.1": [0, 2, 5]}
     n_fz = max(c for p in passing.values() for c in p) + 1
     for block in passing:
-        for layer in stream.BLOCKS[block]:
-            stream.save_pt(fz_file(layer, "center", range(n_fz), weights), os.path.join(root, "fzs", layer, "center.pt"))
+        for layer in net.blocks[block]:
+            results.save_pt(fz_file(layer, "center", range(n_fz), weights), os.path.join(root, "fzs", layer, "center.pt"))
     if channel_fzs:
-        for layer in stream.BLOCKS["2.1"][:2]:
-            stream.save_pt(fz_file(layer, "channel", range(n_fz), weights), os.path.join(root, "fzs", layer, "channel.pt"))
-    fz_configs = {layer: stream.load_pt(os.path.join(root, "fzs", layer, "center.pt"))["config"]
-                  for block in passing for layer in stream.BLOCKS[block]}
-    stream.save_json({"config": {"weights": weights, "results": root}, "fz_files": fz_configs,
-                      "blocks": {b: {"n_channels": stream.n_channels(stream.BLOCKS[b][2]), "passing": p, "count": len(p),
-                                     "percent": 100 * len(p) / stream.n_channels(stream.BLOCKS[b][2]), "layers": list(stream.BLOCKS[b])}
+        for layer in net.blocks["2.1"][:2]:
+            results.save_pt(fz_file(layer, "channel", range(n_fz), weights), os.path.join(root, "fzs", layer, "channel.pt"))
+    fz_configs = {layer: results.load_pt(os.path.join(root, "fzs", layer, "center.pt"))["config"]
+                  for block in passing for layer in net.blocks[block]}
+    results.save_json({"config": {"weights": weights, "results": root}, "fz_files": fz_configs,
+                      "blocks": {b: {"n_channels": net.channels(net.blocks[b][2]), "passing": p, "count": len(p),
+                                     "percent": 100 * len(p) / net.channels(net.blocks[b][2]), "layers": list(net.blocks[b])}
                                  for b, p in passing.items()}}, os.path.join(root, "criteria.json"))
     g = np.random.default_rng(0)
     with open(os.path.join(root, "criteria.csv"), "w", newline="") as f:
@@ -67,7 +71,7 @@ def make_results(root, weights="random:0", channel_fzs=True, natural=True, passi
         w.writerow(["block", "channel", "pre_in", "pre_zoom_in", "post_in", "post_pre", "eq1", "eq2", "passes", "mix",
                     "bn2_abs", "conv2_abs_mean"])
         for block in ("1.1", "2.1", "3.1"):
-            n = stream.n_channels(stream.BLOCKS[block][2])
+            n = net.channels(net.blocks[block][2])
             bn2 = g.uniform(0.05, 1, n)
             post_pre = np.where(g.random(n) < 0.1, 0.0, g.uniform(0.5, 2, n))  # some Post(FZ of Pre) = 0: m := 10
             post_in = post_pre * np.exp(g.normal(0, 1, n)) / bn2 / 3
@@ -76,8 +80,8 @@ def make_results(root, weights="random:0", channel_fzs=True, natural=True, passi
                 ok = c in passing.get(block, [])
                 w.writerow([block, c, *g.normal(size=2).round(4), post_in[c], post_pre[c], ok, ok, ok, mix[c], bn2[c],
                             g.uniform(0.01, 0.05)])
-    stream.save_json({"runs": [os.path.join(root, "seed0"), os.path.join(root, "seed1")],
-                      "blocks": {b: {"pass_frequency": [1.0 if c in p else 0.5 * (c % 7 == 0) for c in range(stream.n_channels(stream.BLOCKS[b][2]))],
+    results.save_json({"runs": [os.path.join(root, "seed0"), os.path.join(root, "seed1")],
+                      "blocks": {b: {"pass_frequency": [1.0 if c in p else 0.5 * (c % 7 == 0) for c in range(net.channels(net.blocks[b][2]))],
                                      "jaccard": [[1.0, 0.6], [0.6, 1.0]], "always": p, "counts": [len(p), len(p) + 2]}
                                  for b, p in passing.items()}}, os.path.join(root, "stability.json"))
     if natural:
@@ -88,18 +92,18 @@ def make_results(root, weights="random:0", channel_fzs=True, natural=True, passi
             os.makedirs(os.path.join(images, os.path.dirname(rel)), exist_ok=True)
             Image.fromarray(pattern(i, 300).numpy().transpose(1, 2, 0)[:, :260 + 10 * i]).save(os.path.join(images, rel))
             paths.append(rel)
-        layers = [layer for b in passing for layer in stream.BLOCKS[b]]
-        top9 = {layer: torch.from_numpy(np.stack([g.permutation(12)[:9] for _ in range(stream.n_channels(layer))])) for layer in layers}
-        stream.save_pt({"root": images, "paths": paths, "labels": torch.arange(12) % 3, "top9_index": top9,
-                        "top9_activation": {layer: torch.rand(stream.n_channels(layer), 9) for layer in layers},
-                        "mean": {layer: torch.rand(stream.n_channels(layer)) for layer in layers}, "count": 12,
+        layers = [layer for b in passing for layer in net.blocks[b]]
+        top9 = {layer: torch.from_numpy(np.stack([g.permutation(12)[:9] for _ in range(net.channels(layer))])) for layer in layers}
+        results.save_pt({"root": images, "paths": paths, "labels": torch.arange(12) % 3, "top9_index": top9,
+                        "top9_activation": {layer: torch.rand(net.channels(layer), 9) for layer in layers},
+                        "mean": {layer: torch.rand(net.channels(layer)) for layer in layers}, "count": 12,
                         "config": {"weights": weights}}, os.path.join(root, "natural", "summary.pt"))
     for block, p in passing.items():
         scales = [0, 10, 20, 30, 40, 50]
         random_acc = (0.5 + 0.1 * g.random((10, 6))).tolist()
         passing_acc = (0.45 + 0.1 * g.random(6)).tolist()
         ratio = [(passing_acc[s] / np.array(random_acc)[:, s]) for s in range(6)]
-        stream.save_json({"block": block, "passing": p, "random_sets": [[7, 8, 9]] * 10, "scales": scales,
+        results.save_json({"block": block, "passing": p, "random_sets": [[7, 8, 9]] * 10, "scales": scales,
                           "accuracy": {"none": [0.7] * 6, "passing": passing_acc, "random": random_acc},
                           "ratio": [float(r.mean()) for r in ratio], "sem": [float(r.std(ddof=1) / np.sqrt(10)) for r in ratio],
                           "n_images": 12, "config": {"weights": weights}}, os.path.join(root, "ablation", f"{block}.json"))
@@ -249,9 +253,9 @@ def test_bad_inputs_end_in_one_line(tmp_path):
     r = run("plot_ratios.py", "--results", results)
     assert r.returncode != 0 and "different weights" in r.stderr and "Traceback" not in r.stderr
     # center FZs remade after criteria.py ran: say so instead of drawing FZs the criteria were not computed on
-    d = stream.load_pt(os.path.join(results, "fzs", "layer2.0", "center.pt"))
+    d = results.load_pt(os.path.join(results, "fzs", "layer2.0", "center.pt"))
     d["config"]["steps"] = 99
-    stream.save_pt(d, os.path.join(results, "fzs", "layer2.0", "center.pt"))
+    results.save_pt(d, os.path.join(results, "fzs", "layer2.0", "center.pt"))
     r = run("plot_grids.py", "--results", results)
     assert r.returncode != 0 and "criteria.py" in r.stderr and "Traceback" not in r.stderr
 
@@ -275,18 +279,18 @@ def test_weights_of_and_stamp(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    assert stream.weights_of({"weights": "random"}, {"fz_files": {"layer2.0": {"weights": "random:0"}}}) == "random:0"
-    assert stream.weights_of({}, {"a": 1}) == "unknown"
+    assert results.weights_of({"weights": "random"}, {"fz_files": {"layer2.0": {"weights": "random:0"}}}) == "random:0"
+    assert results.weights_of({}, {"a": 1}) == "unknown"
     with pytest.raises(SystemExit, match="different weights"):
-        stream.weights_of({"weights": "random:0"}, {"x": {"weights": "IMAGENET1K_V1"}})
+        results.weights_of({"weights": "random:0"}, {"x": {"weights": "IMAGENET1K_V1"}})
     for weights, red in (("random:3", True), ("IMAGENET1K_V1", False)):
         fig = plt.figure(figsize=(4, 3))
         stamp_texts = len(fig.texts)
-        stream.stamp(fig, weights)
+        figures.stamp(fig, weights)
         texts = [t.get_text() for t in fig.texts[stamp_texts:]]
         assert any(weights in t for t in texts)
         assert any("RANDOM WEIGHTS (random:3)" in t for t in texts) == red
-        paths = stream.save_figure([fig, plt.figure()], str(tmp_path / weights.replace(":", "_")))
+        paths = figures.save_figure([fig, plt.figure()], str(tmp_path / weights.replace(":", "_")))
         assert [os.path.basename(p) for p in paths][-1].endswith(".pdf") and all(os.path.isfile(p) for p in paths)
         assert (red_pixels(paths[0]) > 100) == red
         assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
@@ -396,9 +400,9 @@ def test_grid_titles_say_how_many_channels_were_measured(tmp_path):
 def test_grids_print_each_fzs_activation_and_mark_dead_units(tmp_path):
     results = make_results(tmp_path / "results", natural=False)
     path = os.path.join(results, "fzs", "layer2.0", "center.pt")
-    fz = stream.load_pt(path)
+    fz = results.load_pt(path)
     fz["activation"] = torch.tensor([0.5, 1.25, -0.3, 2.0, 0.0, 3.5])  # channel 2 and 4 never fired
-    stream.save_pt(fz, path)
+    results.save_pt(fz, path)
     r, figs = capture("plot_grids.py", "--results", results, "--only_blocks", "2.1", "--channels", "2.1:1,2,4")
     assert r.returncode == 0, r.stderr
     labels = [t for ax in figs[0].axes for t in ax.texts]
@@ -412,9 +416,9 @@ def test_grids_refuse_fzs_of_another_config(tmp_path):
     """Channel FZs (or Post's) made with another seed or step count are not drawn next to the In/Pre center FZs."""
     results = make_results(tmp_path / "results", natural=False)
     path = os.path.join(results, "fzs", "layer2.1.bn2", "channel.pt")
-    fz = stream.load_pt(path)
+    fz = results.load_pt(path)
     fz["config"]["steps"] = 512
-    stream.save_pt(fz, path)
+    results.save_pt(fz, path)
     r, _ = capture("plot_grids.py", "--results", results, "--only_blocks", "2.1")
     assert r.returncode != 0 and "fzs/layer2.1.bn2/channel.pt was made under another config" in r.stderr
     assert "steps: 2 vs 512" in r.stderr and "--objectives channel" in r.stderr and "\n" not in r.stderr
@@ -438,7 +442,7 @@ def test_spectrum_explains_a_missing_spearman(tmp_path):
 def add_variants(results):
     """Held-out and unscreened files next to make_results' paper files: lower no-scale ratios, known p-values."""
     for block in ("2.1", "3.1"):
-        paper = json.loads(open(stream.ablation_path(results, block)).read())
+        paper = json.loads(open(results.ablation_file(results, block)).read())
         for k, v in enumerate(("heldout", "unscreened")):
             d = json.loads(json.dumps(paper))
             d["variant"], d["config"]["variant"] = v, v
@@ -447,7 +451,7 @@ def add_variants(results):
             if v == "heldout":
                 d["split"] = {"screen": 6, "report": 6, "fraction": 0.5, "seed": 0}
                 d["n_images"] = 6
-            stream.save_json(d, stream.ablation_path(results, block, v))
+            results.save_json(d, results.ablation_file(results, block, v))
 
 
 def test_fig2_draws_the_variants_below_the_papers(tmp_path):
@@ -460,7 +464,7 @@ def test_fig2_draws_the_variants_below_the_papers(tmp_path):
     for ax in axes:
         block = ax.get_title().split(":")[0].split()[-1]
         v = "heldout" if "held-out" in ax.get_title() else "unscreened" if "unscreened" in ax.get_title() else "paper"
-        d = json.loads(open(stream.ablation_path(results, block, v)).read())
+        d = json.loads(open(results.ablation_file(results, block, v)).read())
         blue = [line for line in ax.get_lines() if line.get_color() == "tab:blue"]
         assert np.allclose(blue[0].get_ydata(), d["ratio"][0]), (block, v)
         x, y = ax.containers[0].lines[0].get_data()
@@ -476,9 +480,9 @@ def test_fig2_draws_the_variants_below_the_papers(tmp_path):
 def test_fig2_refuses_variants_of_another_run(tmp_path):
     results = make_results(tmp_path / "results", natural=False)
     add_variants(results)
-    path = stream.ablation_path(results, "3.1", "unscreened")
+    path = results.ablation_file(results, "3.1", "unscreened")
     d = json.loads(open(path).read())
     d["config"]["n_trials"] = 100
-    stream.save_json(d, path)
+    results.save_json(d, path)
     r, _ = capture("plot_ratios.py", "--results", results)
     assert r.returncode != 0 and "3.1.unscreened.json was made under another config" in r.stderr and "n_trials" in r.stderr

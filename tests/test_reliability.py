@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-import stream
+import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +55,7 @@ def test_a_second_fzs_on_the_same_folder_is_refused_and_a_kill_leaves_no_stale_l
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    held = stream.lock_results(results, "fzs.py")  # the kernel dropped the dead process's lock: nothing stale
+    held = results.lock_results(results, "fzs.py")  # the kernel dropped the dead process's lock: nothing stale
     held.close()
 
 
@@ -66,7 +66,7 @@ def test_a_second_fzs_on_the_same_folder_is_refused_and_a_kill_leaves_no_stale_l
 def test_criteria_and_ablate_refuse_a_folder_in_use(tmp_path, name, args, fixture_folder):
     results = str(tmp_path / "res")
     os.makedirs(os.path.join(results, "fzs"))
-    held = stream.lock_results(results, name)  # as if another process were running it
+    held = results.lock_results(results, name)  # as if another process were running it
     try:
         p = script(name, *[a.replace("{data}", fixture_folder[0]) for a in args], "--results", results, check=False)
         assert p.returncode != 0 and f"is in use by another {name}" in p.stderr and "Traceback" not in p.stderr
@@ -107,8 +107,8 @@ def test_a_rerun_finishes_a_merge_a_dead_process_left_half_done(tmp_path):
 @pytest.mark.cpu_exact
 def test_result_files_are_byte_reproducible(tmp_path):
     a, b = tmp_path / "a.pt", tmp_path / "sub" / "b.pt"
-    stream.save_pt({"x": torch.arange(5), "config": {"k": 1}}, str(a))
-    stream.save_pt({"x": torch.arange(5), "config": {"k": 1}}, str(b))
+    results.save_pt({"x": torch.arange(5), "config": {"k": 1}}, str(a))
+    results.save_pt({"x": torch.arange(5), "config": {"k": 1}}, str(b))
     assert sha(a) == sha(b)
     common = ["--layers", "layer2.0,layer2.1.bn2", "--channels", "0:2", "--steps", "2", "--batch", "2", "--weights", "random",
               "--png", "false"]

@@ -8,7 +8,12 @@ import pytest
 import torch
 import torchvision
 
+import arch
+import cli
+import results
 import stream
+
+net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
 
 @pytest.fixture(scope="module")
@@ -18,25 +23,25 @@ def model(fixture_model):
 
 
 def test_layer_table_is_methods():
-    assert stream.LAYERS == [
+    assert net.layers == [
         "layer1.0", "layer1.1.bn2", "layer1.1",
         "layer2.0.downsample.1", "layer2.0.bn2", "layer2.0", "layer2.1.bn2", "layer2.1",
         "layer3.0.downsample.1", "layer3.0.bn2", "layer3.0", "layer3.1.bn2", "layer3.1",
         "layer4.0.downsample.1", "layer4.0.bn2", "layer4.0", "layer4.1.bn2", "layer4.1"]
-    assert sum(stream.n_channels(n) for n in stream.LAYERS) == 4672
+    assert sum(net.channels(n) for n in net.layers) == 4672
     # In of X.1 is the output of X.0; In of X.0 (X > 1) is the downsample's BatchNorm; In of 1.1 is layer1.0.
-    assert stream.BLOCKS["2.1"] == ("layer2.0", "layer2.1.bn2", "layer2.1")
-    assert stream.BLOCKS["3.0"] == ("layer3.0.downsample.1", "layer3.0.bn2", "layer3.0")
-    assert stream.BLOCKS["1.1"][0] == "layer1.0"
-    assert stream.where("layer2.0.downsample.1") == (2, "in")
-    assert stream.where("layer3.1.bn2") == (5, "pre")
-    assert stream.where("layer4.1") == (7, "post")
+    assert net.blocks["2.1"] == ("layer2.0", "layer2.1.bn2", "layer2.1")
+    assert net.blocks["3.0"] == ("layer3.0.downsample.1", "layer3.0.bn2", "layer3.0")
+    assert net.blocks["1.1"][0] == "layer1.0"
+    assert net.where("layer2.0.downsample.1") == (2, "in")
+    assert net.where("layer3.1.bn2") == (5, "pre")
+    assert net.where("layer4.1") == (7, "post")
 
 
 @pytest.mark.parametrize("bad", ["layer2.1.downsample.1", "layer5.0", "layer1.0.bn2", "conv1", "layer2.1.bn1"])
 def test_unknown_layer_is_one_line_error(bad):
     with pytest.raises(SystemExit, match="unknown layer"):
-        stream.where(bad)
+        net.where(bad)
 
 
 def test_center_index_matches_lucent():
@@ -54,7 +59,7 @@ def test_center_index_matches_lucent():
 def hooked(model, x, copy=True):
     """The independent slow path: the full torchvision forward with plain hooks on every layer."""
     out, handles = {}, []
-    for name in stream.LAYERS:
+    for name in net.layers:
         def hook(module, inp, output, name=name):
             out[name] = output.detach().clone() if copy else output
         handles.append(model.get_submodule(name).register_forward_hook(hook))
@@ -68,14 +73,14 @@ def hooked(model, x, copy=True):
 def test_truncated_reader_equals_forward_hooks(model):
     x = stream.normalize(torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
     ref = hooked(model, x)
-    for block, names in stream.BLOCKS.items():
-        got = stream.features(model, x, list(names))
+    for block, names in net.blocks.items():
+        got = stream.features(net, model, x, list(names))
         for name in names:
             assert torch.allclose(got[name], ref[name], atol=1e-5, rtol=1e-5), (block, name)
     # one pass for a set of layers that stops at the deepest one asked for
-    centers = stream.read_center(model, x, ["layer1.0", "layer3.0.downsample.1", "layer2.1.bn2"])
+    centers = stream.read_center(net, model, x, ["layer1.0", "layer3.0.downsample.1", "layer2.1.bn2"])
     for name, c in centers.items():
-        assert c.shape == (2, stream.n_channels(name))
+        assert c.shape == (2, net.channels(name))
         assert torch.allclose(c, stream.center(ref[name]), atol=1e-5)
 
 
@@ -83,10 +88,10 @@ def test_pre_is_bn2_not_the_post_sum(model):
     x = stream.normalize(torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(1)))
     referenced = hooked(model, x, copy=False)   # what lucent's hooks hold: the tensor after in-place add/ReLU
     copied = hooked(model, x, copy=True)        # bn2's true output
-    for block, (_, pre, post) in stream.BLOCKS.items():
-        ours = stream.features(model, x, [pre])[pre]
+    for block, (_, pre, post) in net.blocks.items():
+        ours = stream.features(net, model, x, [pre])[pre]
         assert torch.allclose(ours, copied[pre], atol=1e-5)
-        both = stream.features(model, x, [pre, post])  # Pre read in the same pass as Post: not overwritten by the sum
+        both = stream.features(net, model, x, [pre, post])  # Pre read in the same pass as Post: not overwritten by the sum
         assert torch.allclose(both[pre], copied[pre], atol=1e-5) and torch.allclose(both[post], copied[post], atol=1e-5)
         assert torch.equal(referenced[pre], referenced[post])  # the aliasing METHOD.md warns about
         assert not torch.allclose(ours, copied[post], atol=1e-3)
@@ -94,9 +99,9 @@ def test_pre_is_bn2_not_the_post_sum(model):
 
 
 def test_random_weights_are_deterministic_and_labelled():
-    a, wid = stream.load_model("random")
-    b, _ = stream.load_model("random")
-    c, wid3 = stream.load_model("random:3")
+    a, wid = stream.load_model(net.name, "random")
+    b, _ = stream.load_model(net.name, "random")
+    c, wid3 = stream.load_model(net.name, "random:3")
     assert wid == "random:0" and wid3 == "random:3"
     assert torch.equal(a.conv1.weight, b.conv1.weight) and not torch.equal(a.conv1.weight, c.conv1.weight)
     assert not any(p.requires_grad for p in a.parameters()) and not a.training
@@ -106,16 +111,16 @@ def test_checkpoint_path_and_bad_files(tmp_path):
     src = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in src.state_dict().items()}}, path)
-    model, wid = stream.load_model(str(path))
+    model, wid = stream.load_model(net.name, str(path))
     assert torch.equal(model.fc.weight, src.fc.weight) and wid.startswith("file:resnet18.pth:sha256=")
     with pytest.raises(SystemExit, match="no such file"):
-        stream.load_model(str(tmp_path / "nope.pth"))
+        stream.load_model(net.name, str(tmp_path / "nope.pth"))
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="cannot read"):
-        stream.load_model(str(tmp_path / "junk.pth"))
+        stream.load_model(net.name, str(tmp_path / "junk.pth"))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(SystemExit, match="not a torchvision resnet18 state_dict"):
-        stream.load_model(str(tmp_path / "other.pth"))
+        stream.load_model(net.name, str(tmp_path / "other.pth"))
 
 
 def test_offline_imagenet_weights_name_the_file(tmp_path, monkeypatch):
@@ -125,7 +130,7 @@ def test_offline_imagenet_weights_name_the_file(tmp_path, monkeypatch):
         raise urllib.error.URLError("Name or service not known")
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     with pytest.raises(SystemExit) as e:
-        stream.load_model("IMAGENET1K_V1")
+        stream.load_model(net.name, "IMAGENET1K_V1")
     msg = str(e.value)
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg
     assert "--weights" in msg and "\n" not in msg
@@ -143,29 +148,33 @@ def test_zoom_is_center_crop_half_then_bilinear_resize():
 
 
 def test_parse_channels_and_layers():
-    assert stream.parse_channels(":", 64) == list(range(64))
-    assert stream.parse_channels("0:4,10,60:64:2", 64) == [0, 1, 2, 3, 10, 60, 62]
+    assert arch.parse_channels(":", 64) == list(range(64))
+    assert arch.parse_channels("0:4,10,60:64:2", 64) == [0, 1, 2, 3, 10, 60, 62]
     for bad in ("64", "0:65", "a", "5:2"):
         with pytest.raises(SystemExit):
-            stream.parse_channels(bad, 64)
-    assert stream.parse_layers("2.1,layer1.0") == ["layer1.0", "layer2.0", "layer2.1.bn2", "layer2.1"]
-    assert stream.parse_layers("all") == stream.LAYERS
+            arch.parse_channels(bad, 64)
+    assert net.parse_layers("2.1,layer1.0") == ["layer1.0", "layer2.0", "layer2.1.bn2", "layer2.1"]
+    assert net.parse_layers("all") == net.layers
 
 
 def test_configure_overrides_constants(tmp_path):
     script = tmp_path / "script.py"
-    script.write_text('STEPS = 10  # steps\nNAMES = ["a"]  # names\nFLAG = False  # flag\nTABLE = {"x": 1, "y": 2}  # table\nRATE = 0.5  # rate\n')
+    script.write_text('STEPS = 10  # steps\nNAMES = ["a"]  # names\nFLAG = False  # flag\nTABLE = {"x": 1, "y": 2}  # table\nRATE = 0.5  # rate\n'
+                      '# ---- end of flags\nFIXED = (1, 2)  # a constant below the line: no flag\n')
     g = {"__file__": str(script), "STEPS": 10, "NAMES": ["a"], "FLAG": False, "TABLE": {"x": 1, "y": 2}, "RATE": 0.5}
-    cfg = stream.configure(g, ["--steps", "3", "--names", "b,c", "--flag", "true", "--table", "y:5", "--rate", "1e-3"])
+    cfg = cli.configure(g, ["--steps", "3", "--names", "b,c", "--flag", "true", "--table", "y:5", "--rate", "1e-3"])
     assert cfg == {"STEPS": 3, "NAMES": ["b", "c"], "FLAG": True, "TABLE": {"x": 1, "y": 5}, "RATE": 1e-3}
     with pytest.raises(SystemExit):
-        stream.configure(dict(g), ["--steps", "many"])
+        cli.configure(dict(g), ["--steps", "many"])
+    assert "FIXED" not in cli.flag_names(str(script))
+    with pytest.raises(SystemExit):
+        cli.configure(dict(g, FIXED=(1, 2)), ["--fixed", "3"])
 
 
 def test_atomic_save_leaves_no_temp_files(tmp_path):
     path = tmp_path / "a" / "x.pt"
-    stream.save_pt({"v": 1}, str(path))
-    stream.save_json({"v": 2}, str(tmp_path / "x.json"))
+    results.save_pt({"v": 1}, str(path))
+    results.save_json({"v": 2}, str(tmp_path / "x.json"))
     assert torch.load(path)["v"] == 1
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "x.json", "x.pt"]
     umask = os.umask(0)

@@ -18,9 +18,12 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+import arch
 import imagenet
 import stream
 import tuning
+
+net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +43,7 @@ def test_zoom_views_equal_torchvision_on_pil():
     ours = imagenet.zoom_views(image, fractions)
     assert imagenet.zooms(fractions) == [0.5, 0.75, 1.0, 1 / 0.75, 2.0] and ours.shape == (5, 3, 224, 224)
     view = T.Compose([T.Resize(256), T.CenterCrop(224)])(image)
-    mean = tuple(round(255 * m) for m in stream.MEAN)
+    mean = tuple(round(255 * m) for m in imagenet.MEAN)
     expect = []
     for f in (0.5, 0.75):  # zoom out: shrink, pad with the mean colour, centered
         side = round(224 * f)
@@ -72,12 +75,12 @@ def test_analogues_and_index_on_planted_values():
 
 def test_unit_sets_are_unions_of_the_three_top_k():
     rng = np.random.default_rng(0)
-    acts = {layer: rng.normal(size=(30, stream.n_channels(layer))).astype(np.float16) for layer in stream.BLOCKS["2.1"]}
+    acts = {layer: rng.normal(size=(30, net.channels(layer))).astype(np.float16) for layer in net.blocks["2.1"]}
     tops = {layer: tuning.top_k(a, 4) for layer, a in acts.items()}
-    units, sets, member = tuning.unit_sets(tops, ["2.1"], 4)
+    units, sets, member = tuning.unit_sets(net, tops, ["2.1"], 4)
     assert len(units) == 128 and sets.shape == (128, 12) and member.shape == (128, 3, 12)
     for g in (0, 77):
-        own = [set(np.argsort(-acts[layer][:, g].astype(np.float32), kind="stable")[:4]) for layer in stream.BLOCKS["2.1"]]
+        own = [set(np.argsort(-acts[layer][:, g].astype(np.float32), kind="stable")[:4]) for layer in net.blocks["2.1"]]
         u = sets[g][sets[g] >= 0]
         assert set(u) == set().union(*own) and list(u) == sorted(u)
         for r in range(3):
@@ -94,8 +97,8 @@ def natural(fixture_folder, fixture_weights, tmp_path_factory):
                         "--results", results, "--stages", "natural", "--workers", "0", "--limit", "24"],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
-    wid = stream.load_model(fixture_weights)[1]
-    stream.save_json({"config": {"weights_id": wid}, "blocks": {"2.1": {"n_channels": 128, "passing": list(range(0, 128, 5)),
+    wid = stream.load_model(net.name, fixture_weights)[1]
+    results.save_json({"config": {"weights_id": wid}, "blocks": {"2.1": {"n_channels": 128, "passing": list(range(0, 128, 5)),
                                                                          "measured": list(range(128))}}},
                      os.path.join(results, "criteria.json"))
     return results
@@ -124,7 +127,7 @@ def test_each_image_once_and_equal_to_hooks_per_unit(natural, fixture_weights, f
     units = curves["units"]
     for g in (3, 130, 300):
         block, c = units[g]
-        layers = stream.BLOCKS[block]
+        layers = net.blocks[block]
         tops = [np.argsort(-np.load(os.path.join(results, "natural", f"{layer}.npy")).astype(np.float32)[:, c], kind="stable")[:3]
                 for layer in layers]
         for r, layer in enumerate(layers):

@@ -1,0 +1,410 @@
+"""Everything a results folder holds: where each file lives (one function per entry of the layout), atomic writes,
+the config checks, the results lock, the shared readers, and the commands a message suggests.
+
+The layout of a results folder (RESULTS, by default results/):
+    fzs/<layer>/<objective>.pt       fzs.py: the FZs of one layer (objective: center or channel); .parts/ while running
+    criteria.json, criteria.csv      criteria.py: Eq. 1, Eq. 2 and the mix ratio per block and channel
+    stability.json, stability.csv    criteria.py --runs: the passing sets over several FZ runs
+    natural/<layer>.npy, summary.pt  ablate.py --stages natural: activations, top-9 images, post-ReLU means
+    ablation/<block>[.<variant>].json, ablation/<block>/<condition>_s<crop>.json, ablation/split.json
+                                     ablate.py --stages sweep: the sweep's results and its finished cells
+    tuning/values.pt, tuning/curves.pt, tuning.json, tuning.csv
+                                     tuning.py: natural-image zoom tuning
+    figures/<name>.png, .pdf         plot_*.py
+    atlas/index.html, block_<b>.html atlas.py
+    .<script>.lock                   held by a running script
+
+Imports cli and arch only.
+"""
+
+import errno
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torchvision
+
+import arch
+from cli import die
+
+# ----------------------------------------------------------------------------------------------------
+# The layout: one function per entry.
+
+ABLATION_VARIANTS = {"paper": "the paper's protocol", "heldout": "held-out screening", "unscreened": "unscreened control"}
+
+
+def fzs_dir(results):
+    return os.path.join(results, "fzs")
+
+
+def fz_file(results, layer, objective):
+    return os.path.join(results, "fzs", layer, f"{objective}.pt")
+
+
+def fz_parts(results, layer, objective):
+    """The folder of an unfinished FZ file's parts (fzs.py --save_every, and torchrun ranks)."""
+    return os.path.join(results, "fzs", layer, f"{objective}.parts")
+
+
+def criteria_file(results):
+    return os.path.join(results, "criteria.json")
+
+
+def criteria_csv(results):
+    return os.path.join(results, "criteria.csv")
+
+
+def stability_file(results, ext="json"):
+    return os.path.join(results, f"stability.{ext}")
+
+
+def natural_dir(results):
+    return os.path.join(results, "natural")
+
+
+def natural_summary(results):
+    return os.path.join(results, "natural", "summary.pt")
+
+
+def natural_array(results, layer):
+    return os.path.join(results, "natural", f"{layer}.npy")
+
+
+def ablation_dir(results):
+    return os.path.join(results, "ablation")
+
+
+def ablation_file(results, block, variant="paper"):
+    """Fig. 2's variants (ablate.py writes them, plot_ratios.py draws them): <block>.json for the paper's protocol,
+    <block>.<variant>.json for the others (ABLATION_VARIANTS)."""
+    return os.path.join(results, "ablation", f"{block}.json" if variant == "paper" else f"{block}.{variant}.json")
+
+
+def ablation_cell(results, block, condition, crop):
+    return os.path.join(results, "ablation", block, f"{condition}_s{crop}.json")
+
+
+def ablation_split(results):
+    return os.path.join(results, "ablation", "split.json")
+
+
+def tuning_dir(results):
+    return os.path.join(results, "tuning")
+
+
+def tuning_file(results, ext="json"):
+    return os.path.join(results, f"tuning.{ext}")
+
+
+def figures_dir(results):
+    return os.path.join(results, "figures")
+
+
+def figure(results, name):
+    """The path (no extension) of a figure: save_figure adds .png and .pdf."""
+    return os.path.join(results, "figures", name)
+
+
+def atlas_dir(results):
+    return os.path.join(results, "atlas")
+
+
+def lock_file(results, script):
+    return os.path.join(results, f".{script}.lock")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Weights ids. Random weights only when asked for ('random' or 'random:SEED'); never as a fallback.
+
+def make_weights_id(arch_name, name):
+    """The id a result file records for its weights: the architecture comes first unless it is resnet18
+    ('IMAGENET1K_V1', 'random:0', 'resnet50:IMAGENET1K_V2', 'resnet50:file:ckpt.pth:sha256=...'), so that every
+    check of the weights also refuses another architecture."""
+    return name if arch_name == "resnet18" else f"{arch_name}:{name}"
+
+
+def split_weights_id(weights_id):
+    """'resnet50:IMAGENET1K_V2' -> ('resnet50', 'IMAGENET1K_V2'); 'random:3' -> ('resnet18', 'random:3')."""
+    head_, sep, rest = str(weights_id).partition(":")
+    return (head_, rest) if sep and head_ in arch.ARCHS else ("resnet18", str(weights_id))
+
+
+def is_random(weights_id):
+    return split_weights_id(weights_id)[1].startswith("random")
+
+
+
+
+def same_weights(made, weights_id):
+    """Whether a file that recorded the weights `made` ('random' read as 'random:0', as stream.load_model reads it)
+    was made with `weights_id`; a file that recorded none is taken as made with them."""
+    return made is None or ("random:0" if made == "random" else made) == weights_id
+
+
+def recorded_weights(config):
+    """The weights id a result file's config records ('weights_id' where it has both), or None."""
+    return config.get("weights_id", config.get("weights"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The FZ config: FZ files used together (the In and Pre of a block, the layers of a figure) agree on
+# FZ_MATCH_KEYS; an FZ file resumes only under the same FZ_KEYS.
+
+FZ_MATCH_KEYS = ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch")
+FZ_KEYS = ("arch", "layer", "objective") + FZ_MATCH_KEYS + ("size", "scales", "angles", "jitter", "fold_bn", "device")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The commands a message suggests, built in one place so that they always name the architecture and weights.
+
+def weights_flags(weights, arch_name, always=False):
+    """' --arch NAME --weights W' naming the architecture and these weights (an id or a flag value) on a command
+    line: a checkpoint as a placeholder path; resnet18 and IMAGENET1K_V1 (unless `always`) left out."""
+    weights = split_weights_id(weights)[1]
+    if weights.startswith("file:"):  # a weights id, not the path: name the flag
+        weights = "/path/to/the/checkpoint"
+    flags = f" --arch {arch_name}" if arch_name != "resnet18" else ""
+    return flags + (f" --weights {weights}" if always or weights != "IMAGENET1K_V1" else "")
+
+
+def command(script, flags, arch_name, weights, results="results", always_weights=False):
+    """'python SCRIPT FLAGS --arch A --weights W --results R', with the architecture, weights and results folder
+    left out where they are the defaults."""
+    cmd = f"python {script}" + (f" {flags}" if flags else "") + weights_flags(weights, arch_name, always_weights)
+    return cmd + (f" --results {results}" if results != "results" else "")
+
+
+def fzs_command(layers, arch_name, weights, results="results", like=None, channels=None, objective="center"):
+    """The fzs.py command that makes the FZs of these layers (and channels) with these weights (an id or a flag value);
+    `like`: the config of FZs the new ones must match (their seed, steps, lr, amp, pre_as_released and batch are
+    copied)."""
+    flags = f"--layers {','.join(layers)}"
+    if objective != "center":
+        flags += f" --objectives {objective}"
+    if channels is not None:
+        flags += f" --channels {arch.channel_ranges(channels)}"
+    for key in FZ_MATCH_KEYS[1:]:
+        if like and key in like:
+            flags += f" --{key} {like[key]}"
+    return command("fzs.py", flags, arch_name, weights, results)
+
+
+def natural_command(arch_name, weights, results="results"):
+    """The ablate.py command that makes the natural-image stage (natural/), with a placeholder for the data."""
+    return command("ablate.py", "--stages natural --data /path/to/imagenet/val", arch_name, weights, results,
+                   always_weights=True)
+
+
+_HELD_LOCKS = []  # the open results-lock files of this process
+
+
+def release_inherited_locks(_worker_id=None):
+    """worker_init_fn of every DataLoader: point the results locks' descriptors that a forked worker inherited at
+    /dev/null. A flock belongs to the open file, so a worker holding it would keep the lock after its parent's kill -9
+    until the worker noticed (seconds), and a rerun at once would be told that a dead process is alive."""
+    held = [f for f in _HELD_LOCKS if not f.closed]  # a closed one's number may now be another file's
+    if held:
+        null = os.open(os.devnull, os.O_RDONLY)
+        for f in held:
+            os.dup2(null, f.fileno())
+        os.close(null)
+
+
+def lock_results(results, script):
+    """Hold an exclusive lock on the results folder for this script until the process ends. A second process of the
+    same script on the same folder stops at once with one line naming the first. The lock is the kernel's (flock), so
+    it goes with the process, after kill -9 too: no stale lock is ever left. Returns the open lock file (keep it)."""
+    import fcntl
+    import time
+    os.makedirs(results, exist_ok=True)
+    path = lock_file(results, script)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        die(f"{results} is in use by another {script} ({holder}); wait for it to finish, or use another --results")
+    _HELD_LOCKS.append(f)
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+            f"{' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:300]}")
+    f.flush()
+    return f
+
+
+# ----------------------------------------------------------------------------------------------------
+# Result files: written atomically (temp file in the same folder, then rename), each carrying its config.
+
+def versions():
+    import importlib.metadata as md
+
+    def v(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "torch-lucent": v("torch-lucent"), "numpy": np.__version__}
+
+
+def atomic_write(path, write):
+    """Call write(tmp_path), then rename onto path: readers never see a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are ordinary files
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        die(f"no space left in {folder} ({os.strerror(e.errno)}): {os.path.basename(path)} was not written; every file "
+            f"finished before it is whole (results are written atomically). Free some space, then run the same command "
+            f"again to resume")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_pt(obj, path):
+    """torch.save, atomically, through a file object: saved to a path, torch names the zip records after the (random)
+    temporary file, so equal content would give different bytes; this way it gives equal bytes."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+    atomic_write(path, write)
+
+
+def write_csv(rows, columns, path):
+    """A list of dicts as a CSV file with these columns, atomically."""
+    import csv
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(rows)
+    atomic_write(path, write)
+
+
+def save_json(obj, path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def save_npy(array, path):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+    atomic_write(path, write)
+
+
+def load_pt(path, what="result file"):
+    if not os.path.isfile(path):
+        die(f"missing {what} {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        die(f"cannot read {what} {path} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
+
+
+def load_json(path, what="result file"):
+    """A JSON result file; a missing or unreadable one ends the script with one line."""
+    if not os.path.isfile(path):
+        die(f"missing {what} {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        die(f"cannot read {what} {path} ({type(e).__name__})")
+
+
+def config_mismatch(a, b, keys):
+    """The first key on which two configs differ, as 'key: a vs b', or None."""
+    defaults = {"arch": "resnet18"}  # files from before --arch existed are resnet18's
+    for k in keys:
+        if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)):
+            return f"{k}: {a.get(k, defaults.get(k))!r} vs {b.get(k, defaults.get(k))!r}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The shared readers: a result file, checked against this run's architecture and weights.
+
+def check_made(config, path, net, weights_id, remake):
+    """Die when the result file at `path` (its config) was made with another architecture than `net`'s, or with other
+    weights than `weights_id` (None: any); `remake` names the command that makes it again."""
+    net.check(config, path)
+    made = recorded_weights(config)
+    if weights_id is not None and not same_weights(made, weights_id):
+        die(f"{path} was made with weights {made!r}, this run uses {weights_id!r}: pass the same --weights, or run "
+            f"python {remake} again")
+
+
+def read_criteria(results, net, weights_id=None, required=""):
+    """criteria.json of a results folder, checked (check_made); None when there is none, unless `required` says why
+    this run needs it."""
+    path = criteria_file(results)
+    if not os.path.isfile(path):
+        if required:
+            die(f"missing {path}: run python criteria.py first ({required})")
+        return None
+    crit = load_json(path, "criteria file")
+    check_made(crit.get("config", {}), path, net, weights_id, "criteria.py")
+    return crit
+
+
+def read_summary(results, net, weights_id=None, required=True):
+    """natural/summary.pt (ablate.py's natural stage), checked (check_made); None when there is none and not
+    `required`."""
+    path = natural_summary(results)
+    if not required and not os.path.isfile(path):
+        return None
+    summary = load_pt(path, "natural-image summary (run python ablate.py --stages natural first)")
+    check_made(summary["config"], path, net, weights_id, "ablate.py --stages natural")
+    return summary
+
+
+def read_fz(results, layer, objective, required=True):
+    """An FZ file (fzs.py) as saved; None when there is none and not `required`."""
+    path = fz_file(results, layer, objective)
+    if not required and not os.path.isfile(path):
+        return None
+    return load_pt(path, "FZ file")
+
+
+def weights_of(*configs):
+    """The one weights id recorded ('weights' or 'weights_id', at any depth) in the configs of a figure's inputs; dies
+    when they disagree, 'unknown' when none records one. 'random' is read as 'random:0', as load_model does."""
+    found = set()
+
+    def walk(d):
+        if isinstance(d, dict):
+            for k, v in d.items():
+                if k in ("weights", "weights_id") and isinstance(v, str):
+                    found.add("random:0" if v == "random" else v)
+                else:
+                    walk(v)
+    for config in configs:
+        walk(config)
+    if len(found) > 1:
+        die(f"the inputs were made with different weights ({', '.join(sorted(found))}): remake them with one --weights")
+    return found.pop() if found else "unknown"
+
+
