@@ -180,3 +180,23 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_shared_readers_refuse_other_weights_and_architectures(tmp_path):
+    """results.read_criteria / read_summary: one check for every script. A file that recorded 'random' was made with
+    random:0 (as load_model reads it); other weights or another architecture end in one line naming the file."""
+    r18, r50 = arch.net("resnet18"), arch.net("resnet50")
+    assert results.read_criteria(str(tmp_path), r18) is None
+    with pytest.raises(SystemExit, match="run python criteria.py first"):
+        results.read_criteria(str(tmp_path), r18, required="the sweep needs passing sets")
+    results.save_json({"config": {"arch": "resnet18", "weights_id": "random"}, "blocks": {}}, results.criteria_file(str(tmp_path)))
+    assert results.read_criteria(str(tmp_path), r18, "random:0")["blocks"] == {}
+    with pytest.raises(SystemExit, match="was made with weights 'random'"):
+        results.read_criteria(str(tmp_path), r18, "IMAGENET1K_V1")
+    with pytest.raises(SystemExit, match="--arch resnet18"):
+        results.read_criteria(str(tmp_path), r50)
+    assert results.read_summary(str(tmp_path), r18, required=False) is None
+    results.save_pt({"config": {"arch": "resnet18", "weights": "random:1"}}, results.natural_summary(str(tmp_path)))
+    assert results.read_summary(str(tmp_path), r18, "random:1")["config"]["weights"] == "random:1"
+    with pytest.raises(SystemExit, match="random:1"):
+        results.read_summary(str(tmp_path), r18, "random:0")
