@@ -32,11 +32,16 @@ from cli import configure, die, main_guard, pick_device, resolve_batch, use_devi
 from results import (
     FZ_MATCH_KEYS,
     config_mismatch,
+    criteria_csv,
+    criteria_file,
+    fz_file,
     fzs_command,
+    fzs_dir,
     is_random,
-    load_pt,
     lock_results,
+    read_fz,
     save_json,
+    stability_file,
     versions,
     write_csv,
 )
@@ -89,12 +94,13 @@ def eq2(post_in, post_pre):
     return ok & (ratio > EQ2_LOW) & (ratio < EQ2_HIGH)
 
 
-def mix_ratio(post_in, post_pre):
-    """m_c = Post_c(X̂_In) / Post_c(X̂_Pre), with the released conventions, applied in their order:
-    MIX_IF_PRE_NONPOS where Post_c(X̂_Pre) <= 0 (whatever Post_c(X̂_In) is), else MIX_IF_IN_NONPOS where Post_c(X̂_In) <= 0."""
+def mix_ratio(post_in, post_pre, if_pre_nonpos, if_in_nonpos):
+    """m_c = Post_c(X̂_In) / Post_c(X̂_Pre), with the released conventions (--mix_if_pre_nonpos, --mix_if_in_nonpos),
+    applied in their order: if_pre_nonpos where Post_c(X̂_Pre) <= 0 (whatever Post_c(X̂_In) is), else if_in_nonpos
+    where Post_c(X̂_In) <= 0."""
     post_in, post_pre = _f64(post_in), _f64(post_pre)
     ratio = post_in / np.where(post_pre > 0, post_pre, 1.0)
-    return np.where(post_pre <= 0, MIX_IF_PRE_NONPOS, np.where(post_in <= 0, MIX_IF_IN_NONPOS, ratio))
+    return np.where(post_pre <= 0, if_pre_nonpos, np.where(post_in <= 0, if_in_nonpos, ratio))
 
 
 def jaccard(a, b):
@@ -106,19 +112,17 @@ def jaccard(a, b):
 # ----------------------------------------------------------------------------------------------------
 # FZ files: <results>/fzs/<layer>/center.pt = {images uint8 (N,3,224,224), channels int64 (N,), activation, config}.
 
-def fz_path(results, layer):
-    return os.path.join(results, "fzs", layer, "center.pt")
-
-
-def load_fz(net, path):
-    fz = load_pt(path, "FZ file")
+def load_fz(net, results, layer):
+    """The center FZ file of a layer, checked: made for net's architecture, uint8 images and distinct channels."""
+    path = fz_file(results, layer, "center")
+    fz = read_fz(results, layer, "center")
     if not isinstance(fz, dict) or not all(k in fz for k in ("images", "channels", "config")):
         die(f"{path} is not an FZ file of fzs.py (a dict with images, channels, activation, config)")
     net.check(fz["config"], path)
     images, channels = fz["images"], torch.as_tensor(fz["channels"]).long()
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (3, 224, 224) or len(images) != len(channels):
         die(f"{path}: expected uint8 images (N,3,224,224) and N channels, found {images.dtype} {tuple(images.shape)} and {len(channels)} channels")
-    n = net.channels(fz["config"].get("layer", os.path.basename(os.path.dirname(path))))
+    n = net.channels(fz["config"].get("layer", layer))
     if len(channels) and (channels.min() < 0 or channels.max() >= n or len(set(channels.tolist())) != len(channels)):
         die(f"{path}: channel indices must be distinct and in 0..{n - 1}")
     return {"images": images, "channels": channels, "activation": fz.get("activation"), "config": fz["config"]}
@@ -127,8 +131,8 @@ def load_fz(net, path):
 def any_fz(net, results):
     """The center FZ file of some probed layer in results/fzs (the first in forward order), or None."""
     for layer in net.layers:
-        if os.path.isfile(fz_path(results, layer)):
-            return load_fz(net, fz_path(results, layer))
+        if os.path.isfile(fz_file(results, layer, "center")):
+            return load_fz(net, results, layer)
     return None
 
 
@@ -140,11 +144,11 @@ def sha256(path):
     return h.hexdigest()
 
 
-def pair_problem(cfg_in, cfg_pre, wid):
+def pair_problem(cfg_in, cfg_pre, weights_id):
     """Why the In and Pre FZs of a block cannot be used together with this model, or None."""
     for cfg in (cfg_in, cfg_pre):
-        if cfg.get("weights") != wid:
-            return f"{cfg.get('layer')} FZs were made with weights {cfg.get('weights')!r}, the model here is {wid!r}"
+        if cfg.get("weights") != weights_id:
+            return f"{cfg.get('layer')} FZs were made with weights {cfg.get('weights')!r}, the model here is {weights_id!r}"
     why = config_mismatch(cfg_in, cfg_pre, FZ_MATCH_KEYS)
     return f"its In and Pre FZs were made under different configs ({why})" if why else None
 
@@ -154,7 +158,7 @@ def pair_problem(cfg_in, cfg_pre, wid):
 # activation of each layer is entry (i, channels[i]).
 
 @torch.no_grad()
-def measure(net, model, images, channels, layers, device, batch, transform=None, bar=None):
+def center_activations(net, model, images, channels, layers, device, batch, transform=None, bar=None):
     """{layer: (N,) float32} center activation of channel channels[i] on image i (uint8), optionally transformed."""
     out = {layer: [] for layer in layers}
     for i in range(0, len(images), batch):
@@ -179,8 +183,9 @@ def weight_magnitudes(model, pre, channels):
     return bn2.weight.detach().cpu()[c].abs(), conv2.weight.detach().cpu()[c].abs().flatten(1).mean(1)
 
 
-def measure_block(net, model, block, fz_in, fz_pre, device, batch, bar=None):
-    """All per-channel values of a block, for the channels that have both an In and a Pre FZ."""
+def measure_block(net, model, block, fz_in, fz_pre, device, batch, mix_if, bar=None):
+    """All per-channel values of a block, for the channels that have both an In and a Pre FZ; mix_if: the mix ratio's
+    conventions (if_pre_nonpos, if_in_nonpos), see mix_ratio."""
     In, Pre, Post = net.blocks[block]
     channels = sorted(set(fz_in["channels"].tolist()) & set(fz_pre["channels"].tolist()))
     pos_in = {c: i for i, c in enumerate(fz_in["channels"].tolist())}
@@ -188,16 +193,16 @@ def measure_block(net, model, block, fz_in, fz_pre, device, batch, bar=None):
     ch = torch.tensor(channels, dtype=torch.long)
     x_in = fz_in["images"][[pos_in[c] for c in channels]]
     x_pre = fz_pre["images"][[pos_pre[c] for c in channels]]
-    on_in = measure(net, model, x_in, ch, [In, Pre, Post], device, batch, bar=bar)              # X̂_In
-    on_zoom = measure(net, model, x_in, ch, [Pre], device, batch, transform=zoom, bar=bar)      # S(X̂_In)
-    on_pre = measure(net, model, x_pre, ch, [Pre, Post], device, batch, bar=bar)                # X̂_Pre
+    on_in = center_activations(net, model, x_in, ch, [In, Pre, Post], device, batch, bar=bar)          # X̂_In
+    on_zoom = center_activations(net, model, x_in, ch, [Pre], device, batch, transform=zoom, bar=bar)  # S(X̂_In)
+    on_pre = center_activations(net, model, x_pre, ch, [Pre, Post], device, batch, bar=bar)            # X̂_Pre
     bn2_abs, conv2_abs_mean = weight_magnitudes(model, Pre, ch)
     v = {"channel": ch, "pre_in": on_in[Pre], "pre_zoom_in": on_zoom[Pre], "post_in": on_in[Post], "post_pre": on_pre[Post],
          "bn2_abs": bn2_abs, "conv2_abs_mean": conv2_abs_mean}
     v["eq1"] = torch.from_numpy(eq1(v["pre_in"], v["pre_zoom_in"]))
     v["eq2"] = torch.from_numpy(eq2(v["post_in"], v["post_pre"]))
     v["passes"] = v["eq1"] & v["eq2"]
-    v["mix"] = torch.from_numpy(mix_ratio(v["post_in"], v["post_pre"]))
+    v["mix"] = torch.from_numpy(mix_ratio(v["post_in"], v["post_pre"], *mix_if))
     # the objectives, re-measured: In_c(X̂_In) and Pre_c(X̂_Pre) should be what fzs.py stored
     v["objective_in"], v["objective_pre"] = on_in[In], on_pre[Pre]
     v["stored_in"] = _stored(fz_in, channels, pos_in)
@@ -224,31 +229,32 @@ def objective_warning(block, layer, measured, stored):
 # ----------------------------------------------------------------------------------------------------
 # One run: every asked block of one results folder.
 
-def run_criteria(net, model, wid, results, blocks, weights, device, batch, strict_weights=False):
+def run_criteria(net, model, weights_id, results, blocks, weights, device, batch, mix_if, strict_weights=False):
     """{"blocks": {block: summary}, "values": {block: per-channel values}, "fz_files": {layer: config},
-    "fz_sha256": {layer: hash}, "skipped": {block: reason}} for the FZs under results/fzs."""
+    "fz_sha256": {layer: hash}, "skipped": {block: reason}} for the FZs under results/fzs; blocks: the blocks to
+    measure (--blocks), mix_if: the mix ratio's conventions (measure_block)."""
     out = {"blocks": {}, "values": {}, "fz_files": {}, "fz_sha256": {}, "skipped": {}}
     ready = {}
     first_fz = functools.lru_cache(maxsize=None)(lambda: any_fz(net, results))  # read once, whichever blocks need it
     for block in blocks:
         In, Pre, Post = net.blocks[block]
-        missing = [layer for layer in (In, Pre) if not os.path.isfile(fz_path(results, layer))]
+        missing = [layer for layer in (In, Pre) if not os.path.isfile(fz_file(results, layer, "center"))]
         if missing:
             other = [layer for layer in (In, Pre) if layer not in missing]
-            like = load_fz(net, fz_path(results, other[0])) if other else first_fz()  # copy the settings of FZs made here
+            like = load_fz(net, results, other[0]) if other else first_fz()  # copy the settings of FZs made here
             made = like["channels"].tolist() if like else []
             some = like is not None and len(made) < net.channels(like["config"].get("layer", Pre))  # not all its channels
             channels = ([c for c in made if c < net.channels(Pre)] or None) if some else None
             command = fzs_command(missing, net.name, weights, results, like and like["config"], channels)
             out["skipped"][block] = f"no center FZs for {', '.join(missing)}; make them with: {command}"
             continue
-        fz_in, fz_pre = load_fz(net, fz_path(results, In)), load_fz(net, fz_path(results, Pre))
+        fz_in, fz_pre = load_fz(net, results, In), load_fz(net, results, Pre)
         if strict_weights:
             for fz in (fz_in, fz_pre):
-                if fz["config"].get("weights") != wid:
-                    die(f"{fz_path(results, fz['config'].get('layer', '?'))} was made with weights {fz['config'].get('weights')!r}, "
-                        f"not {wid!r}: the stability report compares runs of one model only")
-        problem = pair_problem(fz_in["config"], fz_pre["config"], wid)
+                if fz["config"].get("weights") != weights_id:
+                    die(f"{fz_file(results, fz['config'].get('layer', '?'), 'center')} was made with weights "
+                        f"{fz['config'].get('weights')!r}, not {weights_id!r}: the stability report compares runs of one model only")
+        problem = pair_problem(fz_in["config"], fz_pre["config"], weights_id)
         if problem:
             out["skipped"][block] = f"refused: {problem}"
             continue
@@ -262,8 +268,8 @@ def run_criteria(net, model, wid, results, blocks, weights, device, batch, stric
             In, Pre, Post = net.blocks[block]
             for layer, fz in ((In, fz_in), (Pre, fz_pre)):
                 out["fz_files"][layer] = fz["config"]
-                out["fz_sha256"][layer] = sha256(fz_path(results, layer))
-            v = measure_block(net, model, block, fz_in, fz_pre, device, batch, bar=bar)
+                out["fz_sha256"][layer] = sha256(fz_file(results, layer, "center"))
+            v = measure_block(net, model, block, fz_in, fz_pre, device, batch, mix_if, bar=bar)
             for layer, measured, stored in ((In, v["objective_in"], v["stored_in"]), (Pre, v["objective_pre"], v["stored_pre"])):
                 warning = objective_warning(block, layer, measured, stored)
                 if warning:
@@ -302,17 +308,18 @@ def paper_overlap(block, passing, measured):
             "ours_only": sorted(ours - paper), "paper_only": sorted(seen - ours), "paper_unmeasured": sorted(paper - measured)}
 
 
-def print_summary(result, wid):
-    print(f"\nScale-invariance criteria (Eq. 1 and Eq. 2 of METHOD section 3), weights {wid}"
-          + ("  ** RANDOM WEIGHTS: not the paper's model **" if is_random(wid) else ""))
-    for block in BLOCKS:
+def print_summary(result, weights_id, blocks):
+    """The summary of one run, block by block (blocks: the blocks asked for, --blocks)."""
+    print(f"\nScale-invariance criteria (Eq. 1 and Eq. 2 of METHOD section 3), weights {weights_id}"
+          + ("  ** RANDOM WEIGHTS: not the paper's model **" if is_random(weights_id) else ""))
+    for block in blocks:
         if block in result["skipped"]:
             print(f"  block {block}: not measured: {result['skipped'][block]}")
             continue
         s = result["blocks"][block]
         m = len(s["measured"])
         of = f"{m} channels" if m == s["n_channels"] else f"{m} measured channels (of {s['n_channels']})"
-        paper = len(PAPER_PASSING[block]) if wid == PAPER_WEIGHTS else None
+        paper = len(PAPER_PASSING[block]) if weights_id == PAPER_WEIGHTS else None
         print(f"  block {block}: {s['count']} of {of} pass ({s['percent']:.1f}%)   [Eq. 1: {s['eq1_count']}, Eq. 2: {s['eq2_count']}]"
               + (f"   paper: {paper} ({100 * paper / s['n_channels']:.1f}%)" if paper is not None else ""))
         o = s.get("paper_overlap")
@@ -320,19 +327,20 @@ def print_summary(result, wid):
             unmeasured = f"; {len(o['paper_unmeasured'])} of the paper's not measured here" if o["paper_unmeasured"] else ""
             print(f"      vs the paper's list: ours {o['ours']}, paper {o['paper']}, both {o['both']}, Jaccard {o['jaccard']:.2f}; "
                   f"ours only {o['ours_only'] or 'none'}; paper only {o['paper_only'] or 'none'}{unmeasured}")
-    if wid != PAPER_WEIGHTS:
-        print(f"  (no published reference exists for weights {wid}: the paper's channel lists are for resnet18 with {PAPER_WEIGHTS})")
+    if weights_id != PAPER_WEIGHTS:
+        print(f"  (no published reference exists for weights {weights_id}: the paper's channel lists are for resnet18 with {PAPER_WEIGHTS})")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Stability across FZ seeds.
 
-def stability(net, runs):
-    """runs: {folder: run_criteria result}. Per block measured in every run, over the channels measured in every
-    run: pass frequency per channel, pairwise Jaccard of the passing sets, channels passing in every run."""
+def stability(net, runs, blocks):
+    """runs: {folder: run_criteria result}. Per block asked for (blocks, --blocks) and measured in every run, over the
+    channels measured in every run: pass frequency per channel, pairwise Jaccard of the passing sets, channels passing
+    in every run."""
     folders = list(runs)
     out, skipped = {}, {}
-    for block in BLOCKS or net.blocks:
+    for block in blocks:
         lacking = [f for f in folders if block not in runs[f]["blocks"]]
         if lacking:
             skipped[block] = f"not measured in {', '.join(lacking)}" if len(lacking) < len(folders) else "not measured in any run"
@@ -377,76 +385,77 @@ def print_stability(folders, blocks, skipped):
 # ----------------------------------------------------------------------------------------------------
 
 def main():
-    global BLOCKS
     cfg = configure(globals())
     net = arch.net(ARCH)
-    BLOCKS = BLOCKS or list(net.blocks)
-    cfg["BLOCKS"] = BLOCKS
-    for block in BLOCKS:
+    blocks = BLOCKS or list(net.blocks)  # the blocks to measure (net.blocks: every probed block of ARCH)
+    cfg["BLOCKS"] = blocks
+    for block in blocks:
         if block not in net.blocks:
             die(f"unknown block {block!r}; the blocks are: {', '.join(net.blocks)}")
     if RUNS and (len(RUNS) < 2 or len(set(map(os.path.abspath, RUNS))) < len(RUNS)):
         die("--runs needs at least two different results folders to compare")
     for folder in RUNS:
-        if not os.path.isdir(os.path.join(folder, "fzs")):
-            die(f"run {folder}: no FZs in {os.path.join(folder, 'fzs')}")
-    single = not RUNS or os.path.isdir(os.path.join(RESULTS, "fzs"))  # with --runs, RESULTS may be just the output folder
-    if single and not os.path.isdir(os.path.join(RESULTS, "fzs")):
-        layers = [layer for b in BLOCKS for layer in net.blocks[b][:2]]
-        die(f"no FZs in {os.path.join(RESULTS, 'fzs')}; make them with: {fzs_command(layers, net.name, WEIGHTS, RESULTS)}")
+        if not os.path.isdir(fzs_dir(folder)):
+            die(f"run {folder}: no FZs in {fzs_dir(folder)}")
+    single = not RUNS or os.path.isdir(fzs_dir(RESULTS))  # with --runs, RESULTS may be just the output folder
+    if single and not os.path.isdir(fzs_dir(RESULTS)):
+        layers = [layer for b in blocks for layer in net.blocks[b][:2]]
+        die(f"no FZs in {fzs_dir(RESULTS)}; make them with: {fzs_command(layers, net.name, WEIGHTS, RESULTS)}")
+    mix_if = (MIX_IF_PRE_NONPOS, MIX_IF_IN_NONPOS)  # the mix ratio's conventions, in mix_ratio's order
     device = pick_device(DEVICE)
     device_name = use_device(device, "fp32")  # these are measurements: true float32 convolutions on a GPU too (no TF32)
     batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=64, cap=1024)
     t0 = time.time()
-    model, wid = load_model(net.name, WEIGHTS, device)
+    model, weights_id = load_model(net.name, WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and GPUs alike, still float32
-    config = {**cfg, "arch": ARCH, "weights_id": wid, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": device_name, "batch": batch,
-              "versions": versions()}
-    if is_random(wid):
-        print(f"** weights {wid}: random weights, not the paper's model **")
+    config = {**cfg, "arch": ARCH, "weights_id": weights_id, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": device_name,
+              "batch": batch, "versions": versions()}
+    if is_random(weights_id):
+        print(f"** weights {weights_id}: random weights, not the paper's model **")
 
     results = {}
     lock = lock_results(RESULTS, "criteria.py")  # noqa: F841 (held until the process ends)
     if single:
-        result = run_criteria(net, model, wid, RESULTS, BLOCKS, WEIGHTS, device, batch)
+        result = run_criteria(net, model, weights_id, RESULTS, blocks, WEIGHTS, device, batch, mix_if)
         if not result["blocks"]:
             for block, reason in result["skipped"].items():
                 print(f"block {block}: not measured: {reason}", file=sys.stderr)
-            die(f"no block could be measured from {os.path.join(RESULTS, 'fzs')}: the reason for each block is above")
+            die(f"no block could be measured from {fzs_dir(RESULTS)}: the reason for each block is above")
         results[os.path.abspath(RESULTS)] = result
-        if wid == PAPER_WEIGHTS:  # the paper's published lists are the reference for these weights only
+        if weights_id == PAPER_WEIGHTS:  # the paper's published lists are the reference for these weights only
             for block, s in result["blocks"].items():
                 s["paper_overlap"] = paper_overlap(block, s["passing"], s["measured"])
         save_json({"config": config, "fz_files": result["fz_files"], "fz_sha256": result["fz_sha256"],
-                   "blocks": result["blocks"], "skipped": result["skipped"]}, os.path.join(RESULTS, "criteria.json"))
-        write_csv(csv_rows(result["values"]), CSV_COLUMNS, os.path.join(RESULTS, "criteria.csv"))
-        print_summary(result, wid)
-        print(f"wrote {os.path.join(RESULTS, 'criteria.json')} and criteria.csv")
+                   "blocks": result["blocks"], "skipped": result["skipped"]}, criteria_file(RESULTS))
+        write_csv(csv_rows(result["values"]), CSV_COLUMNS, criteria_csv(RESULTS))
+        print_summary(result, weights_id, blocks)
+        print(f"wrote {criteria_file(RESULTS)} and criteria.csv")
 
     if RUNS:
         runs = {}
         for folder in RUNS:
             key = os.path.abspath(folder)
             if key not in results:
-                results[key] = run_criteria(net, model, wid, folder, BLOCKS, WEIGHTS, device, batch, strict_weights=True)
+                results[key] = run_criteria(net, model, weights_id, folder, blocks, WEIGHTS, device, batch, mix_if,
+                                            strict_weights=True)
                 for block, reason in results[key]["skipped"].items():
                     print(f"run {folder}, block {block}: not measured: {reason}")
             runs[folder] = results[key]
         for folder, r in runs.items():  # the run of RESULTS was not checked strictly
             for layer, c in r["fz_files"].items():
-                if c.get("weights") != wid:
-                    die(f"run {folder}: {layer} FZs were made with weights {c.get('weights')!r}, not {wid!r}")
-        blocks, skipped = stability(net, runs)
-        if not blocks:
+                if c.get("weights") != weights_id:
+                    die(f"run {folder}: {layer} FZs were made with weights {c.get('weights')!r}, not {weights_id!r}")
+        stable, skipped = stability(net, runs, blocks)
+        if not stable:
             die("no block was measured in every run: nothing to compare")
-        save_json({"runs": list(RUNS), "blocks": blocks, "skipped": skipped, "config": config,
-                   "fz_files": {f: r["fz_files"] for f, r in runs.items()}}, os.path.join(RESULTS, "stability.json"))
+        save_json({"runs": list(RUNS), "blocks": stable, "skipped": skipped, "config": config,
+                   "fz_files": {f: r["fz_files"] for f, r in runs.items()}}, stability_file(RESULTS))
         rows = [{"block": b, "channel": c, "pass_frequency": f"{s['pass_frequency'][i]:.4g}",
                  **{f: int(c in runs[f]["blocks"][b]["passing"]) for f in RUNS}}
-                for b, s in blocks.items() for i, c in enumerate(s["channels"])]
-        write_csv(rows, ["block", "channel", "pass_frequency", *RUNS], os.path.join(RESULTS, "stability.csv"))
-        print_stability(list(RUNS), blocks, skipped)
-        print(f"wrote {os.path.join(RESULTS, 'stability.json')} and stability.csv")
+                for b, s in stable.items() for i, c in enumerate(s["channels"])]
+        write_csv(rows, ["block", "channel", "pass_frequency", *RUNS], stability_file(RESULTS, "csv"))
+        print_stability(list(RUNS), stable, skipped)
+        print(f"wrote {stability_file(RESULTS)} and stability.csv")
     print(f"time: {time.time() - t0:.1f} s on {device}")
 
 

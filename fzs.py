@@ -32,7 +32,20 @@ from tqdm import tqdm
 import arch
 from arch import parse_channels
 from cli import amp_dtype, autocast, configure, die, init_ranks, main_guard, no_tf32, pick_device, precision, use_device
-from results import FZ_KEYS, config_mismatch, load_json, load_pt, lock_results, save_pt, versions
+from results import (
+    FZ_KEYS,
+    config_mismatch,
+    criteria_file,
+    fz_file,
+    fz_parts,
+    fzs_dir,
+    load_pt,
+    lock_results,
+    read_criteria,
+    read_fz,
+    save_pt,
+    versions,
+)
 from stream import center, features, load_model, normalize, to_float, truncated
 
 ARCH = "resnet18"  # a torchvision ResNet: resnet18, resnet34, resnet50, resnet101, ... (--list prints its blocks and units)
@@ -297,7 +310,7 @@ def compile_forward(net, model, target, n_targets, backend="inductor"):
 
 
 @torch.no_grad()
-def measure(net, model, layer, images, channels, kind, device):
+def objective_on_images(net, model, layer, images, channels, kind, device):
     """The objective of each unit on its stored 8-bit image, untransformed, in float32 (no TF32 on GPUs)."""
     with no_tf32():
         x = normalize(to_float(images).to(device))
@@ -332,17 +345,9 @@ def transform_seed(seed, layer, kind, group):
 # RESULTS/fzs/<layer>/<objective>.pt, with what that file already held, and then removed. Every part found there,
 # from this run or an interrupted one, counts as made and is merged.
 
-def out_path(results, layer, kind):
-    return os.path.join(results, "fzs", layer, f"{kind}.pt")
-
-
-def parts_dir(results, layer, kind):
-    return os.path.join(results, "fzs", layer, f"{kind}.parts")
-
-
 def part_path(results, layer, kind, group, channels):
     tag = zlib.crc32(",".join(map(str, channels)).encode()) & 0xFFFFFFFF
-    return os.path.join(parts_dir(results, layer, kind), f"{group:04d}-{tag:08x}.pt")
+    return os.path.join(fz_parts(results, layer, kind), f"{group:04d}-{tag:08x}.pt")
 
 
 def check_config(net, path, cfg, stored):
@@ -352,18 +357,17 @@ def check_config(net, path, cfg, stored):
         die(f"{path} was made under another config ({why}); use another --results folder or remove it")
 
 
-def existing(net, path, cfg):
-    """The FZ file at path (or None), refused if it was made under another config."""
-    if not os.path.exists(path):
-        return None
-    data = load_pt(path, "FZ file")
-    check_config(net, path, cfg, data["config"])
+def existing(net, results, layer, kind, cfg):
+    """The FZ file of (layer, kind) (or None), refused if it was made under another config."""
+    data = read_fz(results, layer, kind, required=False)
+    if data is not None:
+        check_config(net, fz_file(results, layer, kind), cfg, data["config"])
     return data
 
 
 def parts_of(net, results, layer, kind, cfg):
     """{path: part} of every finished part file of (layer, kind); one made under another config is refused."""
-    folder = parts_dir(results, layer, kind)
+    folder = fz_parts(results, layer, kind)
     names = sorted(n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith(".")) if os.path.isdir(folder) else []
     out = {}
     for name in names:
@@ -373,28 +377,28 @@ def parts_of(net, results, layer, kind, cfg):
     return out
 
 
-def merge(net, results, layer, kind, cfg):
-    """Merge every part file of (layer, kind) into its final file, with what that file already held."""
+def merge(net, results, layer, kind, cfg, png):
+    """Merge every part file of (layer, kind) into its final file, with what that file already held; png: also write
+    the PNGs of the new units (--png)."""
     parts = parts_of(net, results, layer, kind, cfg)
     if not parts:
         return
-    final = out_path(results, layer, kind)
-    old = existing(net, final, cfg)
+    old = existing(net, results, layer, kind, cfg)
     pieces = ([old] if old else []) + list(parts.values())
     channels = torch.cat([p["channels"] for p in pieces])
     order = channels.argsort(stable=True)
     keep = order[torch.cat([torch.tensor([True]), channels[order][1:] != channels[order][:-1]])]  # one per channel
     new = {"images": torch.cat([p["images"] for p in pieces])[keep].contiguous(), "channels": channels[keep],
            "activation": torch.cat([p["activation"] for p in pieces])[keep], "config": {**cfg, "versions": versions()}}
-    save_pt(new, final)
-    if PNG:
+    save_pt(new, fz_file(results, layer, kind))
+    if png:
         write_pngs(results, layer, kind, new, skip=set(old["channels"].tolist()) if old else set())
-    shutil.rmtree(parts_dir(results, layer, kind), ignore_errors=True)  # the parts and any temp file a kill left
+    shutil.rmtree(fz_parts(results, layer, kind), ignore_errors=True)  # the parts and any temp file a kill left
 
 
 def write_pngs(results, layer, kind, data, skip):
     from PIL import Image
-    folder = os.path.join(results, "fzs", layer, kind)
+    folder = os.path.join(fzs_dir(results), layer, kind)  # next to <objective>.pt
     os.makedirs(folder, exist_ok=True)
     for img, c in zip(data["images"], data["channels"].tolist()):
         if c not in skip:
@@ -403,11 +407,7 @@ def write_pngs(results, layer, kind, data, skip):
 
 def passing_channels(net, results, layer):
     """Channels of a layer that pass the criteria in any block the layer belongs to (criteria.json)."""
-    path = os.path.join(results, "criteria.json")
-    if not os.path.exists(path):
-        die(f"--channels passing needs {path}: run criteria.py first")
-    crit = load_json(path, "criteria file")
-    net.check(crit.get("config", {}), path)
+    crit = read_criteria(results, net, required="--channels passing needs it")
     blocks = crit.get("blocks", {})
     return sorted({c for b, names in net.blocks.items() if layer in names for c in blocks.get(b, {}).get("passing", [])})
 
@@ -450,7 +450,7 @@ def main():
                    parse_channels(CHANNELS, net.channels(layer), layer) for layer in layers}
     for layer, channels in channels_of.items():
         if CHANNELS == "passing" and not channels:
-            print(f"fzs: no channel of {layer} passes the criteria in {os.path.join(RESULTS, 'criteria.json')}: nothing to "
+            print(f"fzs: no channel of {layer} passes the criteria in {criteria_file(RESULTS)}: nothing to "
                   f"make for it (name channels by hand with --channels, e.g. --channels 0:8)")
     model, weights_id = load_model(net.name, WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # measures the stored images
@@ -469,7 +469,7 @@ def main():
                    "amp": prec, "param": "lucent fft, decorrelate, sd 0.01", "device": device.type,
                    "device_name": device_name}
             cfgs[layer, kind] = cfg
-            old = existing(net, out_path(RESULTS, layer, kind), cfg)
+            old = existing(net, RESULTS, layer, kind, cfg)
             done = set(old["channels"].tolist()) if old else set()
             for part in parts_of(net, RESULTS, layer, kind, cfg).values():
                 done |= set(part["channels"].tolist())
@@ -509,23 +509,23 @@ def main():
             images = render_groups(net, optimised, layer, kind, cfg, groups, device, amp, compiled.get(target),
                                    on_step=lambda k=sum(len(g[0]) for g in groups): bar.update(k))
             for (_, _, group, channels, members), imgs in zip(chunk, images):
-                activation = measure(net, model, layer, imgs, members, kind, device)  # the whole batch: the same rounding
+                activation = objective_on_images(net, model, layer, imgs, members, kind, device)  # the whole batch: the same rounding
                 keep = [members.index(c) for c in channels]  # the units asked for
                 save_pt({"images": imgs[keep], "channels": torch.tensor(channels, dtype=torch.int64), "activation": activation[keep],
                          "config": cfg}, part_path(RESULTS, layer, kind, group, channels))
             if world == 1 and all(c[0][:2] != (layer, kind) for c in chunks[n + 1:]):
-                merge(net, RESULTS, layer, kind, cfg)  # the last batch of this (layer, objective): its file is complete
+                merge(net, RESULTS, layer, kind, cfg, PNG)  # the last batch of this (layer, objective): its file is complete
     elapsed = time.time() - t0
     if world > 1:
         torch.distributed.barrier()  # every rank's parts are written
     if rank == 0:
         for (layer, kind), cfg in cfgs.items():
-            merge(net, RESULTS, layer, kind, cfg)  # also the parts an interrupted run left
+            merge(net, RESULTS, layer, kind, cfg, PNG)  # also the parts an interrupted run left
     if world > 1:
         torch.distributed.destroy_process_group()
     if units:
         print(f"fzs: made {units} FZs in {elapsed:.1f} s ({units * STEPS / max(elapsed, 1e-9):.0f} image-steps/s); "
-              f"results in {os.path.join(RESULTS, 'fzs')}")
+              f"results in {fzs_dir(RESULTS)}")
 
 
 if __name__ == "__main__":

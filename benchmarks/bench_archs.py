@@ -45,11 +45,11 @@ def stage_layers(name):
     return {s: tuple(v) for s, v in sorted(out.items())}
 
 
-def rate(net, model, layer, device, amp, steps):
-    """Image-steps per second of fzs.render on `layer` (BATCH units, `steps` steps)."""
+def rate(net, model, layer, device, amp, batch, steps):
+    """Image-steps per second of fzs.render on `layer` (`batch` units, `steps` steps)."""
     cfg = {"steps": steps, "lr": fzs.LR, "jitter": arch.jitter(net.block_of(layer)), "scales": fzs.SCALES,
            "angles": fzs.ANGLES, "size": fzs.SIZE, "pre_as_released": False}
-    channels = list(range(BATCH))
+    channels = list(range(batch))
     run = lambda s: fzs.render(net, model, layer, channels, "center", {**cfg, "steps": s}, channels, 0, device, amp)  # noqa: E731
     run(1)  # warm-up: allocations, kernel choices
     if device.type == "cuda":
@@ -58,7 +58,7 @@ def rate(net, model, layer, device, amp, steps):
     run(steps)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return BATCH * steps / (time.perf_counter() - t0)
+    return batch * steps / (time.perf_counter() - t0)
 
 
 def main():
@@ -83,7 +83,7 @@ def main():
             model = model.to(amp)
         seconds = 0.0
         for stage, (layer, units) in stage_layers(name).items():
-            r = rate(net, model, layer, device, amp, STEPS)
+            r = rate(net, model, layer, device, amp, BATCH, STEPS)
             seconds += units * FULL_STEPS / r
             print(f"{name:<18}{stage:>6}  {layer:<12}{units:>8,}{r:>13.1f}")
         total[name] = seconds

@@ -29,6 +29,7 @@ sys.path.insert(0, ROOT)
 import arch  # noqa: E402
 import cli  # noqa: E402
 import fzs  # noqa: E402
+import results  # noqa: E402
 from cli import configure, main_guard, pick_device  # noqa: E402
 from stream import load_model  # noqa: E402
 
@@ -50,50 +51,50 @@ def lucent_transforms(j):
             transform.random_rotate(fzs.ANGLES), transform.jitter(j // 2), torchvision.transforms.CenterCrop(fzs.SIZE)]
 
 
-def reference(net, units, device):
+def reference(net, units, weights, steps, seed, device):
     """The released way: a render_vis per unit on the full model; returns uint8 images and seconds."""
     from lucent.optvis import objectives, param, render
     t0 = time.time()
     model = torchvision.models.resnet18(weights=None)
-    model.load_state_dict(load_model(net.name, WEIGHTS)[0].state_dict())
+    model.load_state_dict(load_model(net.name, weights)[0].state_dict())
     model.to(device).eval()  # weights keep requires_grad, as in the released scripts
     images = []
     for i, (layer, c) in enumerate(units):
-        np.random.seed(SEED + i)
-        torch.manual_seed(SEED + i)
+        np.random.seed(seed + i)
+        torch.manual_seed(seed + i)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             out = render.render_vis(model, objectives.neuron(layer.replace(".", "_"), c), param_f=lambda: param.image(fzs.SIZE),
                                     optimizer=lambda p: torch.optim.Adam(p, lr=fzs.LR), transforms=lucent_transforms(arch.jitter(net.block_of(layer))),
-                                    thresholds=(STEPS,), show_image=False, progress=False)
+                                    thresholds=(steps,), show_image=False, progress=False)
         images.append((torch.from_numpy(out[-1]).permute(0, 3, 1, 2) * 255).to(torch.uint8))
         print(f"  lucent {i + 1}/{len(units)} ({layer}:{c}) {time.time() - t0:.0f} s", end="\r", flush=True)
     print()
     return torch.cat(images), time.time() - t0
 
 
-def ours(units, amp, device, results):
+def ours(layers, channels, weights, steps, seed, amp, device, folder):
+    """`python fzs.py` as a whole process on channels 0..channels-1 of each layer, into `folder`; returns uint8 images
+    (in the order of the layers, then channels) and seconds."""
     t0 = time.time()
-    cmd = [sys.executable, os.path.join(ROOT, "fzs.py"), "--layers", ",".join(LAYERS), "--channels", f"0:{CHANNELS}",
-           "--steps", str(STEPS), "--batch", str(CHANNELS), "--weights", WEIGHTS, "--seed", str(SEED), "--amp", amp,
-           "--device", str(device), "--results", results, "--png", "false"]
+    cmd = [sys.executable, os.path.join(ROOT, "fzs.py"), "--layers", ",".join(layers), "--channels", f"0:{channels}",
+           "--steps", str(steps), "--batch", str(channels), "--weights", weights, "--seed", str(seed), "--amp", amp,
+           "--device", str(device), "--results", folder, "--png", "false"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"fzs.py failed:\n{p.stderr[-2000:]}")
     seconds = time.time() - t0
-    images = []
-    for layer in LAYERS:
-        d = torch.load(os.path.join(results, "fzs", layer, "center.pt"), weights_only=False)
-        images.append(d["images"])
+    images = [results.read_fz(folder, layer, "center")["images"] for layer in layers]
     return torch.cat(images), seconds
 
 
-def activations(net, model, units, images, device):
-    """Center activation of each unit on its image, float32, on the stored 8-bit image (fzs.measure)."""
+def activations(net, model, layers, units, images, device):
+    """Center activation of each unit (of these layers) on its image, float32, on the stored 8-bit image
+    (fzs.objective_on_images)."""
     out = torch.empty(len(units))
-    for layer in LAYERS:
+    for layer in layers:
         idx = [i for i, (name, _) in enumerate(units) if name == layer]
-        out[idx] = fzs.measure(net, model, layer, images[idx], [units[i][1] for i in idx], "center", device)
+        out[idx] = fzs.objective_on_images(net, model, layer, images[idx], [units[i][1] for i in idx], "center", device)
     return out
 
 
@@ -106,13 +107,13 @@ def main():
     model = load_model(net.name, WEIGHTS, device)[0]
     print(f"bench_fzs: {len(units)} units ({CHANNELS} per layer of {', '.join(LAYERS)}), {STEPS} steps, {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    ref_images, ref_s = reference(net, units, device)
-    ref_act = activations(net, model, units, ref_images, device)
+    ref_images, ref_s = reference(net, units, WEIGHTS, STEPS, SEED, device)
+    ref_act = activations(net, model, LAYERS, units, ref_images, device)
     rows = [("lucent render_vis (released way)", ref_s, 1.0, 1.0)]
     for amp in AMPS:
         with tempfile.TemporaryDirectory() as tmp:
-            images, s = ours(units, amp, device, tmp)
-        act = activations(net, model, units, images, device)
+            images, s = ours(LAYERS, CHANNELS, WEIGHTS, STEPS, SEED, amp, device, tmp)
+        act = activations(net, model, LAYERS, units, images, device)
         positive = ref_act > 0  # the ratio means nothing where lucent's unit did not activate
         ratio = np.median((act[positive] / ref_act[positive]).numpy()) if positive.any() else float("nan")
         rows.append((f"fzs.py --amp {amp} (whole process)", s, ref_s / s, ratio))

@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import arch  # noqa: E402
 import cli  # noqa: E402
+import results  # noqa: E402
 from cli import configure, die, main_guard  # noqa: E402
 
 BLOCKS = []  # blocks whose FZs are made and compared (empty: all seven)
@@ -50,40 +51,41 @@ def run(script, *args):
     return p.stdout
 
 
-def fz_runs(work, weights):
-    """{name: results folder} of the three FZ runs, with criteria.py run in each."""
+def fz_runs(work, weights, blocks, channels, steps, device):
+    """{name: results folder} of the three FZ runs (channels 0..channels-1 of every layer of these blocks, on `device`,
+    a --device value), with criteria.py run in each."""
     runs = {"fp32 seed 0": ("fp32", 0), "fp32 seed 1": ("fp32", 1), "bf16 seed 0": ("bf16", 0)}
-    if cli.pick_device(DEVICE).type == "cuda":
+    if cli.pick_device(device).type == "cuda":
         runs["tf32 seed 0"] = ("tf32", 0)
     out = {}
     for name, (amp, seed) in runs.items():
         folder = os.path.join(work, name.replace(" ", "_"))
         t0 = time.time()
-        run("fzs.py", "--layers", ",".join(BLOCKS) or "all", "--channels", f"0:{CHANNELS}", "--batch", str(CHANNELS), "--steps", str(STEPS),
-            "--seed", str(seed), "--amp", amp, "--weights", weights, "--results", folder, "--png", "false", "--device", DEVICE)
-        run("criteria.py", "--weights", weights, "--results", folder, "--device", DEVICE, *(["--blocks", ",".join(BLOCKS)] if BLOCKS else []))
+        run("fzs.py", "--layers", ",".join(blocks), "--channels", f"0:{channels}", "--batch", str(channels), "--steps", str(steps),
+            "--seed", str(seed), "--amp", amp, "--weights", weights, "--results", folder, "--png", "false", "--device", device)
+        run("criteria.py", "--weights", weights, "--results", folder, "--device", device, "--blocks", ",".join(blocks))
         print(f"  {name}: FZs and criteria in {time.time() - t0:.0f} s", flush=True)
         out[name] = folder
     return out
 
 
 def passing(folder):
-    with open(os.path.join(folder, "criteria.json")) as f:
+    with open(results.criteria_file(folder)) as f:
         return {b: set(v["passing"]) for b, v in json.load(f)["blocks"].items()}
 
 
-def activations(net, folder):
-    return {layer: torch.load(os.path.join(folder, "fzs", layer, "center.pt"), weights_only=False)["activation"]
-            for b in BLOCKS or net.blocks for layer in net.blocks[b]}
+def activations(net, folder, blocks):
+    """{layer: the stored activation of each FZ} of every layer of these blocks."""
+    return {layer: results.read_fz(folder, layer, "center")["activation"] for b in blocks for layer in net.blocks[b]}
 
 
-def sweep_cells(work, weights, data, amp):
+def sweep_cells(work, weights, data, amp, sets, n_trials, device):
     folder = os.path.join(work, f"sweep_{amp}")
-    run("ablate.py", "--weights", weights, "--data", data, "--results", folder, "--sets", SETS, "--n_trials", str(N_TRIALS),
-        "--screen_margin", "2.1:<=100;3.1:<=100", "--amp", amp, "--workers", "0", "--device", DEVICE,
+    run("ablate.py", "--weights", weights, "--data", data, "--results", folder, "--sets", sets, "--n_trials", str(n_trials),
+        "--screen_margin", "2.1:<=100;3.1:<=100", "--amp", amp, "--workers", "0", "--device", device,
         "--variants", "paper", "--bootstrap", "0")
     cells = {}
-    for path in sorted(glob.glob(os.path.join(folder, "ablation", "*", "*_s*.json"))):
+    for path in sorted(glob.glob(os.path.join(results.ablation_dir(folder), "*", "*_s*.json"))):
         with open(path) as f:
             c = json.load(f)
         cells[c["block"], c["condition"], c["scale"]] = c["correct"]
@@ -100,6 +102,7 @@ def main():
     from criteria import jaccard
     if CHANNELS < 1 or STEPS < 1:
         die("--channels and --steps must be at least 1")
+    blocks = BLOCKS or list(net.blocks)  # the blocks compared (net.blocks: all seven)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         work = KEEP or tmp
@@ -108,13 +111,13 @@ def main():
         torch.save(build_fixture_model().state_dict(), weights)
         print(f"bench_precision: {CHANNELS} channels of each layer of blocks {','.join(BLOCKS) or 'all seven'}, {STEPS} steps, fixture ResNet18, {DEVICE}, "
               f"torch {torch.__version__}, native CPU bf16: {cli.cpu_has_bf16()}")
-        runs = fz_runs(work, weights)
+        runs = fz_runs(work, weights, blocks, CHANNELS, STEPS, DEVICE)
         sets = {name: passing(folder) for name, folder in runs.items()}
-        acts = {name: activations(net, folder) for name, folder in runs.items()}
+        acts = {name: activations(net, folder, blocks) for name, folder in runs.items()}
         print(f"\n{'block':6s} {'passing fp32 s0 / fp32 s1 / bf16 s0':>36s} {'Jaccard fp32-bf16':>18s} {'Jaccard seed 0-1':>17s} "
               f"{'act. ratio bf16/fp32':>21s}")
         j_prec, j_seed = [], []
-        for b in BLOCKS or net.blocks:
+        for b in blocks:
             In, Pre, Post = net.blocks[b]
             a, s1, h = sets["fp32 seed 0"].get(b, set()), sets["fp32 seed 1"].get(b, set()), sets["bf16 seed 0"].get(b, set())
             ratios = []
@@ -130,15 +133,15 @@ def main():
         verdict = "within" if np.mean(j_prec) >= np.mean(j_seed) else "beyond"
         print(f"bf16 moves the passing sets {verdict} seed noise (mean Jaccard {np.mean(j_prec):.2f} against {np.mean(j_seed):.2f})")
         if "tf32 seed 0" in runs:
-            for b in BLOCKS or net.blocks:
+            for b in blocks:
                 a, t = sets["fp32 seed 0"].get(b, set()), sets["tf32 seed 0"].get(b, set())
                 print(f"  tf32, block {b}: {len(t)} passing, Jaccard with fp32 {jaccard(a, t):.2f}")
         if FAKE:
             data = os.path.join(work, "val")
             run("ablate.py", "--weights", weights, "--data", data, "--fake", str(FAKE), "--results", os.path.join(work, "fake_labels"),
                 "--stages", "natural", "--workers", "0", "--device", DEVICE)
-            f32, _ = sweep_cells(work, weights, data, "fp32")
-            b16, _ = sweep_cells(work, weights, data, "bf16")
+            f32, _ = sweep_cells(work, weights, data, "fp32", SETS, N_TRIALS, DEVICE)
+            b16, _ = sweep_cells(work, weights, data, "bf16", SETS, N_TRIALS, DEVICE)
             diff = {k: b16[k] - f32[k] for k in f32}
             print(f"\nablation sweep, {FAKE} images, {len(f32)} cells: correct count bf16 minus fp32, cell by cell")
             print(f"  {sum(d == 0 for d in diff.values())} cells equal, {sum(d != 0 for d in diff.values())} differ; largest |difference| "

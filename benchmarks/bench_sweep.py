@@ -41,23 +41,24 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_layer(net, model, layer, streams, device, amp, forward):
-    """(image-steps per second, host syncs per step or None) for `streams` full batches of `layer` at once."""
+def time_layer(net, model, layer, streams, batch, steps, device, amp, forward):
+    """(image-steps per second, host syncs per step or None) for `streams` full batches of `batch` units of `layer` at
+    once, timed over `steps` steps."""
     n = net.widths[layer]
     cfg = {"lr": fzs.LR, "jitter": arch.jitter(net.block_of(layer)), "scales": fzs.SCALES, "angles": fzs.ANGLES,
            "size": fzs.SIZE, "pre_as_released": False}
-    groups = [(list(range(BATCH)), list(range(g * BATCH, (g + 1) * BATCH)), g) for g in range(streams)]
+    groups = [(list(range(batch)), list(range(g * batch, (g + 1) * batch)), g) for g in range(streams)]
     groups = [([c % n for c in chans], seeds, t) for chans, seeds, t in groups]
 
-    def call(steps):
-        """(seconds, host syncs counted) of one render_groups call of `steps` steps."""
+    def call(n):
+        """(seconds, host syncs counted) of one render_groups call of n steps."""
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("warn")
             try:
                 t0 = time.perf_counter()
-                fzs.render_groups(net, model, layer, "center", {**cfg, "steps": steps}, groups, device, amp, forward)
+                fzs.render_groups(net, model, layer, "center", {**cfg, "steps": n}, groups, device, amp, forward)
                 sync(device)
                 return time.perf_counter() - t0, sum("synchroniz" in str(w.message) for w in caught)
             finally:
@@ -66,10 +67,10 @@ def time_layer(net, model, layer, streams, device, amp, forward):
 
     call(1)  # warm-up: kernels, plans, the allocator
     _, once = call(1)
-    seconds, many = call(STEPS)
+    seconds, many = call(steps)
     # a call syncs in its set-up and its final copy to the host; what grows with the steps is per step
-    counted = (many - once) / max(1, STEPS - 1) if device.type == "cuda" else None
-    return streams * BATCH * STEPS / seconds, counted
+    counted = (many - once) / max(1, steps - 1) if device.type == "cuda" else None
+    return streams * batch * steps / seconds, counted
 
 
 def main():
@@ -95,7 +96,7 @@ def main():
         forward = fzs.compile_forward(net, optimised, layer, len(layers)) if COMPILE else None
         row, syncs = [], None
         for s in STREAMS:
-            rates[s][layer], counted = time_layer(net, optimised, layer, s, device, amp, forward)
+            rates[s][layer], counted = time_layer(net, optimised, layer, s, BATCH, STEPS, device, amp, forward)
             syncs = counted if syncs is None else syncs
             row.append(f"{rates[s][layer]:24.1f}")
         print(f"{layer:24s} {widths[layer]:6d} " + " ".join(row) + f" {'n/a (CPU)' if syncs is None else f'{syncs:.1f}':>11s}", flush=True)

@@ -20,6 +20,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from cli import configure, die, main_guard  # noqa: E402
+from results import natural_dir  # noqa: E402
 
 DATA = ""  # image folder (prepared layout); empty: generate FAKE images into FAKE_DIR
 FAKE = 0  # no DATA: this many generated JPEGs, labelled with the model's predictions
@@ -33,10 +34,9 @@ WORKERS = -1  # DataLoader workers (-1 = one per core)
 # ---- end of flags (below: fixed constants, not flags)
 
 
-def ablate(results, *args):
-    cmd = [sys.executable, os.path.join(ROOT, "ablate.py"), "--weights", WEIGHTS, "--data", DATA or FAKE_DIR, "--limit", str(LIMIT),
-           "--sets", SETS, "--screen_margin", "2.1:<=100;3.1:<=100", "--batch", str(BATCH), "--workers", str(WORKERS),
-           "--results", results, *map(str, args)]
+def ablate(common, results, *args):
+    """Seconds of one `python ablate.py` (common: the flags every run shares) into `results`."""
+    cmd = [sys.executable, os.path.join(ROOT, "ablate.py"), *common, "--results", results, *map(str, args)]
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
@@ -48,17 +48,19 @@ def main():
     configure(globals())
     if not DATA and not FAKE:
         die("pass --data FOLDER or --fake N")
+    common = ["--weights", WEIGHTS, "--data", DATA or FAKE_DIR, "--limit", str(LIMIT), "--sets", SETS,
+              "--screen_margin", "2.1:<=100;3.1:<=100", "--batch", str(BATCH), "--workers", str(WORKERS)]
     with tempfile.TemporaryDirectory() as tmp:
         base = os.path.join(tmp, "natural")
         fake = ["--fake", FAKE] if not DATA else []
         print(f"natural stage once ({LIMIT} images) ...", flush=True)
-        ablate(base, "--stages", "natural", *fake)
+        ablate(common, base, "--stages", "natural", *fake)
         runs = [(n, "paper") for n in TRIALS] + [(n, "paper,heldout,unscreened") for n in TRIALS]
         times = {}
         for n, variants in runs:
             results = os.path.join(tmp, f"n{n}-{variants.count(',')}")
-            shutil.copytree(os.path.join(base, "natural"), os.path.join(results, "natural"))
-            times[n, variants] = ablate(results, "--stages", "sweep", "--n_trials", n, "--screen_draws", n, "--variants", variants)
+            shutil.copytree(natural_dir(base), natural_dir(results))
+            times[n, variants] = ablate(common, results, "--stages", "sweep", "--n_trials", n, "--screen_draws", n, "--variants", variants)
             print(f"  N_TRIALS = {n:>4}, variants {variants:<26} {times[n, variants]:7.1f} s", flush=True)
     ref = times[TRIALS[0], "paper"]
     print(f"\nsweep stage, {LIMIT} images, both blocks, 6 scales (whole process: start-up, screening, sweep, writing)")

@@ -32,14 +32,14 @@ if ! python -c "import lucent" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; the
 fi
 
 step "machine: versions, device, precision" python - "$DEV" <<'EOF'
-import sys, torch, torchvision, stream
-device = stream.pick_device(sys.argv[1])
-print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, CUDA {torch.version.cuda}, device {stream.use_device(device, 'fp32')}")
+import sys, torch, torchvision, cli
+device = cli.pick_device(sys.argv[1])
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, CUDA {torch.version.cuda}, device {cli.use_device(device, 'fp32')}")
 if device.type == "cuda":
     free, total = torch.cuda.mem_get_info(device)
     print(f"bf16 supported: {torch.cuda.is_bf16_supported()}; memory {free / 2**30:.0f} of {total / 2**30:.0f} GiB free; "
           f"capability {torch.cuda.get_device_capability(device)}")
-print(f"--amp auto means {stream.precision('auto', device)} here")
+print(f"--amp auto means {cli.precision('auto', device)} here")
 EOF
 step "tests: pytest --device $DEV" python -m pytest -q -p no:cacheprovider --device "$DEV" $PYTEST_FILES
 

@@ -38,17 +38,17 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def profile_layer(net, model, layer, device, amp):
-    """{phase: seconds per step} for one layer."""
+def profile_layer(net, model, layer, device, amp, batch, steps, warmup):
+    """{phase: seconds per step} for one layer: `batch` units, `steps` timed steps after `warmup` untimed ones."""
     cfg = dict(steps=0, lr=fzs.LR, jitter=arch.jitter(net.block_of(layer)), scales=fzs.SCALES, angles=fzs.ANGLES, size=fzs.SIZE)
-    channels = list(range(BATCH))
+    channels = list(range(batch))
     spectrum, image = fzs.fft_image(channels, fzs.SIZE, device)
     optimizer = torch.optim.Adam([spectrum], lr=fzs.LR)
-    steps = fzs.transforms_for(cfg["jitter"], cfg["scales"], cfg["angles"], cfg["size"])
+    transforms = fzs.transforms_for(cfg["jitter"], cfg["scales"], cfg["angles"], cfg["size"])
     rng = np.random.RandomState(0)
     idx = torch.as_tensor(channels, device=device)
     times = {k: 0.0 for k in ("parameterisation", "transforms", "forward", "backward", "adam")}
-    for step in range(WARMUP + STEPS):
+    for step in range(warmup + steps):
         marks = [time.perf_counter()]
 
         def mark():
@@ -57,7 +57,7 @@ def profile_layer(net, model, layer, device, amp):
         optimizer.zero_grad(set_to_none=True)
         x = image()
         mark()
-        for t in steps:
+        for t in transforms:
             x = t(x, rng)
         x = normalize(x).contiguous(memory_format=torch.channels_last)
         mark()
@@ -68,9 +68,9 @@ def profile_layer(net, model, layer, device, amp):
         mark()
         optimizer.step()
         mark()
-        if step >= WARMUP:
+        if step >= warmup:
             for k, (a, b) in zip(times, zip(marks, marks[1:])):
-                times[k] += (b - a) / STEPS
+                times[k] += (b - a) / steps
     return times
 
 
@@ -90,7 +90,7 @@ def main():
           + f"{'total ms':>10}")
     totals = {}
     for layer in LAYERS:
-        t = profile_layer(net, model, layer, device, amp)
+        t = profile_layer(net, model, layer, device, amp, BATCH, STEPS, WARMUP)
         total = sum(t.values())
         for k, v in t.items():
             totals[k] = totals.get(k, 0.0) + v
@@ -102,7 +102,7 @@ def main():
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         for layer in LAYERS:
-            profile_layer(net, model, layer, device, amp)
+            profile_layer(net, model, layer, device, amp, BATCH, STEPS, WARMUP)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\nmost expensive operators (torch.profiler, all layers, {WARMUP + STEPS} steps each):")
     print(prof.key_averages().table(sort_by=key, row_limit=TOP, max_name_column_width=40))

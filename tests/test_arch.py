@@ -147,14 +147,14 @@ def one_line_error(p, *words):
 def test_weights_ids_carry_the_architecture():
     assert results.make_weights_id("resnet18", "IMAGENET1K_V1") == "IMAGENET1K_V1"  # resnet18's ids are unchanged
     assert results.make_weights_id("resnet50", "IMAGENET1K_V2") == "resnet50:IMAGENET1K_V2"
-    for wid, pair in (("random:3", ("resnet18", "random:3")), ("resnet50:random:0", ("resnet50", "random:0")),
-                      ("wide_resnet50_2:file:a.pth:sha256=1f", ("wide_resnet50_2", "file:a.pth:sha256=1f"))):
-        assert results.split_weights_id(wid) == pair
+    for weights_id, pair in (("random:3", ("resnet18", "random:3")), ("resnet50:random:0", ("resnet50", "random:0")),
+                             ("wide_resnet50_2:file:a.pth:sha256=1f", ("wide_resnet50_2", "file:a.pth:sha256=1f"))):
+        assert results.split_weights_id(weights_id) == pair
     assert results.is_random("resnet50:random:0") and not results.is_random("resnet50:IMAGENET1K_V2")
     net = arch.net("resnet50")
-    _, wid = stream.load_model(net.name, "random:2")
-    assert wid == "resnet50:random:2"
-    assert results.fzs_command(["layer2.1.bn3"], net.name, wid, "r50") == "python fzs.py --layers layer2.1.bn3 --arch resnet50 --weights random:2 --results r50"
+    _, weights_id = stream.load_model(net.name, "random:2")
+    assert weights_id == "resnet50:random:2"
+    assert results.fzs_command(["layer2.1.bn3"], net.name, weights_id, "r50") == "python fzs.py --layers layer2.1.bn3 --arch resnet50 --weights random:2 --results r50"
 
 
 def test_torchvision_weights_by_name_offline(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from PIL import Image
 import arch
 import cli
 import criteria
+import results
 import stream
 
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
@@ -46,7 +47,7 @@ def test_eq2_planted_edges_and_zero_denominators():
     with warnings.catch_warnings(), np.errstate(all="raise"):
         warnings.simplefilter("error")
         got = criteria.eq2(post_in, post_pre)
-        mix = criteria.mix_ratio(post_in, post_pre)
+        mix = criteria.mix_ratio(post_in, post_pre, criteria.MIX_IF_PRE_NONPOS, criteria.MIX_IF_IN_NONPOS)
     assert got.tolist() == expected
     assert np.isfinite(mix).all()
     assert criteria.eq2(torch.tensor(post_in, dtype=torch.float64), torch.tensor(post_pre, dtype=torch.float64)).tolist() == expected
@@ -55,7 +56,7 @@ def test_eq2_planted_edges_and_zero_denominators():
 def test_mix_ratio_released_conventions():
     post_in = [2.0, 0.0, 3.0, 0.0, -1.0, 1.0]
     post_pre = [4.0, 5.0, 0.0, 0.0, 0.0, -2.0]
-    mix = criteria.mix_ratio(post_in, post_pre)
+    mix = criteria.mix_ratio(post_in, post_pre, criteria.MIX_IF_PRE_NONPOS, criteria.MIX_IF_IN_NONPOS)
     assert mix[0] == 0.5
     assert mix[1] == criteria.MIX_IF_IN_NONPOS == 0.0  # only Post_c(X̂_In) <= 0
     assert mix[2] == criteria.MIX_IF_PRE_NONPOS == 10.0  # only Post_c(X̂_Pre) <= 0
@@ -108,7 +109,7 @@ def model(fixture_model, fixture_weights):
     return fixture_model, stream.load_model(net.name, fixture_weights)[1]
 
 
-def make_fz(results, layer, channels, model=None, seed=0, **config):
+def make_fz(folder, layer, channels, model=None, seed=0, **config):
     g = torch.Generator().manual_seed(zlib.crc32(f"{layer}|{seed}".encode()))
     images = torch.randint(0, 256, (len(channels), 3, 224, 224), dtype=torch.uint8, generator=g)
     ch = torch.tensor(channels, dtype=torch.int64)
@@ -117,7 +118,7 @@ def make_fz(results, layer, channels, model=None, seed=0, **config):
                      "batch": 4, "amp": "fp32", "pre_as_released": False, "jitter": 0, **config}}
     if model is not None:
         fz["activation"] = stream.read_center(net, model, stream.normalize(stream.to_float(images)), [layer])[layer][torch.arange(len(ch)), ch]
-    results.save_pt(fz, os.path.join(results, "fzs", layer, "center.pt"))
+    results.save_pt(fz, results.fz_file(folder, layer, "center"))
     return fz
 
 
@@ -135,12 +136,13 @@ def hooked(model, layers, x):
 
 @pytest.mark.parametrize("block", ["1.1", "2.1"])
 def test_batched_measurement_matches_hooks(tmp_path, model, block):
-    m, wid = model
+    m, weights_id = model
     In, Pre, Post = net.blocks[block]
-    fz_in = make_fz(tmp_path, In, [0, 5, 9, 11], m, weights=wid)
-    fz_pre = make_fz(tmp_path, Pre, [0, 3, 5, 9, 40], m, weights=wid)
-    v = criteria.measure_block(net, m, block, criteria.load_fz(net, criteria.fz_path(tmp_path, In)),
-                               criteria.load_fz(net, criteria.fz_path(tmp_path, Pre)), torch.device("cpu"), batch=2)
+    fz_in = make_fz(tmp_path, In, [0, 5, 9, 11], m, weights=weights_id)
+    fz_pre = make_fz(tmp_path, Pre, [0, 3, 5, 9, 40], m, weights=weights_id)
+    mix_if = (criteria.MIX_IF_PRE_NONPOS, criteria.MIX_IF_IN_NONPOS)
+    v = criteria.measure_block(net, m, block, criteria.load_fz(net, tmp_path, In), criteria.load_fz(net, tmp_path, Pre),
+                               torch.device("cpu"), 2, mix_if)
     assert v["channel"].tolist() == [0, 5, 9]  # channels with both FZs only
     for i, c in enumerate([0, 5, 9]):
         x_in = fz_in["images"][fz_in["channels"].tolist().index(c)][None].float() / 255
@@ -162,20 +164,21 @@ def test_batched_measurement_matches_hooks(tmp_path, model, block):
 
 
 def test_run_refuses_mixed_configs_and_names_the_missing_fzs(tmp_path, model):
-    m, wid = model
-    make_fz(tmp_path, "layer1.0", [0, 1], m, weights=wid, seed=0)
-    make_fz(tmp_path, "layer1.1.bn2", [0, 1], m, weights=wid, seed=1)  # block 1.1: In and Pre from different seeds
-    make_fz(tmp_path, "layer2.0", [0, 1], m, weights=wid, steps=7)  # block 2.1: Pre missing
+    m, weights_id = model
+    make_fz(tmp_path, "layer1.0", [0, 1], m, weights=weights_id, seed=0)
+    make_fz(tmp_path, "layer1.1.bn2", [0, 1], m, weights=weights_id, seed=1)  # block 1.1: In and Pre from different seeds
+    make_fz(tmp_path, "layer2.0", [0, 1], m, weights=weights_id, steps=7)  # block 2.1: Pre missing
     make_fz(tmp_path, "layer3.0", [0], m, weights="IMAGENET1K_V1")  # block 3.1: other weights
     make_fz(tmp_path, "layer3.1.bn2", [0], m, weights="IMAGENET1K_V1")
-    make_fz(tmp_path, "layer2.0.downsample.1", [0, 1], m, weights=wid)  # block 2.0: measurable
-    make_fz(tmp_path, "layer2.0.bn2", [1, 2], m, weights=wid)
-    out = criteria.run_criteria(net, m, wid, str(tmp_path), ["1.1", "2.0", "2.1", "3.1", "4.1"], WEIGHTS, torch.device("cpu"), 4)
+    make_fz(tmp_path, "layer2.0.downsample.1", [0, 1], m, weights=weights_id)  # block 2.0: measurable
+    make_fz(tmp_path, "layer2.0.bn2", [1, 2], m, weights=weights_id)
+    out = criteria.run_criteria(net, m, weights_id, str(tmp_path), ["1.1", "2.0", "2.1", "3.1", "4.1"], WEIGHTS, torch.device("cpu"), 4,
+                                (criteria.MIX_IF_PRE_NONPOS, criteria.MIX_IF_IN_NONPOS))
     assert list(out["blocks"]) == ["2.0"]
     s = out["blocks"]["2.0"]
     assert s["measured"] == [1] and s["n_channels"] == 128 and len(s["missing"]) == 127 and s["count"] == len(s["passing"])
     assert "seed: 0 vs 1" in out["skipped"]["1.1"]
-    assert "IMAGENET1K_V1" in out["skipped"]["3.1"] and wid in out["skipped"]["3.1"]
+    assert "IMAGENET1K_V1" in out["skipped"]["3.1"] and weights_id in out["skipped"]["3.1"]
     assert out["skipped"]["2.1"].endswith(f"python fzs.py --layers layer2.1.bn2 --channels 0,1 --seed 0 --steps 7 --lr 0.05 --amp fp32 "
                                           f"--pre_as_released False --batch 4 --weights random --results {tmp_path}")
     # both files missing: the command copies the settings (and the channel range) of the first FZ file made here
@@ -190,15 +193,17 @@ def test_stability_on_planted_runs():
                 "fz_files": {"layer2.0": {"seed": len(passing)}, "layer3.0": {"seed": len(passing)}}}
     runs = {"a": run([1, 2, 3]), "b": run([2, 3, 4, 5]), "c": run([2, 3])}
     runs["c"]["blocks"].pop("3.1")
-    blocks, skipped = criteria.stability(net, runs)
+    blocks, skipped = criteria.stability(net, runs, list(net.blocks))
     s = blocks["2.1"]
     assert s["channels"] == list(range(8))
     assert s["pass_frequency"] == [0, 1 / 3, 1, 1, 1 / 3, 1 / 3, 0, 0]
     assert s["always"] == [2, 3] and s["ever"] == [1, 2, 3, 4, 5] and s["counts"] == [3, 4, 2]
     assert s["jaccard"][0][1] == pytest.approx(2 / 5) and s["jaccard"][1][2] == 0.5 and s["jaccard"][2][2] == 1.0
     assert "3.1" not in blocks and "c" in skipped["3.1"]
-    two = criteria.stability(net, {"a": run([]), "b": run([])})[0]["2.1"]  # nothing passes in either run: identical sets
-    assert two["jaccard"] == [[1.0, 1.0], [1.0, 1.0]] and two["always"] == []
+    two = criteria.stability(net, {"a": run([]), "b": run([])}, list(net.blocks))[0]["2.1"]  # nothing passes in either run
+    assert two["jaccard"] == [[1.0, 1.0], [1.0, 1.0]] and two["always"] == []  # identical sets
+    asked, left_out = criteria.stability(net, runs, ["2.1"])  # --blocks 2.1: block 3.1 is neither reported nor left out
+    assert list(asked) == ["2.1"] and not left_out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -238,7 +243,7 @@ def test_end_to_end_with_fzs(tmp_path):
     assert flags["eq1"] == criteria.eq1(val["pre_in"], val["pre_zoom_in"]).tolist()
     assert flags["eq2"] == criteria.eq2(val["post_in"], val["post_pre"]).tolist()
     assert flags["passes"] == [a and b for a, b in zip(flags["eq1"], flags["eq2"])]
-    assert np.allclose(val["mix"], criteria.mix_ratio(val["post_in"], val["post_pre"]))
+    assert np.allclose(val["mix"], criteria.mix_ratio(val["post_in"], val["post_pre"], criteria.MIX_IF_PRE_NONPOS, criteria.MIX_IF_IN_NONPOS))
     assert (val["post_in"] >= 0).all() and (val["post_pre"] >= 0).all()  # Post is after the ReLU
     assert s["passing"] == [int(r["channel"]) for r in rows if r["passes"] == "1"] and s["count"] == len(s["passing"])
     assert s["percent"] == pytest.approx(100 * s["count"] / 4)
@@ -273,7 +278,12 @@ def test_bad_input_stops_with_one_line(tmp_path, monkeypatch):
         run_main(monkeypatch, "--weights", WEIGHTS, "--blocks", "2.2")
     with pytest.raises(SystemExit, match="at least two different results folders"):
         run_main(monkeypatch, "--weights", WEIGHTS, "--runs", f"{tmp_path},{tmp_path}")
-    assert criteria.BLOCKS == ["1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"]
+    # no --blocks: every probed block (the In and Pre of each, in forward order), and the flag itself is left as given
+    every = ("layer1.0,layer1.1.bn2,layer2.0.downsample.1,layer2.0.bn2,layer2.0,layer2.1.bn2,layer3.0.downsample.1,layer3.0.bn2,"
+             "layer3.0,layer3.1.bn2,layer4.0.downsample.1,layer4.0.bn2,layer4.0,layer4.1.bn2")
+    with pytest.raises(SystemExit, match=f"python fzs.py --layers {every} --weights random --results {tmp_path / 'none'}$"):
+        run_main(monkeypatch, "--weights", WEIGHTS, "--results", str(tmp_path / "none"))
+    assert criteria.BLOCKS == []
 
 
 def test_every_refusal_prints_its_reason(tmp_path, monkeypatch, capsys):
@@ -290,8 +300,24 @@ def test_every_refusal_prints_its_reason(tmp_path, monkeypatch, capsys):
     assert any(layer.startswith("block 4.1: not measured: no center FZs for layer4.0, layer4.1.bn2") for layer in err), err
 
 
-def test_overlap_with_the_papers_lists_on_planted_sets(capsys, monkeypatch):
-    monkeypatch.setattr(criteria, "BLOCKS", ["2.1"])
+def test_the_mix_conventions_are_the_flags(tmp_path, monkeypatch, model, fixture_weights):
+    """--mix_if_pre_nonpos and --mix_if_in_nonpos reach the CSV, each where its own rule holds (Post is after a ReLU,
+    so on random images some channels have Post = 0 on one FZ or the other)."""
+    m, weights_id = model
+    In, Pre, _ = net.blocks["2.1"]
+    make_fz(tmp_path, In, list(range(16)), m, weights=weights_id)
+    make_fz(tmp_path, Pre, list(range(16)), m, weights=weights_id)
+    run_main(monkeypatch, "--weights", fixture_weights, "--results", str(tmp_path), "--blocks", "2.1", "--batch", "8",
+             "--mix_if_pre_nonpos", "7", "--mix_if_in_nonpos", "3")
+    with open(results.criteria_csv(tmp_path)) as f:
+        rows = list(csv.DictReader(f))
+    pre_nonpos = [float(r["mix"]) for r in rows if float(r["post_pre"]) <= 0]
+    in_nonpos = [float(r["mix"]) for r in rows if float(r["post_in"]) <= 0 < float(r["post_pre"])]
+    assert pre_nonpos and in_nonpos, "the planted FZs no longer reach both conventions"
+    assert set(pre_nonpos) == {7.0} and set(in_nonpos) == {3.0}
+
+
+def test_overlap_with_the_papers_lists_on_planted_sets(capsys):
     assert criteria.PAPER_PASSING["2.0"] == [50, 53] and len(criteria.PAPER_PASSING["3.1"]) == 46
     o = criteria.paper_overlap("2.1", [13, 15, 99, 127], range(128))
     assert (o["ours"], o["paper"], o["both"]) == (4, 23, 3) and o["ours_only"] == [99]
@@ -301,9 +327,9 @@ def test_overlap_with_the_papers_lists_on_planted_sets(capsys, monkeypatch):
     assert criteria.paper_overlap("4.1", [], range(512))["jaccard"] == 1.0  # both empty
     s = {"count": 4, "n_channels": 128, "measured": list(range(128)), "percent": 3.1, "eq1_count": 9, "eq2_count": 30,
          "passing": [13, 15, 99, 127], "paper_overlap": o}
-    criteria.print_summary({"blocks": {"2.1": s}, "skipped": {}}, "IMAGENET1K_V1")
+    criteria.print_summary({"blocks": {"2.1": s}, "skipped": {}}, "IMAGENET1K_V1", ["2.1"])
     out = capsys.readouterr().out
     assert "vs the paper's list: ours 4, paper 23, both 3, Jaccard 0.12; ours only [99]; paper only [18, 21" in out
     assert "no published reference" not in out
-    criteria.print_summary({"blocks": {"2.1": {**s, "paper_overlap": None}}, "skipped": {}}, "random:0")
+    criteria.print_summary({"blocks": {"2.1": {**s, "paper_overlap": None}}, "skipped": {}}, "random:0", ["2.1"])
     assert "no published reference exists for weights random:0" in capsys.readouterr().out
