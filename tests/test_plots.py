@@ -13,6 +13,7 @@ import types
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from PIL import Image
 
@@ -263,18 +264,6 @@ def test_bad_inputs_end_in_one_line(tmp_path):
 # ----------------------------------------------------------------------------------------------------
 # Pieces
 
-def test_spearman_by_hand():
-    from plot_spectrum import ranks, spearman
-    # x = 1, 2, 2, 4  -> ranks 1, 2.5, 2.5, 4;  y = 10, 30, 20, 40 -> ranks 1, 3, 2, 4
-    assert ranks([1, 2, 2, 4]).tolist() == [1, 2.5, 2.5, 4]
-    assert ranks([3, 1, 3, 3]).tolist() == [3, 1, 3, 3]
-    # rank deviations: x: -1.5, 0, 0, 1.5; y: -1.5, 0.5, -0.5, 1.5 -> sum xy = 4.5; sum xx = 4.5, sum yy = 5
-    assert spearman([1, 2, 2, 4], [10, 30, 20, 40]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
-    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1)
-    assert spearman(np.exp([1, 2, 3, 4.0]), [1, 2, 3, 4]) == pytest.approx(1)  # invariant to monotone maps
-    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
-
-
 def reference_ranks(x):
     """Ranks 1..n by hand: sort, then give each run of equal values the mean of the positions it spans."""
     x = [float(v) for v in x]
@@ -298,10 +287,22 @@ def reference_spearman(a, b):
     return cov / np.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
 
 
+def test_spearman_by_hand():
+    from plot_spectrum import spearman
+    # x = 1, 2, 2, 4  -> ranks 1, 2.5, 2.5, 4;  y = 10, 30, 20, 40 -> ranks 1, 3, 2, 4
+    for ranks in (scipy.stats.rankdata, reference_ranks):
+        assert list(ranks([1, 2, 2, 4])) == [1, 2.5, 2.5, 4]
+        assert list(ranks([3, 1, 3, 3])) == [3, 1, 3, 3]
+    # rank deviations: x: -1.5, 0, 0, 1.5; y: -1.5, 0.5, -0.5, 1.5 -> sum xy = 4.5; sum xx = 4.5, sum yy = 5
+    assert spearman([1, 2, 2, 4], [10, 30, 20, 40]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
+    assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1)
+    assert spearman(np.exp([1, 2, 3, 4.0]), [1, 2, 3, 4]) == pytest.approx(1)  # invariant to monotone maps
+    assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
 def test_scipy_ranks_and_spearman_match_a_hand_written_reference():
     """scipy.stats.rankdata / spearmanr, which plot_spectrum uses, against the definition on planted data with many
     ties (values on a coarse grid, as |bn2| of a pruned network or m at its conventions 0 and 10)."""
-    import scipy.stats
     g = np.random.default_rng(7)
     for n in (2, 3, 10, 64, 257):
         a = g.integers(0, 5, n).astype(float)  # few distinct values: ties everywhere
