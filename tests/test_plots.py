@@ -149,7 +149,8 @@ def test_all_figures_from_tiny_results(tmp_path):
     w, h = png_size(figures / "grids_block2.1_p1.png")
     assert w >= 2 * 2.1 * 200 * 0.95 and h > 400
     # channel FZs exist only for In and Pre of block 2.1: the script names what is missing and how to make it
-    assert "python fzs.py --layers layer2.1 --objectives channel --channels 1,3,4 --weights random:0 --steps 2 --seed 0" in r.stdout
+    assert ("python fzs.py --layers layer2.1 --objectives channel --channels 1,3,4 --seed 0 --steps 2 --lr 0.05 --amp fp32 "
+            f"--pre_as_released False --batch 4 --weights random:0 --results {results}\n") in r.stdout  # the center FZs' settings
     assert "python fzs.py --layers layer3.0,layer3.1.bn2,layer3.1 --objectives channel --channels 0,2,5" in r.stdout
     assert "ablate.py --stages natural" not in r.stdout  # natural images are all there
 
@@ -220,8 +221,8 @@ def test_missing_rows_and_pretrained_weights(tmp_path):
     results = make_results(tmp_path / "results", weights="IMAGENET1K_V1", channel_fzs=False, natural=False)
     r = run("plot_grids.py", "--results", results, "--only_blocks", "2.1")
     assert r.returncode == 0, r.stderr
-    assert "--objectives channel --channels 1,3,4 --weights IMAGENET1K_V1 --steps 2 --seed 0" in r.stdout
-    assert "python ablate.py --stages natural" in r.stdout
+    assert f"--objectives channel --channels 1,3,4 --seed 0 --steps 2 --lr 0.05 --amp fp32 --pre_as_released False --batch 4 --results {results}\n" in r.stdout
+    assert f"python ablate.py --stages natural --data /path/to/imagenet/val --weights IMAGENET1K_V1 --results {results}\n" in r.stdout
     png = tmp_path / "results" / "figures" / "grids_block2.1.png"
     assert png.is_file() and not (tmp_path / "results" / "figures" / "grids_block3.1.png").exists()
     assert red_pixels(png) + 2000 < red_pixels(tmp_path / "random" / "figures" / "grids_block2.1.png")
@@ -423,6 +424,15 @@ def test_mix_histogram_regions_use_eq2s_bounds(tmp_path):
     assert len(hist) == 2 and sum(bar.get_height() for c in hist for bar in c) == len(planted)  # stacked: other + passing
     assert [bar.get_height() for bar in apart[0]] == [2, 3]
     assert all(bar.get_x() > plot_spectrum.MIX_CLIP for bar in apart[0])
+
+
+def test_grids_suggest_commands_that_name_arch_weights_and_results(capsys):
+    import plot_grids
+    missing = [("center", "2.1", "layer2.1.bn3", 3), ("center", "2.1", "layer2.0", 5), ("natural", "2.1", None, 3)]
+    plot_grids.report_missing(arch.net("resnet50"), missing, "resnet50:random:1", {"seed": 2, "steps": 8}, "r50")
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "  python fzs.py --layers layer2.0,layer2.1.bn3 --channels 3,5 --seed 2 --steps 8 --arch resnet50 --weights random:1 --results r50"
+    assert out[3] == "  python ablate.py --stages natural --data /path/to/imagenet/val --arch resnet50 --weights random:1 --results r50"
 
 
 def test_grid_titles_say_how_many_channels_were_measured(tmp_path):
