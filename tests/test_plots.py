@@ -316,6 +316,28 @@ def test_scipy_ranks_and_spearman_match_a_hand_written_reference():
     assert plot_spectrum.spearman([1, 2, 2, 4], [10, 30, 20, 40]) == pytest.approx(reference_spearman([1, 2, 2, 4], [10, 30, 20, 40]))
 
 
+def test_montage_places_images_row_by_row_best_first():
+    """figures.montage: image k in row k // 3, column k % 3, resized to the tile; white gaps; a None cell and the cells
+    after the last image white; gap=0 is the plain 3 x 3 concatenation the atlas writes."""
+    colours = [np.array([20 * k, 255 - 20 * k, 7 * k], np.uint8) for k in range(9)]
+    images = [np.tile(col, (30 + k, 40, 1)) for k, col in enumerate(colours)]  # odd sizes: each is resized
+    images[4] = None
+    tile = 56
+    gap = tile // 28
+    out = figures.montage(images[:8], tile)
+    assert out.shape == (3 * tile + 2 * gap, 3 * tile + 2 * gap, 3) and out.dtype == np.uint8
+    for k in range(9):
+        r, c = divmod(k, 3)
+        cell = out[r * (tile + gap):r * (tile + gap) + tile, c * (tile + gap):c * (tile + gap) + tile]
+        expect = colours[k] if k < 8 and images[k] is not None else np.array([255, 255, 255])
+        assert (cell == expect).all(), k
+    assert (out[tile:tile + gap] == 255).all() and (out[:, tile:tile + gap] == 255).all()  # the gaps
+    flat = figures.montage(images[:8], tile, gap=0)
+    blank = np.full((tile, tile, 3), 255, np.uint8)
+    cells = [blank if im is None else np.tile(col, (tile, tile, 1)) for im, col in zip(images[:8], colours)] + [blank]
+    assert (flat == np.concatenate([np.concatenate(cells[r * 3:r * 3 + 3], 1) for r in range(3)], 0)).all()
+
+
 def test_weights_of_and_stamp(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
