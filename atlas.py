@@ -28,8 +28,27 @@ from tqdm import tqdm
 
 import arch
 from cli import configure, die, main_guard
+from figures import montage
 from imagenet import ImageError, decode_rgb, eval_views
-from results import atomic_write, fzs_command, is_random, load_json, load_pt, weights_flags, weights_of
+from results import (
+    ablation_file,
+    atlas_dir,
+    atomic_write,
+    criteria_csv,
+    figures_dir,
+    fz_file,
+    fz_png,
+    fzs_command,
+    is_random,
+    load_json,
+    natural_command,
+    read_criteria,
+    read_fz,
+    read_summary,
+    stability_file,
+    tuning_file,
+    weights_of,
+)
 
 RESULTS = "results"  # results folder to browse; the atlas goes to RESULTS/atlas
 ARCH = "resnet18"  # the torchvision ResNet the results were made with
@@ -44,6 +63,27 @@ CRITERIA = [("pre_in", "Pre(FZ In)"), ("pre_zoom_in", "Pre(S(FZ In))"), ("post_i
             ("eq1", "Eq. 1"), ("eq2", "Eq. 2"), ("passes", "passes"), ("mix", "mix m")]
 LATER = [("passes_natural", "passes (natural)"), ("post_si", "Post SI (natural)"), ("eq1n_fraction", "Eq. 1n"), ("eq2n", "Eq. 2n"),
          ("pass_frequency", "pass freq. (seeds)"), ("ablated", "ablated")]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The atlas's own files, under RESULTS/atlas.
+
+def block_html(results, block):
+    return os.path.join(atlas_dir(results), f"block_{block}.html")
+
+
+def index_html(results):
+    return os.path.join(atlas_dir(results), "index.html")
+
+
+def top9_jpeg(results, layer, channel):
+    """The top-9 montage of a unit, written into the atlas."""
+    return os.path.join(atlas_dir(results), "top9", layer, f"{channel:04d}.jpg")
+
+
+def fz_jpeg(results, layer, objective, channel):
+    """A small JPEG of an FZ, written into the atlas where fzs.py wrote no PNG."""
+    return os.path.join(atlas_dir(results), "fz", layer, objective, f"{channel:04d}.jpg")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -70,33 +110,30 @@ def rows_by_unit(path):
 
 def read_inputs(net, results):
     """{'criteria', 'values', 'tuning', 'tuning_rows', 'stability', 'ablation', 'summary'}; None where absent."""
-    ablation = {b: optional(net, os.path.join(results, "ablation", f"{b}.json"), load_json, "ablation file") for b in net.blocks}
-    return {"criteria": optional(net, os.path.join(results, "criteria.json"), load_json, "criteria file"),
-            "values": rows_by_unit(os.path.join(results, "criteria.csv")),
-            "tuning": optional(net, os.path.join(results, "tuning.json"), load_json, "tuning summary"),
-            "tuning_rows": rows_by_unit(os.path.join(results, "tuning.csv")),
-            "stability": optional(net, os.path.join(results, "stability.json"), load_json, "stability file"),
+    ablation = {b: optional(net, ablation_file(results, b), load_json, "ablation file") for b in net.blocks}
+    return {"criteria": read_criteria(results, net),
+            "values": rows_by_unit(criteria_csv(results)),
+            "tuning": optional(net, tuning_file(results), load_json, "tuning summary"),
+            "tuning_rows": rows_by_unit(tuning_file(results, "csv")),
+            "stability": optional(net, stability_file(results), load_json, "stability file"),
             "ablation": {b: d for b, d in ablation.items() if d is not None},
-            "summary": optional(net, os.path.join(results, "natural", "summary.pt"), load_pt, "natural-image summary")}
+            "summary": read_summary(results, net, required=False)}
 
 
-def fz_channels(net, results, layer, objective):
+def fz_channels(net, results, layer, objective, fz_thumb):
     """{channel: image path relative to RESULTS} of the FZs made (PNG if fzs.py wrote one), and the file's config."""
-    pt = os.path.join(results, "fzs", layer, f"{objective}.pt")
-    if not os.path.isfile(pt):
+    data = read_fz(results, layer, objective, required=False)
+    if data is None:
         return {}, None
-    data = load_pt(pt, "FZ file")
-    net.check(data.get("config", {}), pt)
+    net.check(data.get("config", {}), fz_file(results, layer, objective))
     out = {}
     for i, c in enumerate(data["channels"].tolist()):
-        png = os.path.join("fzs", layer, objective, f"{c:04d}.png")
-        if os.path.isfile(os.path.join(results, png)):
-            out[c] = png
-        else:  # no PNG (fzs.py --png false): a small JPEG in the atlas
-            jpg = os.path.join("atlas", "fz", layer, objective, f"{c:04d}.jpg")
-            if not os.path.isfile(os.path.join(results, jpg)):
-                write_jpeg(data["images"][i].permute(1, 2, 0).numpy(), os.path.join(results, jpg), FZ_THUMB)
-            out[c] = jpg
+        png = fz_png(results, layer, objective, c)
+        if not os.path.isfile(png):  # no PNG (fzs.py --png false): a small JPEG in the atlas
+            png = fz_jpeg(results, layer, objective, c)
+            if not os.path.isfile(png):
+                write_jpeg(data["images"][i].permute(1, 2, 0).numpy(), png, fz_thumb)
+        out[c] = os.path.relpath(png, results)
     return out, data.get("config", {})
 
 
@@ -116,34 +153,32 @@ def eval_thumb(path, size):
     return np.asarray(Image.fromarray(view).resize((size, size), Image.BILINEAR))
 
 
-def write_montages(results, summary, layers, root):
-    """atlas/top9/<layer>/NNNN.jpg (3 x 3 THUMB px) for every channel of the layers; {layer: {channel: path}}.
-    Each natural image is decoded once; montages already written are kept."""
+def write_montages(results, summary, layers, root, thumb):
+    """atlas/top9/<layer>/NNNN.jpg (3 x 3 images of thumb px, no gaps) for every channel of the layers; {layer: {channel:
+    path relative to RESULTS}}. Each natural image is decoded once; montages already written are kept."""
     todo, out = [], {}
     for layer in layers:
         index = summary["top9_index"][layer]
         out[layer] = {}
         for c in range(index.shape[0]):
-            rel = os.path.join("atlas", "top9", layer, f"{c:04d}.jpg")
-            out[layer][c] = rel
-            if not os.path.isfile(os.path.join(results, rel)):
-                todo.append((layer, c, rel, [int(i) for i in index[c].tolist()]))
+            path = top9_jpeg(results, layer, c)
+            out[layer][c] = os.path.relpath(path, results)
+            if not os.path.isfile(path):
+                todo.append((layer, c, path, [int(i) for i in index[c].tolist()]))
     if not todo:
         return out, None
     thumbs, problem = {}, None
     needed = sorted({i for *_, ids in todo for i in ids})
     for i in tqdm(needed, desc="atlas: natural images", unit="img", dynamic_ncols=True):
         try:
-            thumbs[i] = eval_thumb(os.path.join(root, summary["paths"][i]), THUMB)
+            thumbs[i] = eval_thumb(os.path.join(root, summary["paths"][i]), thumb)
         except (ImageError, OSError) as e:
             problem = problem or str(e)
-    for layer, c, rel, ids in tqdm(todo, desc="atlas: top-9 montages", unit="unit", dynamic_ncols=True):
+    for layer, c, path, ids in tqdm(todo, desc="atlas: top-9 montages", unit="unit", dynamic_ncols=True):
         if not all(i in thumbs for i in ids) or not ids:
             out[layer][c] = None
             continue
-        tiles = [thumbs[i] for i in ids] + [np.full((THUMB, THUMB, 3), 255, np.uint8)] * (9 - len(ids))
-        grid = np.concatenate([np.concatenate(tiles[r * 3:r * 3 + 3], 1) for r in range(3)], 0)
-        write_jpeg(grid, os.path.join(results, rel))
+        write_jpeg(montage([thumbs[i] for i in ids], thumb, gap=0), path)  # fewer than nine: the rest stays white
     return out, problem
 
 
@@ -198,7 +233,7 @@ def number(v):
     return f"{x:.4g}" if np.isfinite(x) else ""
 
 
-def block_page(net, block, got, fzs, montages, weights, commands, natural_command):
+def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb, fz_thumb):
     In, Pre, Post = net.blocks[block]
     layers = dict(zip(ROLES, (In, Pre, Post)))
     n = net.channels(Post)
@@ -224,12 +259,12 @@ def block_page(net, block, got, fzs, montages, weights, commands, natural_comman
         for o in OBJECTIVES:
             for r in ROLES:
                 src = fzs[layers[r], o].get(c)
-                cells.append(f"<td>{img(src, FZ_THUMB, f'{layers[r]} {o} FZ {c}')}</td>" if src else
+                cells.append(f"<td>{img(src, fz_thumb, f'{layers[r]} {o} FZ {c}')}</td>" if src else
                              f"<td class='missing' title='{html.escape(commands(layers[r], o, [c]))}'>missing</td>")
         for r in ROLES:
             src = montages.get(layers[r], {}).get(c)
-            cells.append(f"<td>{img(src, 3 * THUMB, f'{layers[r]} top-9 {c}')}</td>" if src else
-                         f"<td class='missing' title='{html.escape(natural_command)}'>missing</td>")
+            cells.append(f"<td>{img(src, 3 * thumb, f'{layers[r]} top-9 {c}')}</td>" if src else
+                         f"<td class='missing' title='{html.escape(natural)}'>missing</td>")
         cells += [f"<td>{html.escape(str(data[k]))}</td>" for k, _ in CRITERIA + LATER]
         attrs = " ".join(f'data-{k.replace("_", "-")}="{html.escape(str(v))}"' for k, v in data.items())
         rows.append(f"<tr id='c{c}' class='{'pass' if c in passing else ''}' {attrs}>{''.join(cells)}</tr>")
@@ -241,7 +276,7 @@ def block_page(net, block, got, fzs, montages, weights, commands, natural_comman
             if missing and (o == "center" or fzs[layer, o]):  # channel FZs are optional: listed once some were made
                 make += f"<li><code>{html.escape(commands(layer, o, missing))}</code></li>"
     if not montages.get(Post):
-        make += f"<li><code>{html.escape(natural_command)}</code></li>"
+        make += f"<li><code>{html.escape(natural)}</code></li>"
     body = (f"<p><a href='index.html'>index</a></p><h1>{net.name} block {block}</h1>"
             f"<p>In = {In}, Pre = {Pre}, Post = {Post}; {n} channels, {measured} measured, {len(passing)} pass Eq. 1 and Eq. 2.</p>"
             + (f"<p>Missing pieces are made by:</p><ul>{make}</ul>" if make else "")
@@ -271,7 +306,8 @@ def index_page(net, got, weights, results):
                  f"<td>{len(s['always'])} of {len(s['channels'])}</td>" if s else "<td class='missing'>\u2013</td>",
                  f"<td>{len(got['ablation'][b]['passing'])} channels</td>" if b in got["ablation"] else "<td class='missing'>\u2013</td>"]
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    figures = sorted(f for f in os.listdir(os.path.join(results, "figures")) if f.endswith(".png")) if os.path.isdir(os.path.join(results, "figures")) else []
+    folder = figures_dir(results)
+    figures = sorted(f for f in os.listdir(folder) if f.endswith(".png")) if os.path.isdir(folder) else []
     body = (f"<h1>Atlas of {net.name}'s residual stream</h1><p>{html.escape(os.path.abspath(results))}</p>"
             "<table><thead><tr><th>block</th><th>In / Pre / Post</th><th>channels</th><th>measured (FZ)</th><th>pass Eq. 1 and 2 (FZ)</th>"
             "<th>pass on natural images (tuning.py)</th><th>pass in every FZ seed</th><th>ablated set</th></tr></thead>"
@@ -294,7 +330,7 @@ def main():
     fzs, configs = {}, []
     for layer in dict.fromkeys(lay for roles in net.blocks.values() for lay in roles):
         for o in OBJECTIVES:
-            fzs[layer, o], config = fz_channels(net, RESULTS, layer, o)
+            fzs[layer, o], config = fz_channels(net, RESULTS, layer, o, FZ_THUMB)
             configs += [config] if config else []
     configs += [d.get("config", {}) for d in (got["criteria"], got["tuning"], got["summary"]) if d]
     if not configs:
@@ -302,25 +338,25 @@ def main():
     weights = weights_of(*configs)
     like = next((c for c in configs if "steps" in c), None)
     commands = lambda layer, o, channels: fzs_command([layer], net.name, weights, RESULTS, like, channels, objective=o)  # noqa: E731
-    natural_command = f"python ablate.py --stages natural --data /path/to/imagenet/val{weights_flags(weights, net.name, always=True)} --results {RESULTS}"
+    natural = natural_command(net.name, weights, RESULTS)
     montages, problem = {}, None
     if got["summary"]:
         root = NATURAL_ROOT or got["summary"]["root"]
         layers = list(dict.fromkeys(layer for roles in net.blocks.values() for layer in roles))
-        montages, problem = write_montages(RESULTS, got["summary"], layers, root)
-    folder = os.path.join(RESULTS, "atlas")
+        montages, problem = write_montages(RESULTS, got["summary"], layers, root, THUMB)
+    folder = atlas_dir(RESULTS)
     os.makedirs(folder, exist_ok=True)
     for b in tqdm(net.blocks, desc="atlas: block pages", unit="block", dynamic_ncols=True):
-        text = block_page(net, b, got, fzs, montages, weights, commands, natural_command)
-        atomic_write(os.path.join(folder, f"block_{b}.html"), lambda tmp, t=text: open(tmp, "w").write(t))
+        text = block_page(net, b, got, fzs, montages, weights, commands, natural, THUMB, FZ_THUMB)
+        atomic_write(block_html(RESULTS, b), lambda tmp, t=text: open(tmp, "w").write(t))
     text = index_page(net, got, weights, RESULTS)
-    atomic_write(os.path.join(folder, "index.html"), lambda tmp: open(tmp, "w").write(text))
+    atomic_write(index_html(RESULTS), lambda tmp: open(tmp, "w").write(text))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
-    pages = [os.path.getsize(os.path.join(folder, f"block_{b}.html")) for b in net.blocks]
+    pages = [os.path.getsize(block_html(RESULTS, b)) for b in net.blocks]
     if problem:
         print(f"note: some natural images could not be read ({problem}); their montages show as missing (--natural_root if they moved)")
     print(f"atlas: {len(net.blocks)} block pages ({min(pages) / 1e3:.0f}-{max(pages) / 1e3:.0f} kB of HTML each), {size / 1e6:.1f} MB in "
-          f"{folder} in {time.time() - t0:.1f} s; open {os.path.join(folder, 'index.html')}")
+          f"{folder} in {time.time() - t0:.1f} s; open {index_html(RESULTS)}")
 
 
 if __name__ == "__main__":

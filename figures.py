@@ -53,10 +53,10 @@ def save_figure(figs, path, dpi=200):
     return pngs + [path + ".pdf"]
 
 
-def montage(images, tile):
+def montage(images, tile, gap=None):
     """A 3x3 montage of up to nine uint8 RGB images (row by row, best first), each resized to tile x tile, with thin
-    white gaps; a missing image (None) leaves its cell white."""
-    gap = max(1, tile // 28)
+    white gaps (gap pixels; by default tile // 28, at least 1); a missing image (None) leaves its cell white."""
+    gap = max(1, tile // 28) if gap is None else gap
     out = np.full((3 * tile + 2 * gap, 3 * tile + 2 * gap, 3), 255, np.uint8)
     for k, image in enumerate(list(images)[:9]):
         if image is None:

@@ -14,18 +14,25 @@ prints the command that fills them.
 import math
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-import numpy as np
-from PIL import Image
 
 import arch
 from cli import configure, die, main_guard
-from figures import save_figure, stamp
+from figures import montage, save_figure, stamp
 from imagenet import ImageError, decode_rgb, eval_views
-from results import FZ_MATCH_KEYS, config_mismatch, fzs_command, load_json, load_pt, weights_flags, weights_of
+from results import (
+    FZ_MATCH_KEYS,
+    config_mismatch,
+    figure,
+    figures_dir,
+    fz_file,
+    fzs_command,
+    natural_command,
+    read_criteria,
+    read_fz,
+    read_summary,
+    weights_of,
+)
 
 RESULTS = "results"  # results folder: reads criteria.json, fzs/, natural/; writes figures/
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -47,11 +54,10 @@ DPI = 200  # PNG resolution
 
 def read_fzs(net, results, layer, objective):
     """{channel: (uint8 HxWx3 image, achieved activation)} and the file's config, or ({}, None) when there is no file."""
-    path = os.path.join(results, "fzs", layer, f"{objective}.pt")
-    if not os.path.isfile(path):
+    d = read_fz(results, layer, objective, required=False)
+    if d is None:
         return {}, None
-    d = load_pt(path, f"{objective} FZ file")
-    net.check(d.get("config", {}), path)
+    net.check(d.get("config", {}), fz_file(results, layer, objective))
     images = d["images"].numpy().transpose(0, 2, 3, 1)
     acts = d["activation"].tolist() if d.get("activation") is not None else [None] * len(images)
     return {int(c): (images[i], acts[i]) for i, c in enumerate(d["channels"].tolist())}, d.get("config", {})
@@ -63,17 +69,6 @@ def eval_view(path):
         return eval_views(decode_rgb(path), [0])[0].permute(1, 2, 0).numpy()
     except ImageError as e:
         die(f"{e}; if the natural images moved, pass their folder with --natural_root")
-
-
-def montage(paths, tile):
-    """A 3x3 montage of up to nine images (row by row, best first) with thin white gaps."""
-    gap = max(1, tile // 28)
-    out = np.full((3 * tile + 2 * gap, 3 * tile + 2 * gap, 3), 255, np.uint8)
-    for k, p in enumerate(paths[:9]):
-        r, c = divmod(k, 3)
-        out[r * (tile + gap):r * (tile + gap) + tile, c * (tile + gap):c * (tile + gap) + tile] = \
-            np.asarray(Image.fromarray(eval_view(p)).resize((tile, tile), Image.BILINEAR))
-    return out
 
 
 def which_channels(net, criteria, spec, only):
@@ -113,20 +108,20 @@ def show(ax, image, activation=None):
             s.set_visible(False)
 
 
-def draw_page(grids, title, weights):
-    """One page: channel grids tiled PER_ROW a row. grids: [(title, 3x3 nested list of images or None)].
-    Everything is placed in inches, so the panels keep their size whatever the number of grids."""
-    ncols = min(PER_ROW, len(grids))
+def draw_page(grids, title, weights, per_row, grid_inches):
+    """One page: channel grids tiled per_row a row, each grid_inches wide. grids: [(title, 3x3 nested list of images or
+    None)]. Everything is placed in inches, so the panels keep their size whatever the number of grids."""
+    ncols = min(per_row, len(grids))
     nrows = math.ceil(len(grids) / ncols)
     label, right, gap, name_h, header_h, below = 0.2, 0.08, 0.03, 0.22, 0.15, 0.12  # inches inside one grid's cell
-    panel = (GRID_INCHES - label - right - 2 * gap) / 3
+    panel = (grid_inches - label - right - 2 * gap) / 3
     cell_h = name_h + header_h + 3 * panel + 2 * gap + below
     head, foot = 0.3 + 0.18 * title.count("\n"), 0.22  # inches for the page title and the weights line
-    W, H = ncols * GRID_INCHES, nrows * cell_h + head + foot
+    W, H = ncols * grid_inches, nrows * cell_h + head + foot
     fig = plt.figure(figsize=(W, H))
     fig.text(0.5, 1 - 0.1 / H, title, fontsize=10, ha="center", va="top")
     for k, (name, panels) in enumerate(grids):
-        x0, top = (k % ncols) * GRID_INCHES, H - head - (k // ncols) * cell_h  # the cell's top-left corner, inches
+        x0, top = (k % ncols) * grid_inches, H - head - (k // ncols) * cell_h  # the cell's top-left corner, inches
         fig.text((x0 + label + 1.5 * panel + gap) / W, (top - name_h / 2) / H, name, fontsize=8.5, weight="bold",
                  ha="center", va="center")
         for r in range(3):
@@ -149,20 +144,14 @@ def draw_page(grids, title, weights):
 def main():
     configure(globals())
     net = arch.net(ARCH)
-    criteria_path = os.path.join(RESULTS, "criteria.json")
-    criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else None
-    if criteria is not None:
-        net.check(criteria.get("config", {}), criteria_path)
+    criteria = read_criteria(RESULTS, net)
     chosen = which_channels(net, criteria, CHANNELS, ONLY_BLOCKS)
     if not chosen:
         print("no block has passing channels in criteria.json: nothing to plot "
               "(name channels by hand with --channels 2.1:0,1 to see their grids)")
         return
 
-    summary_path = os.path.join(RESULTS, "natural", "summary.pt")
-    summary = load_pt(summary_path, "natural-image summary") if os.path.isfile(summary_path) else None
-    if summary is not None:
-        net.check(summary.get("config", {}), summary_path)
+    summary = read_summary(RESULTS, net, required=False)
     configs, missing, grids_by_block, center_config = [], [], {}, {}
     if criteria is not None:
         configs.append(criteria.get("config", {}))
@@ -203,7 +192,7 @@ def main():
                 for j, layer in enumerate(layers):
                     if layer in summary["top9_index"]:
                         idx = summary["top9_index"][layer][c].tolist()
-                        panels[2][j] = montage([os.path.join(root, summary["paths"][i]) for i in idx], TILE)
+                        panels[2][j] = montage([eval_view(os.path.join(root, summary["paths"][i])) for i in idx], TILE)
             for r, objective in enumerate(("center", "channel")):
                 for layer, image in zip(layers, panels[r]):
                     if image is None:
@@ -214,14 +203,15 @@ def main():
         grids_by_block[block] = grids
 
     weights = weights_of(*configs)
-    os.makedirs(os.path.join(RESULTS, "figures"), exist_ok=True)
+    os.makedirs(figures_dir(RESULTS), exist_ok=True)
     page_size = PER_ROW * ROWS_PER_PAGE
     if CHANNELS:  # one figure of the channels named by hand, in the order given
         grids = [g for block, _ in chosen for g in grids_by_block[block]]
         pages = [draw_page(grids[i:i + page_size], "Selected channels: center-neuron FZ, whole-channel FZ, top-9 natural images\n"
-                           f"In = the block's skip input, Pre = its last BatchNorm's output, Post = its output; weights {weights}", weights)
+                           f"In = the block's skip input, Pre = its last BatchNorm's output, Post = its output; weights {weights}", weights,
+                           PER_ROW, GRID_INCHES)
                  for i in range(0, len(grids), page_size)]
-        written = save_figure(pages, os.path.join(RESULTS, "figures", "grids_selected"), dpi=DPI)
+        written = save_figure(pages, figure(RESULTS, "grids_selected"), dpi=DPI)
     else:
         written = []
         for block, channels in chosen:
@@ -235,30 +225,27 @@ def main():
                 page = f", page {p + 1} of {math.ceil(len(grids) / page_size)}" if len(grids) > page_size else ""
                 title = (f"Block {block}: the {n} of {of} passing Eq. 1 and Eq. 2{page}\n"
                          f"In = {net.blocks[block][0]}, Pre = {net.blocks[block][1]}, Post = {net.blocks[block][2]}; weights {weights}")
-                pages.append(draw_page(grids[i:i + page_size], title, weights))
-            written += save_figure(pages, os.path.join(RESULTS, "figures", f"grids_block{block}"), dpi=DPI)
+                pages.append(draw_page(grids[i:i + page_size], title, weights, PER_ROW, GRID_INCHES))
+            written += save_figure(pages, figure(RESULTS, f"grids_block{block}"), dpi=DPI)
     for path in written:
         print(f"wrote {path}")
-    report_missing(net, missing, weights, center_config)
+    report_missing(net, missing, weights, center_config, RESULTS)
 
 
-def report_missing(net, missing, weights, like):
+def report_missing(net, missing, weights, like, results):
     """Say which panels are missing and the commands that fill them (one fzs.py command per block and objective,
     with the settings of the center FZs found, so that both rows come from the same optimisation)."""
-    w = weights_flags(weights, net.name, always=True)
-    same = "".join(f" --{k} {like[k]}" for k in ("steps", "seed") if k in like) + (" --pre_as_released true" if like.get("pre_as_released") else "")
     for objective in ("center", "channel"):
         for block in dict.fromkeys(b for o, b, _, _ in missing if o == objective):
             entries = [(layer, c) for o, b, layer, c in missing if o == objective and b == block]
             layers = [layer for layer in net.blocks[block] if any(layer == e[0] for e in entries)]
             chans = sorted({c for _, c in entries})
             print(f"missing {objective} FZs of block {block} ({', '.join(layers)}); make them with:\n"
-                  f"  python fzs.py --layers {','.join(layers)} --objectives {objective} --channels {','.join(map(str, chans))} "
-                  f"{w.strip()}{same} --results {RESULTS}")
+                  f"  {fzs_command(layers, net.name, weights, results, like, chans, objective)}")
     blocks = list(dict.fromkeys(b for o, b, _, _ in missing if o == "natural"))
     if blocks:
         print(f"missing top-9 natural images (block {', '.join(blocks)}); make them with:\n"
-              f"  python ablate.py --stages natural --data /path/to/imagenet/val{w} --results {RESULTS}")
+              f"  {natural_command(net.name, weights, results)}")
 
 
 if __name__ == "__main__":

@@ -12,16 +12,22 @@ of screening and reporting on the same images shows; each panel states its test 
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 import arch
 from cli import configure, die, main_guard
 from figures import save_figure, stamp
-from results import ABLATION_VARIANTS, ablation_file, config_mismatch, load_json, weights_of
+from results import (
+    ABLATION_VARIANTS,
+    ablation_dir,
+    ablation_file,
+    command,
+    config_mismatch,
+    figure,
+    load_json,
+    weights_of,
+)
 
 RESULTS = "results"  # results folder: reads ablation/<block>.json, writes figures/ratios.*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -44,13 +50,13 @@ def read_ablation(net, path):
     return d
 
 
-def draw(ax, block, d, variant="paper"):
+def draw(ax, block, d, variant="paper", show_test=True):
     scales, ratio, sem = np.array(d["scales"]), np.array(d["ratio"], float), np.array(d["sem"], float)
     n_trials = len(d["random_sets"])
     if np.isfinite(ratio[0]):
         ax.axhline(ratio[0], color="tab:blue", lw=1.5, label=f"no scale ({ratio[0]:.3f})")
     test, label = d.get("test"), f"scaled: mean \u00b1 SEM, N = {n_trials} trials"
-    if SHOW_TEST and test and len(scales) > 1:  # the test of the claim, in the legend
+    if show_test and test and len(scales) > 1:  # the test of the claim, in the legend
         p = test.get("p_below")
         label += "\np(scaled < none) = " + ("n/a" if p is None else f"{p:.3g}") + " (sign flips)"
     ax.errorbar(scales[1:], ratio[1:], yerr=sem[1:], fmt="o", color="black", ms=5, capsize=4, lw=1.2, label=label)
@@ -79,19 +85,17 @@ def draw(ax, block, d, variant="paper"):
 
 
 def main():
-    global ABLATED
     configure(globals())
     net = arch.net(ARCH)
-    ABLATED = ABLATED or [b for b in net.blocks if os.path.isfile(ablation_file(RESULTS, b))] or ["2.1", "3.1"]
+    blocks = ABLATED or [b for b in net.blocks if os.path.isfile(ablation_file(RESULTS, b))] or ["2.1", "3.1"]
     for v in VARIANTS:
         if v not in ABLATION_VARIANTS:
             die(f"unknown variant {v!r}: the variants are {', '.join(ABLATION_VARIANTS)}")
-    found = {}  # {(variant, block): ablation JSON}
-    for block in ABLATED:
+    found, absent = {}, []  # {(variant, block): ablation JSON}; the blocks named without an ablation file
+    for block in blocks:
         path = ablation_file(RESULTS, block)
         if not os.path.isfile(path):
-            print(f"note: no {path}: block {block} is left out (make it with python ablate.py --ablate_blocks {block} --data /path/to/imagenet/val"
-                  f"{'' if net.name == 'resnet18' else ' --arch ' + net.name}{'' if RESULTS == 'results' else ' --results ' + RESULTS})")
+            absent.append(block)
             continue
         found["paper", block] = paper = read_ablation(net, path)
         for v in VARIANTS:
@@ -102,9 +106,13 @@ def main():
                     d["scales"] != paper["scales"] and f"scales: {paper['scales']} vs {d['scales']}")
                 if why:
                     die(f"{other} was made under another config than {path} ({why}): run python ablate.py --stages sweep again")
-    if not found:
-        die(f"no ablation results under {os.path.join(RESULTS, 'ablation')}: run python ablate.py --data /path/to/imagenet/val first")
+    data = "--data /path/to/imagenet/val"
+    if not found:  # no weights known: the suggestion names the default ones
+        die(f"no ablation results under {ablation_dir(RESULTS)}: run {command('ablate.py', data, net.name, 'IMAGENET1K_V1', RESULTS)} first")
     weights = weights_of(*[d.get("config", {}) for d in found.values()])
+    for block in absent:  # made with the weights of the blocks found
+        print(f"note: no {ablation_file(RESULTS, block)}: block {block} is left out (make it with "
+              f"{command('ablate.py', f'--ablate_blocks {block} {data}', net.name, weights, RESULTS)})")
 
     print(f"Eq. 3 ratio (mean over random trials) \u00b1 SEM, weights {weights}")
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731 (null: a random set scored 0)
@@ -114,11 +122,11 @@ def main():
         if d.get("test") and len(d["scales"]) > 1:
             print(f"    p (scaled ratios below the no-scale ratio) = {fmt(d['test'].get('p_below'))}")
 
-    for path in save_figure(figure(found, weights), os.path.join(RESULTS, "figures", "ratios"), dpi=DPI):
+    for path in save_figure(ratios_figure(found, weights, SHOW_TEST), figure(RESULTS, "ratios"), dpi=DPI):
         print(f"wrote {path}")
 
 
-def figure(found, weights):
+def ratios_figure(found, weights, show_test=True):
     """Fig. 2: a column per block, a row per variant of `found` ({(variant, block): ablation JSON}); the paper's on
     top; the panels of a block share their y axis, so the variants compare at a glance."""
     blocks = list(dict.fromkeys(b for _, b in found))
@@ -127,7 +135,7 @@ def figure(found, weights):
     for i, v in enumerate(rows):
         for j, block in enumerate(blocks):
             if (v, block) in found:
-                draw(axes[i, j], block, found[v, block], v)
+                draw(axes[i, j], block, found[v, block], v, show_test)
             else:
                 axes[i, j].set_axis_off()
     for j in range(len(blocks)):  # one y axis per block: the union of its panels' ranges

@@ -19,16 +19,24 @@ import math
 import os
 import textwrap
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import scipy.stats
 
 import arch
 from cli import configure, die, main_guard
 from figures import save_figure, stamp
-from results import is_random, load_json, split_weights_id, weights_of
+from results import (
+    criteria_csv,
+    criteria_file,
+    figure,
+    is_random,
+    load_json,
+    read_criteria,
+    split_weights_id,
+    stability_file,
+    weights_of,
+)
 from stats import EQ2_HIGH, EQ2_LOW, mix_regions
 
 RESULTS = "results"  # results folder: reads criteria.csv/json and stability.json, writes figures/
@@ -42,17 +50,7 @@ DPI = 200  # PNG resolution
 
 
 # ----------------------------------------------------------------------------------------------------
-# Spearman's rank correlation: average ranks for ties, then Pearson's correlation of the ranks.
-
-def ranks(x):
-    """Ranks 1..n of x; tied values share the mean of the ranks they span."""
-    x = np.asarray(x, float)
-    order = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    r[order] = np.arange(1, len(x) + 1)
-    _, group = np.unique(x, return_inverse=True)
-    return (np.bincount(group, weights=r) / np.bincount(group))[group]
-
+# Spearman's rank correlation: Pearson's correlation of the ranks, tied values sharing the mean of their ranks.
 
 def no_rho(x):
     """Why Spearman's rho has no value for these x (printed instead of a bare NaN)."""
@@ -60,12 +58,12 @@ def no_rho(x):
 
 
 def spearman(a, b):
-    """Spearman's rho of two equally long sequences; nan when one of them is constant or n < 2."""
-    ra, rb = ranks(a), ranks(b)
-    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+    """Spearman's rho of two equally long sequences (scipy.stats.spearmanr, ties averaged); nan when one of them is
+    constant or n < 2."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    return float((ra * rb).sum() / math.sqrt((ra * ra).sum() * (rb * rb).sum()))
+    return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -109,8 +107,8 @@ def read_table(net, path):
 # ----------------------------------------------------------------------------------------------------
 # Figures
 
-def panel_grid(n, width=3.3, height=2.6):
-    ncols = min(PANELS_PER_ROW, n)
+def panel_grid(n, per_row, width=3.3, height=2.6):
+    ncols = min(per_row, n)
     nrows = math.ceil(n / ncols)
     # at least 6.6 in wide, so that a one-block figure's title and legend stay on few lines; 1.6 in for them
     fig, axes = plt.subplots(nrows, ncols, figsize=(max(width * ncols, 6.6), height * nrows + 1.6), squeeze=False)
@@ -132,41 +130,39 @@ def finish(fig, title, handles=None, labels=None, item_inches=1.9):
     fig.tight_layout(rect=(0, bottom, 1, 1))
 
 
-UNDEFINED_X = (MIX_CLIP + 0.7, MIX_CLIP + 1.5)  # where the two 'undefined' bars stand, right of the histogram
-
-
 def region_counts(m):
     """Channels in the overwrite, mix and skip regions: Eq. 2's bounds with Eq. 2's strictness (stats.mix_regions)."""
     return tuple(int(r.sum()) for r in mix_regions(m))
 
 
-def mix_histogram(table, weights):
+def mix_histogram(table, weights, mix_clip, bins, per_row):
     regions = (("overwrite", "tab:red"), ("mix", "tab:green"), ("skip", "tab:blue"))
-    fig, axes = panel_grid(len(table))
-    edges = np.linspace(0, MIX_CLIP, BINS + 1)
+    undefined_x = (mix_clip + 0.7, mix_clip + 1.5)  # where the two 'undefined' bars stand, right of the histogram
+    fig, axes = panel_grid(len(table), per_row)
+    edges = np.linspace(0, mix_clip, bins + 1)
     for ax, (block, t) in zip(axes, table.items()):
         undefined = t["undefined_in"] | t["undefined_pre"]
-        m = np.clip(t["mix"], 0, MIX_CLIP)
-        for (lo, hi), (name, color) in zip(((0, EQ2_LOW), (EQ2_LOW, EQ2_HIGH), (EQ2_HIGH, MIX_CLIP)), regions):
+        m = np.clip(t["mix"], 0, mix_clip)
+        for (lo, hi), (name, color) in zip(((0, EQ2_LOW), (EQ2_LOW, EQ2_HIGH), (EQ2_HIGH, mix_clip)), regions):
             ax.axvspan(lo, hi, color=color, alpha=0.08, lw=0)
         ok = ~undefined
         ax.hist([m[ok & ~t["passes"]], m[ok & t["passes"]]], bins=edges, stacked=True, color=["0.45", "tab:orange"],
                 label=["other channels", "passing Eq. 1 & 2"])
         # the convention values apart, as bars of their own: they are not measured ratios
         n_undef = [int(t["undefined_in"].sum()), int(t["undefined_pre"].sum())]
-        ax.bar(UNDEFINED_X, n_undef, width=0.6, color="white", edgecolor="0.35", hatch="///", lw=0.8)
-        for x, k in zip(UNDEFINED_X, n_undef):
+        ax.bar(undefined_x, n_undef, width=0.6, color="white", edgecolor="0.35", hatch="///", lw=0.8)
+        for x, k in zip(undefined_x, n_undef):
             ax.text(x, k, str(k), ha="center", va="bottom", fontsize=7)
-        ax.axvline(MIX_CLIP + 0.2, color="0.6", lw=0.6, ls=":")
+        ax.axvline(mix_clip + 0.2, color="0.6", lw=0.6, ls=":")
         counts = region_counts(t["mix"][ok])
         ax.set_title(f"Block {block} ({len(m)} channels)", fontsize=9)
         ax.text(0.7, 0.95, "\n".join([f"{name}: {k}" for (name, _), k in zip(regions, counts)] + [f"undefined: {sum(n_undef)}"]),
                 transform=ax.transAxes, ha="right", va="top", fontsize=7.5, linespacing=1.3)
-        ax.set_xlim(0, UNDEFINED_X[1] + 0.5)
-        ticks = list(np.arange(0, MIX_CLIP + 1))
-        ax.set_xticks(ticks + list(UNDEFINED_X), [f"\u2265{x:g}" if x == MIX_CLIP else f"{x:g}" for x in ticks] +
+        ax.set_xlim(0, undefined_x[1] + 0.5)
+        ticks = list(np.arange(0, mix_clip + 1))
+        ax.set_xticks(ticks + list(undefined_x), [f"\u2265{x:g}" if x == mix_clip else f"{x:g}" for x in ticks] +
                       ["In:\nPost=0", "Pre:\nPost=0"])
-        ax.set_xlabel(f"mix ratio m (clipped at {MIX_CLIP:g})  |  no ratio", fontsize=8)
+        ax.set_xlabel(f"mix ratio m (clipped at {mix_clip:g})  |  no ratio", fontsize=8)
         ax.set_ylabel("channels", fontsize=8)
         ax.tick_params(labelsize=6.5)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25) for _, c in regions] + \
@@ -179,10 +175,10 @@ def mix_histogram(table, weights):
     return fig
 
 
-def mix_scatter(table, key, xlabel, title, weights):
-    fig, axes = panel_grid(len(table))
+def mix_scatter(table, key, xlabel, title, weights, mix_clip, per_row):
+    fig, axes = panel_grid(len(table), per_row)
     for ax, (block, t) in zip(axes, table.items()):
-        x, m = t[key], np.clip(t["mix"], 0, MIX_CLIP)
+        x, m = t[key], np.clip(t["mix"], 0, mix_clip)
         ax.axhspan(EQ2_LOW, EQ2_HIGH, color="tab:green", alpha=0.08, lw=0)
         undefined = t["undefined_in"] | t["undefined_pre"]
         ax.scatter(x[~t["passes"] & ~undefined], m[~t["passes"] & ~undefined], s=8, color="0.4", alpha=0.7, lw=0, label="other channels")
@@ -193,22 +189,22 @@ def mix_scatter(table, key, xlabel, title, weights):
         ax.text(0.97, 0.95, f"Spearman \u03c1 = {rho:+.2f}" if rho == rho else "Spearman \u03c1 = n/a", transform=ax.transAxes,
                 ha="right", va="top", fontsize=8.5, weight="bold", bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1.5))
         ax.set_title(f"Block {block} ({len(m)} channels)", fontsize=9)
-        ax.set_ylim(-0.15, MIX_CLIP + 0.15)
+        ax.set_ylim(-0.15, mix_clip + 0.15)
         ticks = ax.get_yticks()
-        ax.set_yticks(ticks, [f"\u2265{t:g}" if t == MIX_CLIP else f"{t:g}" for t in ticks])
-        ax.set_ylim(-0.15, MIX_CLIP + 0.15)
+        ax.set_yticks(ticks, [f"\u2265{t:g}" if t == mix_clip else f"{t:g}" for t in ticks])
+        ax.set_ylim(-0.15, mix_clip + 0.15)
         ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel(f"mix ratio m (clipped at {MIX_CLIP:g})", fontsize=8)
+        ax.set_ylabel(f"mix ratio m (clipped at {mix_clip:g})", fontsize=8)
         ax.tick_params(labelsize=7)
     finish(fig, title, *axes[0].get_legend_handles_labels(), item_inches=1.6)
     stamp(fig, weights)
     return fig
 
 
-def pass_frequency(stability, weights):
+def pass_frequency(stability, weights, per_row):
     blocks = {b: s for b, s in stability["blocks"].items() if len(s.get("pass_frequency", []))}
     n_runs = len(stability.get("runs", [])) or "?"
-    fig, axes = panel_grid(len(blocks), width=4.2, height=2.4)
+    fig, axes = panel_grid(len(blocks), per_row, width=4.2, height=2.4)
     for ax, (block, s) in zip(axes, blocks.items()):
         f = np.array(s["pass_frequency"], float)
         ax.bar(np.arange(len(f)), f, width=1.0, color="tab:orange", lw=0)
@@ -242,14 +238,14 @@ def passing_by_depth(folders):
     """{folder: (architecture, weights id, [(relative depth, percent passing, block), ...])} from each criteria.json."""
     out = {}
     for folder in folders:
-        path = os.path.join(folder, "criteria.json")
+        path = criteria_file(folder)
         if not os.path.isfile(path):
             die(f"--across: no {path}: run python criteria.py --results {folder} (with that run's --arch) first")
-        crit = load_json(path, "criteria file")
-        config = crit.get("config", {})
-        name = config.get("arch", "resnet18")
+        name = load_json(path, "criteria file").get("config", {}).get("arch", "resnet18")  # the folder's own architecture
         if name not in arch.ARCHS:
             die(f"{path}: unknown architecture {name!r}")
+        crit = read_criteria(folder, arch.net(name))
+        config = crit.get("config", {})
         points = sorted((relative_depth(name, b), s["percent"], b) for b, s in crit.get("blocks", {}).items())
         if not points:
             die(f"{path} has no measured block")
@@ -259,9 +255,9 @@ def passing_by_depth(folders):
 
 def across_architectures(runs):
     fig, ax = plt.subplots(figsize=(7, 4.4))
-    for folder, (name, wid, points) in runs.items():
+    for folder, (name, weights_id, points) in runs.items():
         x, y, blocks = zip(*points)
-        line, = ax.plot(x, y, marker="o", label=f"{name}, {split_weights_id(wid)[1]} ({folder})")
+        line, = ax.plot(x, y, marker="o", label=f"{name}, {split_weights_id(weights_id)[1]} ({folder})")
         for xi, yi, b in points:
             ax.annotate(b, (xi, yi), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6, color=line.get_color())
     ax.set_xlim(0, 1.05)
@@ -271,9 +267,9 @@ def across_architectures(runs):
     ax.set_title("Scale-invariance criteria (Eq. 1 and Eq. 2) across architectures", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
-    wids = sorted({wid for _, wid, _ in runs.values()}, key=lambda w: (not is_random(w), w))  # a random one first: the loud stamp
+    weights_ids = sorted({w for _, w, _ in runs.values()}, key=lambda w: (not is_random(w), w))  # a random one first: the loud stamp
     fig.subplots_adjust(bottom=0.16)
-    stamp(fig, "; ".join(wids))
+    stamp(fig, "; ".join(weights_ids))
     return fig
 
 
@@ -282,26 +278,22 @@ def across_architectures(runs):
 def main():
     configure(globals())
     net = arch.net(ARCH)
-    figures_dir = os.path.join(RESULTS, "figures")
     written = []
-    if ACROSS and not os.path.isfile(os.path.join(RESULTS, "criteria.csv")):
-        print(f"note: no {os.path.join(RESULTS, 'criteria.csv')}: only the across-architectures figure is drawn")
+    if ACROSS and not os.path.isfile(criteria_csv(RESULTS)):
+        print(f"note: no {criteria_csv(RESULTS)}: only the across-architectures figure is drawn")
     else:
-        table = read_table(net, os.path.join(RESULTS, "criteria.csv"))
-        criteria_path = os.path.join(RESULTS, "criteria.json")
-        criteria = load_json(criteria_path, "criteria file") if os.path.isfile(criteria_path) else {}
-        if criteria:
-            net.check(criteria.get("config", {}), criteria_path)
+        table = read_table(net, criteria_csv(RESULTS))
+        criteria = read_criteria(RESULTS, net) or {}
         weights = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}))
-        written += save_figure(mix_histogram(table, weights), os.path.join(figures_dir, "mix_hist"), dpi=DPI)
+        written += save_figure(mix_histogram(table, weights, MIX_CLIP, BINS, PANELS_PER_ROW), figure(RESULTS, "mix_hist"), dpi=DPI)
         bn = next(iter(net.blocks.values()))[1].rsplit(".", 1)[1]  # Pre's BatchNorm (bn2, or bn3 in a Bottleneck) and its convolution
         conv = "conv" + bn[-1]
         written += save_figure(mix_scatter(table, "bn2_abs", f"|{bn} weight| of the channel",
-                                           f"Mix ratio against the block's |{bn} weight| per channel", weights),
-                               os.path.join(figures_dir, "mix_vs_bn2"), dpi=DPI)
+                                           f"Mix ratio against the block's |{bn} weight| per channel", weights, MIX_CLIP,
+                                           PANELS_PER_ROW), figure(RESULTS, "mix_vs_bn2"), dpi=DPI)
         written += save_figure(mix_scatter(table, "conv2_abs_mean", f"mean |{conv} weight| of the channel",
-                                           f"Mix ratio against the mean |{conv} weight| feeding the channel", weights),
-                               os.path.join(figures_dir, "mix_vs_conv2"), dpi=DPI)
+                                           f"Mix ratio against the mean |{conv} weight| feeding the channel", weights,
+                                           MIX_CLIP, PANELS_PER_ROW), figure(RESULTS, "mix_vs_conv2"), dpi=DPI)
         print(f"Spearman rank correlation of the mix ratio with  |{bn} weight|  mean |{conv} weight|")
         for block, t in table.items():
             rhos = {key: spearman(t[key], t["mix"]) for key in ("bn2_abs", "conv2_abs_mean")}
@@ -310,19 +302,19 @@ def main():
                 if rho != rho:
                     print(f"    no rho with {key} for block {block}: {no_rho(t[key])}")
 
-        stability_path = os.path.join(RESULTS, "stability.json")
+        stability_path = stability_file(RESULTS)
         if os.path.isfile(stability_path):
             stability = load_json(stability_path, "stability file")
             w = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}), stability)
-            written += save_figure(pass_frequency(stability, w), os.path.join(figures_dir, "pass_frequency"), dpi=DPI)
+            written += save_figure(pass_frequency(stability, w, PANELS_PER_ROW), figure(RESULTS, "pass_frequency"), dpi=DPI)
         else:
             print(f"note: no {stability_path}, so no pass-frequency plot (make one with python criteria.py --runs DIR1,DIR2,... over FZ runs of different seeds)")
     if ACROSS:
         runs = passing_by_depth(ACROSS)
         print("Criteria-passing channels by relative depth:")
-        for folder, (name, wid, points) in runs.items():
-            print(f"  {name:<18} {wid:<28} " + "  ".join(f"{b} ({d:.2f}): {p:.1f}%" for d, p, b in points))
-        written += save_figure(across_architectures(runs), os.path.join(figures_dir, "across_archs"), dpi=DPI)
+        for folder, (name, weights_id, points) in runs.items():
+            print(f"  {name:<18} {weights_id:<28} " + "  ".join(f"{b} ({d:.2f}): {p:.1f}%" for d, p, b in points))
+        written += save_figure(across_architectures(runs), figure(RESULTS, "across_archs"), dpi=DPI)
     for path in written:
         print(f"wrote {path}")
 

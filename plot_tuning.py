@@ -13,16 +13,13 @@ Reads <RESULTS>/tuning/curves.pt, tuning.json (tuning.py) and criteria.json; wri
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 import arch
 from cli import configure, die, main_guard
 from figures import save_figure, stamp
-from results import load_json, load_pt, weights_of
+from results import figure, load_json, load_pt, read_criteria, tuning_dir, tuning_file, weights_of
 
 RESULTS = "results"  # reads tuning/curves.pt, tuning.json, criteria.json; writes figures/tuning_*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -33,11 +30,11 @@ DPI = 200  # PNG resolution
 ROLES = (("In", "tab:blue"), ("Pre", "tab:orange"), ("Post", "black"))
 
 
-def curve_pages(block, channels, rows, curves, zoom, why, weights):
-    """Pages of 4 x 4 panels: In, Pre and Post's tuning curves of each channel."""
+def curve_pages(block, channels, rows, curves, zoom, why, weights, per_page):
+    """Pages of 4 x 4 panels (per_page of them used): In, Pre and Post's tuning curves of each channel."""
     pages = []
-    for start in range(0, len(channels), PER_PAGE):
-        chunk = list(zip(channels, rows))[start:start + PER_PAGE]
+    for start in range(0, len(channels), per_page):
+        chunk = list(zip(channels, rows))[start:start + per_page]
         fig, axes = plt.subplots(4, 4, figsize=(10, 9), squeeze=False)
         for ax, (c, g) in zip(axes.flat, chunk):
             for r, (name, color) in enumerate(ROLES):
@@ -50,7 +47,7 @@ def curve_pages(block, channels, rows, curves, zoom, why, weights):
         for ax in list(axes.flat)[len(chunk):]:
             ax.set_axis_off()
         axes[0, 0].legend(fontsize=6.5, frameon=False)
-        page = f" (page {start // PER_PAGE + 1} of {-(-len(channels) // PER_PAGE)})" if len(channels) > PER_PAGE else ""
+        page = f" (page {start // per_page + 1} of {-(-len(channels) // per_page)})" if len(channels) > per_page else ""
         fig.suptitle(f"Block {block}: zoom tuning curves on each unit's own top-K natural images, {why}{page}\n"
                      f"(zoom < 1: the view shrunk and padded; > 1: its centre enlarged)", fontsize=10)
         fig.supxlabel("zoom", fontsize=9)
@@ -119,17 +116,16 @@ def zoom_figure(blocks, pairs, zoom, weights):
 def main():
     configure(globals())
     net = arch.net(ARCH)
-    curves = load_pt(os.path.join(RESULTS, "tuning", "curves.pt"), "tuning curves (run python tuning.py first)")
-    net.check(curves["config"], os.path.join(RESULTS, "tuning", "curves.pt"))
-    summary = load_json(os.path.join(RESULTS, "tuning.json"), "tuning summary (run python tuning.py first)")
+    curves_path = os.path.join(tuning_dir(RESULTS), "curves.pt")
+    curves = load_pt(curves_path, "tuning curves (run python tuning.py first)")
+    net.check(curves["config"], curves_path)
+    summary = load_json(tuning_file(RESULTS), "tuning summary (run python tuning.py first)")
     if summary["config"].get("weights") != curves["config"].get("weights"):
         die(f"{RESULTS}/tuning.json and tuning/curves.pt come from different runs: run python tuning.py again")
-    crit_path = os.path.join(RESULTS, "criteria.json")
-    criteria = load_json(crit_path, "criteria file") if os.path.isfile(crit_path) else {}
+    criteria = read_criteria(RESULTS, net) or {}
     weights = weights_of(curves["config"], *([criteria.get("config", {})] if criteria else []))
     units, zoom = [tuple(u) for u in curves["units"]], list(curves["zooms"])
     blocks = list(summary["blocks"])
-    out = os.path.join(RESULTS, "figures")
     named = net.parse_block_channels(CHANNELS)
     for b in named:
         if b not in blocks:
@@ -150,12 +146,13 @@ def main():
         if not len(show):
             print(f"block {b}: no passing channel to draw tuning curves for")
             continue
-        pages = curve_pages(b, show.tolist(), [rows[int(np.flatnonzero(chans == c)[0])] for c in show], curves["curves"], zoom, why, weights)
+        pages = curve_pages(b, show.tolist(), [rows[int(np.flatnonzero(chans == c)[0])] for c in show], curves["curves"], zoom, why, weights,
+                            PER_PAGE)
         for k, fig in enumerate(pages):
-            for path in save_figure(fig, os.path.join(out, f"tuning_curves_{b}" + (f"_p{k + 1}" if len(pages) > 1 else "")), dpi=DPI):
+            for path in save_figure(fig, figure(RESULTS, f"tuning_curves_{b}" + (f"_p{k + 1}" if len(pages) > 1 else "")), dpi=DPI):
                 print(f"wrote {path}")
     for name, fig in (("tuning_si", si_figure(blocks, si_of, weights)), ("tuning_zoom", zoom_figure(blocks, pairs, zoom, weights))):
-        for path in save_figure(fig, os.path.join(out, name), dpi=DPI):
+        for path in save_figure(fig, figure(RESULTS, name), dpi=DPI):
             print(f"wrote {path}")
 
 

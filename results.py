@@ -118,6 +118,11 @@ def lock_file(results, script):
     return os.path.join(results, f".{script}.lock")
 
 
+def fz_png(results, layer, objective, channel):
+    """The PNG of one unit's FZ that fzs.py writes next to its FZ file (--png true): fzs/<layer>/<objective>/NNNN.png."""
+    return os.path.join(results, "fzs", layer, objective, f"{int(channel):04d}.png")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Weights ids. Random weights only when asked for ('random' or 'random:SEED'); never as a fallback.
 

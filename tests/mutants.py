@@ -116,6 +116,11 @@ MUTANTS = [
      [f"{P}::test_grids_print_each_fzs_activation_and_mark_dead_units"]),
     ("grid-mixes-configs", "plot_grids.py", "why = config_mismatch(reference, config, FZ_MATCH_KEYS)", "why = None",
      [f"{P}::test_grids_refuse_fzs_of_another_config"]),
+    ("grid-suggestion-without-fz-settings", "plot_grids.py", "fzs_command(layers, net.name, weights, results, like, chans, objective)",
+     "fzs_command(layers, net.name, weights, results, None, chans, objective)", [f"{P}::test_grids_suggest_commands_that_name_arch_weights_and_results"]),
+    ("montage-column-major", "figures.py", "r, c = divmod(k, 3)", "c, r = divmod(k, 3)", [f"{P}::test_montage_places_images_row_by_row_best_first"]),
+    ("spearman-is-pearson", "plot_spectrum.py", "scipy.stats.spearmanr(a, b)", "scipy.stats.pearsonr(a, b)",
+     [f"{P}::test_spearman_by_hand", f"{P}::test_scipy_ranks_and_spearman_match_a_hand_written_reference"]),
     # --- Reliability and messages (issue: reliability and the newcomer's path)
     ("no-lock", "results.py", "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", "pass",
      [f"{R}::test_a_second_fzs_on_the_same_folder_is_refused_and_a_kill_leaves_no_stale_lock"]),

@@ -13,6 +13,7 @@ import types
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 from PIL import Image
 
@@ -148,7 +149,8 @@ def test_all_figures_from_tiny_results(tmp_path):
     w, h = png_size(figures / "grids_block2.1_p1.png")
     assert w >= 2 * 2.1 * 200 * 0.95 and h > 400
     # channel FZs exist only for In and Pre of block 2.1: the script names what is missing and how to make it
-    assert "python fzs.py --layers layer2.1 --objectives channel --channels 1,3,4 --weights random:0 --steps 2 --seed 0" in r.stdout
+    assert ("python fzs.py --layers layer2.1 --objectives channel --channels 1,3,4 --seed 0 --steps 2 --lr 0.05 --amp fp32 "
+            f"--pre_as_released False --batch 4 --weights random:0 --results {results}\n") in r.stdout  # the center FZs' settings
     assert "python fzs.py --layers layer3.0,layer3.1.bn2,layer3.1 --objectives channel --channels 0,2,5" in r.stdout
     assert "ablate.py --stages natural" not in r.stdout  # natural images are all there
 
@@ -219,8 +221,8 @@ def test_missing_rows_and_pretrained_weights(tmp_path):
     results = make_results(tmp_path / "results", weights="IMAGENET1K_V1", channel_fzs=False, natural=False)
     r = run("plot_grids.py", "--results", results, "--only_blocks", "2.1")
     assert r.returncode == 0, r.stderr
-    assert "--objectives channel --channels 1,3,4 --weights IMAGENET1K_V1 --steps 2 --seed 0" in r.stdout
-    assert "python ablate.py --stages natural" in r.stdout
+    assert f"--objectives channel --channels 1,3,4 --seed 0 --steps 2 --lr 0.05 --amp fp32 --pre_as_released False --batch 4 --results {results}\n" in r.stdout
+    assert f"python ablate.py --stages natural --data /path/to/imagenet/val --weights IMAGENET1K_V1 --results {results}\n" in r.stdout
     png = tmp_path / "results" / "figures" / "grids_block2.1.png"
     assert png.is_file() and not (tmp_path / "results" / "figures" / "grids_block3.1.png").exists()
     assert red_pixels(png) + 2000 < red_pixels(tmp_path / "random" / "figures" / "grids_block2.1.png")
@@ -237,10 +239,10 @@ def test_missing_rows_and_pretrained_weights(tmp_path):
 
 
 def test_bad_inputs_end_in_one_line(tmp_path):
-    results = make_results(tmp_path / "results", natural=False)
-    r = run("plot_grids.py", "--results", results, "--channels", "2.1:200")
+    res = make_results(tmp_path / "results", natural=False)
+    r = run("plot_grids.py", "--results", res, "--channels", "2.1:200")
     assert r.returncode != 0 and "out of range" in r.stderr and "Traceback" not in r.stderr
-    r = run("plot_grids.py", "--results", results, "--only_blocks", "4.1")
+    r = run("plot_grids.py", "--results", res, "--only_blocks", "4.1")
     assert r.returncode != 0 and "not in criteria.json" in r.stderr and "Traceback" not in r.stderr
     r = run("plot_ratios.py", "--results", str(tmp_path / "nothing"))
     assert r.returncode != 0 and "ablate.py" in r.stderr and "Traceback" not in r.stderr
@@ -250,29 +252,90 @@ def test_bad_inputs_end_in_one_line(tmp_path):
     ablation = json.loads((tmp_path / "results" / "ablation" / "3.1.json").read_text())
     ablation["config"]["weights"] = "IMAGENET1K_V1"
     (tmp_path / "results" / "ablation" / "3.1.json").write_text(json.dumps(ablation))
-    r = run("plot_ratios.py", "--results", results)
+    r = run("plot_ratios.py", "--results", res)
     assert r.returncode != 0 and "different weights" in r.stderr and "Traceback" not in r.stderr
     # center FZs remade after criteria.py ran: say so instead of drawing FZs the criteria were not computed on
-    d = results.load_pt(os.path.join(results, "fzs", "layer2.0", "center.pt"))
+    d = results.load_pt(os.path.join(res, "fzs", "layer2.0", "center.pt"))
     d["config"]["steps"] = 99
-    results.save_pt(d, os.path.join(results, "fzs", "layer2.0", "center.pt"))
-    r = run("plot_grids.py", "--results", results)
+    results.save_pt(d, os.path.join(res, "fzs", "layer2.0", "center.pt"))
+    r = run("plot_grids.py", "--results", res)
     assert r.returncode != 0 and "criteria.py" in r.stderr and "Traceback" not in r.stderr
 
 
 # ----------------------------------------------------------------------------------------------------
 # Pieces
 
+def reference_ranks(x):
+    """Ranks 1..n by hand: sort, then give each run of equal values the mean of the positions it spans."""
+    x = [float(v) for v in x]
+    order = sorted(range(len(x)), key=lambda i: x[i])
+    out, i = [0.0] * len(x), 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def reference_spearman(a, b):
+    """Pearson's correlation of the tie-averaged ranks, by hand."""
+    ra, rb = reference_ranks(a), reference_ranks(b)
+    ma, mb = sum(ra) / len(ra), sum(rb) / len(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    return cov / np.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+
+
 def test_spearman_by_hand():
-    from plot_spectrum import ranks, spearman
+    from plot_spectrum import spearman
     # x = 1, 2, 2, 4  -> ranks 1, 2.5, 2.5, 4;  y = 10, 30, 20, 40 -> ranks 1, 3, 2, 4
-    assert ranks([1, 2, 2, 4]).tolist() == [1, 2.5, 2.5, 4]
-    assert ranks([3, 1, 3, 3]).tolist() == [3, 1, 3, 3]
+    for ranks in (scipy.stats.rankdata, reference_ranks):
+        assert list(ranks([1, 2, 2, 4])) == [1, 2.5, 2.5, 4]
+        assert list(ranks([3, 1, 3, 3])) == [3, 1, 3, 3]
     # rank deviations: x: -1.5, 0, 0, 1.5; y: -1.5, 0.5, -0.5, 1.5 -> sum xy = 4.5; sum xx = 4.5, sum yy = 5
     assert spearman([1, 2, 2, 4], [10, 30, 20, 40]) == pytest.approx(4.5 / np.sqrt(4.5 * 5))
     assert spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1)
     assert spearman(np.exp([1, 2, 3, 4.0]), [1, 2, 3, 4]) == pytest.approx(1)  # invariant to monotone maps
     assert np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_scipy_ranks_and_spearman_match_a_hand_written_reference():
+    """scipy.stats.rankdata / spearmanr, which plot_spectrum uses, against the definition on planted data with many
+    ties (values on a coarse grid, as |bn2| of a pruned network or m at its conventions 0 and 10)."""
+    g = np.random.default_rng(7)
+    for n in (2, 3, 10, 64, 257):
+        a = g.integers(0, 5, n).astype(float)  # few distinct values: ties everywhere
+        b = np.where(g.random(n) < 0.3, 10.0, np.round(g.uniform(0, 3, n), 1))
+        assert np.allclose(scipy.stats.rankdata(a), reference_ranks(a))
+        assert np.allclose(scipy.stats.rankdata(b), reference_ranks(b))
+        if np.ptp(a) and np.ptp(b):
+            assert plot_spectrum.spearman(a, b) == pytest.approx(reference_spearman(a, b))
+            assert plot_spectrum.spearman(b, a) == pytest.approx(reference_spearman(a, b))
+    assert plot_spectrum.spearman([1, 2, 2, 4], [10, 30, 20, 40]) == pytest.approx(reference_spearman([1, 2, 2, 4], [10, 30, 20, 40]))
+
+
+def test_montage_places_images_row_by_row_best_first():
+    """figures.montage: image k in row k // 3, column k % 3, resized to the tile; white gaps; a None cell and the cells
+    after the last image white; gap=0 is the plain 3 x 3 concatenation the atlas writes."""
+    colours = [np.array([20 * k, 255 - 20 * k, 7 * k], np.uint8) for k in range(9)]
+    images = [np.tile(col, (30 + k, 40, 1)) for k, col in enumerate(colours)]  # odd sizes: each is resized
+    images[4] = None
+    tile = 56
+    gap = tile // 28
+    out = figures.montage(images[:8], tile)
+    assert out.shape == (3 * tile + 2 * gap, 3 * tile + 2 * gap, 3) and out.dtype == np.uint8
+    for k in range(9):
+        r, c = divmod(k, 3)
+        cell = out[r * (tile + gap):r * (tile + gap) + tile, c * (tile + gap):c * (tile + gap) + tile]
+        expect = colours[k] if k < 8 and images[k] is not None else np.array([255, 255, 255])
+        assert (cell == expect).all(), k
+    assert (out[tile:tile + gap] == 255).all() and (out[:, tile:tile + gap] == 255).all()  # the gaps
+    flat = figures.montage(images[:8], tile, gap=0)
+    blank = np.full((tile, tile, 3), 255, np.uint8)
+    cells = [blank if im is None else np.tile(col, (tile, tile, 1)) for im, col in zip(images[:8], colours)] + [blank]
+    assert (flat == np.concatenate([np.concatenate(cells[r * 3:r * 3 + 3], 1) for r in range(3)], 0)).all()
 
 
 def test_weights_of_and_stamp(tmp_path):
@@ -385,6 +448,15 @@ def test_mix_histogram_regions_use_eq2s_bounds(tmp_path):
     assert all(bar.get_x() > plot_spectrum.MIX_CLIP for bar in apart[0])
 
 
+def test_grids_suggest_commands_that_name_arch_weights_and_results(capsys):
+    import plot_grids
+    missing = [("center", "2.1", "layer2.1.bn3", 3), ("center", "2.1", "layer2.0", 5), ("natural", "2.1", None, 3)]
+    plot_grids.report_missing(arch.net("resnet50"), missing, "resnet50:random:1", {"seed": 2, "steps": 8}, "r50")
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "  python fzs.py --layers layer2.0,layer2.1.bn3 --channels 3,5 --seed 2 --steps 8 --arch resnet50 --weights random:1 --results r50"
+    assert out[3] == "  python ablate.py --stages natural --data /path/to/imagenet/val --arch resnet50 --weights random:1 --results r50"
+
+
 def test_grid_titles_say_how_many_channels_were_measured(tmp_path):
     results = make_results(tmp_path / "results", natural=False)
     crit = json.loads((tmp_path / "results" / "criteria.json").read_text())
@@ -398,12 +470,12 @@ def test_grid_titles_say_how_many_channels_were_measured(tmp_path):
 
 
 def test_grids_print_each_fzs_activation_and_mark_dead_units(tmp_path):
-    results = make_results(tmp_path / "results", natural=False)
-    path = os.path.join(results, "fzs", "layer2.0", "center.pt")
+    res = make_results(tmp_path / "results", natural=False)
+    path = os.path.join(res, "fzs", "layer2.0", "center.pt")
     fz = results.load_pt(path)
     fz["activation"] = torch.tensor([0.5, 1.25, -0.3, 2.0, 0.0, 3.5])  # channel 2 and 4 never fired
     results.save_pt(fz, path)
-    r, figs = capture("plot_grids.py", "--results", results, "--only_blocks", "2.1", "--channels", "2.1:1,2,4")
+    r, figs = capture("plot_grids.py", "--results", res, "--only_blocks", "2.1", "--channels", "2.1:1,2,4")
     assert r.returncode == 0, r.stderr
     labels = [t for ax in figs[0].axes for t in ax.texts]
     dead = [t.get_text() for t in labels if t.get_text().startswith("dead")]
@@ -414,12 +486,12 @@ def test_grids_print_each_fzs_activation_and_mark_dead_units(tmp_path):
 
 def test_grids_refuse_fzs_of_another_config(tmp_path):
     """Channel FZs (or Post's) made with another seed or step count are not drawn next to the In/Pre center FZs."""
-    results = make_results(tmp_path / "results", natural=False)
-    path = os.path.join(results, "fzs", "layer2.1.bn2", "channel.pt")
+    res = make_results(tmp_path / "results", natural=False)
+    path = os.path.join(res, "fzs", "layer2.1.bn2", "channel.pt")
     fz = results.load_pt(path)
     fz["config"]["steps"] = 512
     results.save_pt(fz, path)
-    r, _ = capture("plot_grids.py", "--results", results, "--only_blocks", "2.1")
+    r, _ = capture("plot_grids.py", "--results", res, "--only_blocks", "2.1")
     assert r.returncode != 0 and "fzs/layer2.1.bn2/channel.pt was made under another config" in r.stderr
     assert "steps: 2 vs 512" in r.stderr and "--objectives channel" in r.stderr and "\n" not in r.stderr
 
@@ -439,10 +511,10 @@ def test_spectrum_explains_a_missing_spearman(tmp_path):
     assert "no rho with conv2_abs_mean" not in r.stdout
 
 
-def add_variants(results):
+def add_variants(res):
     """Held-out and unscreened files next to make_results' paper files: lower no-scale ratios, known p-values."""
     for block in ("2.1", "3.1"):
-        paper = json.loads(open(results.ablation_file(results, block)).read())
+        paper = json.loads(open(results.ablation_file(res, block)).read())
         for k, v in enumerate(("heldout", "unscreened")):
             d = json.loads(json.dumps(paper))
             d["variant"], d["config"]["variant"] = v, v
@@ -451,20 +523,20 @@ def add_variants(results):
             if v == "heldout":
                 d["split"] = {"screen": 6, "report": 6, "fraction": 0.5, "seed": 0}
                 d["n_images"] = 6
-            results.save_json(d, results.ablation_file(results, block, v))
+            results.save_json(d, results.ablation_file(res, block, v))
 
 
 def test_fig2_draws_the_variants_below_the_papers(tmp_path):
-    results = make_results(tmp_path / "results", natural=False)
-    add_variants(results)
-    r, figs = capture("plot_ratios.py", "--results", results)
+    res = make_results(tmp_path / "results", natural=False)
+    add_variants(res)
+    r, figs = capture("plot_ratios.py", "--results", res)
     assert r.returncode == 0, r.stderr
     axes = [ax for ax in figs[0].axes if ax.get_title()]
     assert len(axes) == 6  # 3 rows (paper, held-out, unscreened) x 2 blocks
     for ax in axes:
         block = ax.get_title().split(":")[0].split()[-1]
         v = "heldout" if "held-out" in ax.get_title() else "unscreened" if "unscreened" in ax.get_title() else "paper"
-        d = json.loads(open(results.ablation_file(results, block, v)).read())
+        d = json.loads(open(results.ablation_file(res, block, v)).read())
         blue = [line for line in ax.get_lines() if line.get_color() == "tab:blue"]
         assert np.allclose(blue[0].get_ydata(), d["ratio"][0]), (block, v)
         x, y = ax.containers[0].lines[0].get_data()
@@ -478,11 +550,11 @@ def test_fig2_draws_the_variants_below_the_papers(tmp_path):
 
 
 def test_fig2_refuses_variants_of_another_run(tmp_path):
-    results = make_results(tmp_path / "results", natural=False)
-    add_variants(results)
-    path = results.ablation_file(results, "3.1", "unscreened")
+    res = make_results(tmp_path / "results", natural=False)
+    add_variants(res)
+    path = results.ablation_file(res, "3.1", "unscreened")
     d = json.loads(open(path).read())
     d["config"]["n_trials"] = 100
     results.save_json(d, path)
-    r, _ = capture("plot_ratios.py", "--results", results)
+    r, _ = capture("plot_ratios.py", "--results", res)
     assert r.returncode != 0 and "3.1.unscreened.json was made under another config" in r.stderr and "n_trials" in r.stderr
