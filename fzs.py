@@ -38,6 +38,7 @@ from results import (
     criteria_file,
     fz_file,
     fz_parts,
+    fz_png,
     fzs_dir,
     load_pt,
     lock_results,
@@ -398,11 +399,11 @@ def merge(net, results, layer, kind, cfg, png):
 
 def write_pngs(results, layer, kind, data, skip):
     from PIL import Image
-    folder = os.path.join(fzs_dir(results), layer, kind)  # next to <objective>.pt
-    os.makedirs(folder, exist_ok=True)
     for img, c in zip(data["images"], data["channels"].tolist()):
         if c not in skip:
-            Image.fromarray(img.permute(1, 2, 0).numpy()).save(os.path.join(folder, f"{c:04d}.png"))
+            path = fz_png(results, layer, kind, c)  # next to <objective>.pt
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
 
 
 def passing_channels(net, results, layer):
