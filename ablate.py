@@ -29,11 +29,9 @@ import base64
 import hashlib
 import math
 import os
-import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import arch
 from cli import (
@@ -48,19 +46,29 @@ from cli import (
     resolve_batch,
     use_device,
 )
-from imagenet import ImageNetFolder, guarded, image_loader, imagenet_folder, write_fake_imagenet
+from imagenet import ImageNetFolder, guarded, image_loader, imagenet_folder, resumable_pass, write_fake_imagenet
 from results import (
     ABLATION_VARIANTS,
+    ablation_cell,
+    ablation_dir,
     ablation_file,
+    ablation_split,
     config_mismatch,
+    criteria_file,
     fzs_command,
     load_json,
     load_pt,
     lock_results,
+    natural_array,
+    natural_dir,
+    natural_summary,
+    read_criteria,
+    read_summary,
     save_json,
     save_pt,
     versions,
 )
+from stats import bootstrap_differences, sign_flip_p, trial_mean
 from stream import block_forward, head, load_model, normalize, read_center, stem, to_float
 
 DATA = ""  # ImageNet validation folder (required): root/<wnid>/ folders, a torchvision ImageNet root, or the flat folder with --labels
@@ -85,7 +93,7 @@ HOLDOUT = 0.5  # heldout: the fraction of each class's images the ratios are rep
 BOOTSTRAP = 2000  # bootstrap replicates (trials and images resampled) for the intervals of the test
 CI = 0.95  # level of the bootstrap intervals
 PERMUTATIONS = 10000  # random sign flips for the p-value (every one of the 2^N_TRIALS when that is fewer)
-SCALES = [10, 20, 30, 40, 50]  # scale transforms in percent; no scale (0) is always evaluated too
+CROPS = [10, 20, 30, 40, 50]  # crop percentages of the scale transform (METHOD.md section 5; was --scales); no crop (0) is always evaluated too
 SCREEN_MARGIN = "2.1:<0;3.1:<=1;*:<=1"  # per block (* = any other): accept a random set if its no-scale top-1 minus the passing set's, in percentage points, is < or <= this
 SCREEN_DRAWS = 20  # random sets drawn per block in the first screening pass
 SCREEN_CAP = 200  # most random sets drawn per block before screening gives up
@@ -136,73 +144,25 @@ def stratified_split(labels, fraction, seed):
     return np.setdiff1d(np.arange(len(labels)), report), report
 
 
-def trial_mean(trials):
-    """Mean over axis -2 (the trials), leaving out NaN trials (a random set at 0%); NaN where none is left."""
-    ok = np.isfinite(trials)
-    count = ok.sum(-2)
-    return np.where(count > 0, np.where(ok, trials, 0.0).sum(-2) / np.maximum(count, 1), np.nan)
-
-
-def bootstrap_differences(hits_passing, hits_random, replicates, seed, chunk=200):
-    """Bootstrap replicates of Eq. 3's (scaled ratio - no-scale ratio), resampling images and trials. hits_passing
-    (S, n) and hits_random (N, S, n): per-image hits, scale 0 first. A replicate draws n images with replacement (one
-    draw for every cell: the cells are paired by image) and N trials with replacement, then recomputes every
-    accuracy and Eq. 3. Returns (replicates, S - 1)."""
-    rng = np.random.default_rng(seed)
-    hr = np.asarray(hits_random, dtype=np.float32)
-    n_trials, n_scales, n = hr.shape
-    table = np.concatenate([np.asarray(hits_passing, dtype=np.float32)[None], hr]).reshape(-1, n).T  # (n, (1 + N) S)
-    out = []
-    for start in range(0, replicates, chunk):
-        b = min(chunk, replicates - start)
-        draw = rng.integers(0, n, (b, n)) + n * np.arange(b)[:, None]
-        weights = np.bincount(draw.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)  # how often each image
-        acc = (weights @ table).reshape(b, 1 + n_trials, n_scales) / n
-        p, r = acc[:, :1], acc[:, 1:]
-        trials = np.where(r > 0, p / np.where(r > 0, r, 1.0), np.nan)  # (b, N, S)
-        trials = np.take_along_axis(trials, rng.integers(0, n_trials, (b, n_trials))[:, :, None], axis=1)
-        ratio = trial_mean(trials)
-        out.append(ratio[:, 1:] - ratio[:, :1])
-    return np.concatenate(out) if out else np.zeros((0, n_scales - 1))
-
-
-def sign_flip_p(d, permutations, seed):
-    """One-sided p-value for 'mean(d) < 0', d the paired per-trial differences: under the null each d_i is as likely
-    as -d_i, and p is the share of sign flips whose mean is at most the observed mean. Every flip when 2^N <=
-    permutations (exact), else that many random flips with p = (1 + k) / (1 + permutations). NaN trials are left
-    out. Returns (p or None, 'exact' or the number of flips)."""
-    d = np.asarray(d, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if not len(d):
-        return None, "no trials"
-    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
-    observed = d.mean()
-    if 2 ** len(d) <= permutations:
-        signs = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
-        return float(((signs * d).mean(1) <= observed + tol).mean()), "exact"
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(permutations, len(d)))
-    k = int(((signs * d).mean(1) <= observed + tol).sum())
-    return (1 + k) / (1 + permutations), f"{permutations} random flips"
-
-
-def claim_test(trials, hits_passing, hits_random, seed):
+def claim_test(trials, hits_passing, hits_random, seed, replicates, level, permutations):
     """The test of 'the scaled ratios are below the no-scale ratio' for one block: per scale, the difference of
-    Eq. 3's ratios with a bootstrap interval (images and trials resampled), and a paired sign-flip p-value across
-    trials, for each scale and for the mean over the scaled settings. trials: per-trial ratios (N, S)."""
+    Eq. 3's ratios with a bootstrap interval (images and trials resampled; `replicates` of them, at `level`), and a
+    paired sign-flip p-value across trials (`permutations` flips at most), for each scale and for the mean over the
+    scaled settings. trials: per-trial ratios (N, S)."""
     trials = np.asarray(trials, dtype=np.float64)
     ratio = trial_mean(trials)
-    boot = bootstrap_differences(hits_passing, hits_random, BOOTSTRAP, seed) if BOOTSTRAP else np.zeros((0, trials.shape[1] - 1))
-    lo, hi = 100 * (1 - CI) / 2, 100 * (1 + CI) / 2
+    boot = bootstrap_differences(hits_passing, hits_random, replicates, seed) if replicates else np.zeros((0, trials.shape[1] - 1))
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
     ci = []
     for k in range(trials.shape[1] - 1):
         col = boot[:, k][np.isfinite(boot[:, k])]
         ci.append(nan_to_none(np.percentile(col, [lo, hi])) if len(col) else [None, None])
     with np.errstate(invalid="ignore"):
         per_trial = np.nanmean(trials[:, 1:], axis=1) - trials[:, 0] if trials.shape[1] > 1 else np.full(len(trials), np.nan)
-    p, how = sign_flip_p(per_trial, PERMUTATIONS, seed)
-    per_scale = [sign_flip_p(trials[:, k] - trials[:, 0], PERMUTATIONS, seed)[0] for k in range(1, trials.shape[1])]
+    p, how = sign_flip_p(per_trial, permutations, seed)
+    per_scale = [sign_flip_p(trials[:, k] - trials[:, 0], permutations, seed)[0] for k in range(1, trials.shape[1])]
     return {"claim": "the scaled ratios are below the no-scale ratio",
-            "difference": nan_to_none(ratio[1:] - ratio[0]), "ci": ci, "ci_level": CI, "bootstrap": BOOTSTRAP,
+            "difference": nan_to_none(ratio[1:] - ratio[0]), "ci": ci, "ci_level": level, "bootstrap": replicates,
             "p_below": p, "p_below_per_scale": per_scale, "n_trials": int(np.isfinite(per_trial).sum()), "permutations": how,
             "method": "difference: Eq. 3 ratio at each scale minus at no scale; interval: percentile bootstrap resampling images "
                       "(paired across cells) and trials; p: one-sided paired sign-flip permutation test on each trial's mean "
@@ -338,69 +298,60 @@ def masks_for(sets, n):
 # ----------------------------------------------------------------------------------------------------
 # A pass over the set that counts correct top-1 predictions for many cells at once, resumable.
 
-def run_pass(net, name, model, n, loader_for, scales, plan, device, dtype, suffix_batch, folder, key):
+def run_pass(net, name, model, n, loader_for, scales, plan, device, dtype, suffix_batch, folder, key, every):
     """Per-image hits, bool (len(scales), 1 + sum of K, n_images): is the top-1 prediction right, for every scale and
     every condition of `plan` (see predictions), in one pass that decodes each image once. The hits so far go to
-    folder/.partial-<name>.pt every CHECKPOINT_SECONDS and on Ctrl-C; a rerun with the same key and plan continues."""
+    folder/.partial-<name>.pt every `every` seconds and on Ctrl-C; a rerun with the same key and plan continues."""
     plan_key = digest(key, scales, [(idx, digest(mean.cpu().numpy()), digest(masks.numpy())) for idx, mean, masks in plan])
     partial = os.path.join(folder, f".partial-{name}.pt")
     n_cond = 1 + sum(m.shape[0] for _, _, m in plan)
-    hits, done = torch.zeros(len(scales), n_cond, n, dtype=torch.bool), 0
+    state = {"done": 0, "hits": torch.zeros(len(scales), n_cond, n, dtype=torch.bool)}
     if os.path.isfile(partial):
         old = load_pt(partial, "partial hits")
-        if old.get("key") == plan_key and old.get("shape") == list(hits.shape):
-            done = old["done"]
-            hits[..., :done] = torch.from_numpy(np.unpackbits(old["hits"], axis=-1, count=done).astype(bool))
+        if old.get("key") == plan_key and old.get("shape") == list(state["hits"].shape):
+            done = state["done"] = old["done"]
+            state["hits"][..., :done] = torch.from_numpy(np.unpackbits(old["hits"], axis=-1, count=done).astype(bool))
             print(f"{name}: resuming after {done} of {n} images")
 
-    def save(done):
+    def save(state):
+        done, hits = state["done"], state["hits"]
         save_pt({"key": plan_key, "shape": list(hits.shape), "done": done, "hits": np.packbits(hits[..., :done].numpy(), axis=-1)}, partial)
 
-    if done >= n:
-        return hits
     plan_dev = [(idx, mean.to(device), masks.to(device)) for idx, mean, masks in plan]
-    last_save = time.time()
-    loader = loader_for(scales, done)
-    bar = tqdm(total=n, initial=done, unit="img", desc=f"{name}: {len(scales)} view(s) x {n_cond} conditions", dynamic_ncols=True)
-    try:
-        with torch.inference_mode():
-            for views, labels, index in guarded(loader):
-                views, labels = views.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                batch = torch.empty(len(scales), n_cond, len(labels), dtype=torch.bool, device=device)
-                for v in range(len(scales)):
-                    x = normalize(to_float(views[:, v])).contiguous(memory_format=torch.channels_last)
-                    with autocast(device, dtype):
-                        batch[v] = predictions(net, model, x, plan_dev, suffix_batch) == labels[None]
-                batch = batch.cpu()  # one copy to the host per batch of images, not one per view
-                first = int(index[0])
-                hits[..., first:first + len(labels)] = batch
-                done = first + len(labels)  # after the batch is in: a Ctrl-C never leaves half a batch
-                bar.update(len(labels))
-                if time.time() - last_save > CHECKPOINT_SECONDS and done < n:
-                    save(done)
-                    last_save = time.time()
-    except BaseException:
-        if 0 < done < n:
-            save(done)
-        raise
-    finally:
-        bar.close()
-    save(done)
-    return hits
+
+    def step(state, batch):
+        views, labels, index = batch
+        views, labels = views.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        correct = torch.empty(len(scales), n_cond, len(labels), dtype=torch.bool, device=device)
+        for v in range(len(scales)):
+            x = normalize(to_float(views[:, v])).contiguous(memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                correct[v] = predictions(net, model, x, plan_dev, suffix_batch) == labels[None]
+        first = int(index[0])
+        state["hits"][..., first:first + len(labels)] = correct.cpu()  # one copy to the host per batch of images, not one per view
+        state["done"] = first + len(labels)  # after the batch is in: a Ctrl-C never leaves half a batch
+        return state
+
+    desc = f"{name}: {len(scales)} view(s) x {n_cond} conditions"
+    return resumable_pass(lambda done: loader_for(scales, done), step, state, save, n, every, desc)["hits"]
 
 
 # ----------------------------------------------------------------------------------------------------
 # Stage 1: natural-image activations (METHOD.md section 4).
 
-def natural_stage(net, model, wid, dataset, loader_for, batch, root, device):
-    folder = os.path.join(RESULTS, "natural")
+def natural_stage(net, model, weights_id, dataset, loader_for, device, *, results, root, fake, limit, label_file, seed, batch,
+                  every):
+    """METHOD.md section 4: one pass over the images (standard eval view, fp32) records every probed layer's
+    center-neuron activations (natural/<layer>.npy), the top-9 images and the mean activation of every channel
+    (natural/summary.pt). Resumable: the progress goes to natural/.progress.pt every `every` seconds and on Ctrl-C."""
+    folder = natural_dir(results)
     os.makedirs(folder, exist_ok=True)
     n = len(dataset)
-    config = {"stage": "natural", "arch": net.name, "weights": wid, "data": root, "fake": FAKE, "limit": LIMIT, "count": n,
-              "paths": digest(dataset.paths), "labels": digest(dataset.labels), "label_file": LABELS, "seed": SEED, "batch": batch,
+    config = {"stage": "natural", "arch": net.name, "weights": weights_id, "data": root, "fake": fake, "limit": limit, "count": n,
+              "paths": digest(dataset.paths), "labels": digest(dataset.labels), "label_file": label_file, "seed": seed, "batch": batch,
               "precision": "fp32", "versions": versions()}
     keys = ["weights", "data", "limit", "count", "paths", "labels"]
-    summary_path = os.path.join(folder, "summary.pt")
+    summary_path = natural_summary(results)
     if os.path.isfile(summary_path):
         old = load_pt(summary_path, "natural-image summary")
         net.check(old["config"], summary_path)
@@ -431,38 +382,28 @@ def natural_stage(net, model, wid, dataset, loader_for, batch, root, device):
             a.flush()
         save_pt(s, progress_path)
 
-    loader = loader_for([0], state["done"])  # this stage reads the standard eval view only
-    bar = tqdm(total=n, initial=state["done"], unit="img", desc=f"natural: {len(net.layers)} layers, center neurons", dynamic_ncols=True)
-    last_save = time.time()
-    try:
-        with torch.inference_mode():
-            for views, _labels, index in guarded(loader):
-                first = state["done"]
-                assert int(index[0]) == first
-                x = normalize(to_float(views[:, 0].to(device, non_blocking=True))).contiguous(memory_format=torch.channels_last)
-                acts = read_center(net, model, x, net.layers)
-                host = torch.cat([acts[layer] for layer in net.layers], 1).cpu()  # one copy to the host for all the layers
-                acts = dict(zip(net.layers, (a.contiguous() for a in host.split([acts[layer].shape[1] for layer in net.layers], 1))))
-                new = {"config": config, "done": first + len(index), "top9": {}, "sum": {}}
-                for layer, a in acts.items():
-                    arrays[layer][first:first + len(a)] = a.numpy().astype(np.float16)
-                    new["top9"][layer] = top9_update(*state["top9"][layer], a, first)
-                    new["sum"][layer] = state["sum"][layer] + a.double().sum(0)
-                state = new  # one assignment: a Ctrl-C never leaves half a batch
-                bar.update(len(index))
-                if time.time() - last_save > CHECKPOINT_SECONDS:
-                    checkpoint(state)
-                    last_save = time.time()
-    except BaseException:
-        if state["done"]:
-            checkpoint(state)
-        raise
-    finally:
-        bar.close()
+    def step(state, batch):
+        views, _labels, index = batch
+        first = state["done"]
+        assert int(index[0]) == first
+        x = normalize(to_float(views[:, 0].to(device, non_blocking=True))).contiguous(memory_format=torch.channels_last)
+        acts = read_center(net, model, x, net.layers)
+        host = torch.cat([acts[layer] for layer in net.layers], 1).cpu()  # one copy to the host for all the layers
+        acts = dict(zip(net.layers, (a.contiguous() for a in host.split([acts[layer].shape[1] for layer in net.layers], 1))))
+        new = {"config": config, "done": first + len(index), "top9": {}, "sum": {}}
+        for layer, a in acts.items():
+            arrays[layer][first:first + len(a)] = a.numpy().astype(np.float16)
+            new["top9"][layer] = top9_update(*state["top9"][layer], a, first)
+            new["sum"][layer] = state["sum"][layer] + a.double().sum(0)
+        return new  # a new state, not the old one changed: a Ctrl-C never leaves half a batch
+
+    # this stage reads the standard eval view only
+    state = resumable_pass(lambda done: loader_for([0], done), step, state, checkpoint, n, every,
+                           f"natural: {len(net.layers)} layers, center neurons")
     for layer in net.layers:
         arrays[layer].flush()
         del arrays[layer]
-        os.replace(partial[layer], os.path.join(folder, f"{layer}.npy"))
+        os.replace(partial[layer], natural_array(results, layer))
     summary = {"root": root, "paths": dataset.paths, "labels": torch.as_tensor(dataset.labels, dtype=torch.int64),
                "top9_index": {layer: state["top9"][layer][1] for layer in net.layers}, "top9_activation": {layer: state["top9"][layer][0] for layer in net.layers},
                "mean": {layer: (state["sum"][layer] / n).float() for layer in net.layers}, "count": n, "config": config}
@@ -475,21 +416,7 @@ def natural_stage(net, model, wid, dataset, loader_for, batch, root, device):
 # ----------------------------------------------------------------------------------------------------
 # Stage 2: screening and the ablation sweep (METHOD.md section 5).
 
-def read_criteria(net, wid):
-    """RESULTS/criteria.json, refused if made with another architecture or weights; None if there is none."""
-    path = os.path.join(RESULTS, "criteria.json")
-    if not os.path.isfile(path):
-        return None
-    crit = load_json(path, "criteria file")
-    net.check(crit.get("config", {}), path)
-    made = crit.get("config", {}).get("weights_id", crit.get("config", {}).get("weights"))
-    made = "random:0" if made == "random" else made
-    if made is not None and made != wid:
-        die(f"{path} was made with weights {made!r}, this run uses {wid!r}: rerun criteria.py or name the sets with --sets")
-    return crit
-
-
-def default_blocks(net, crit, named):
+def default_blocks(net, crit, named, results):
     """The sweep's blocks when --ablate_blocks is empty: resnet18's are the paper's (2.1 and 3.1); for another
     architecture the blocks named in --sets, else the two blocks with the largest passing fraction in criteria.json
     (ties: the earlier block)."""
@@ -498,28 +425,30 @@ def default_blocks(net, crit, named):
     if named:
         return sorted(named, key=list(net.blocks).index)
     if crit is None:
-        die(f"no blocks to ablate: run criteria.py first ({RESULTS}/criteria.json is missing), or pass --ablate_blocks / --sets")
+        die(f"no blocks to ablate: run criteria.py first ({criteria_file(results)} is missing), or pass --ablate_blocks / --sets")
     fraction = {b: v["percent"] for b, v in crit.get("blocks", {}).items() if b in net.blocks and v.get("count")}
     if not fraction:
-        die(f"no block of {RESULTS}/criteria.json has passing channels: nothing to ablate (name a set with --sets)")
+        die(f"no block of {criteria_file(results)} has passing channels: nothing to ablate (name a set with --sets)")
     best = sorted(fraction, key=lambda b: (-fraction[b], list(net.blocks).index(b)))[:2]
     return sorted(best, key=list(net.blocks).index)
 
 
-def passing_sets(net, wid):
-    global ABLATE_BLOCKS
-    sets = parse_sets(net, SETS)
-    crit = read_criteria(net, wid)
-    if not ABLATE_BLOCKS:
-        ABLATE_BLOCKS = default_blocks(net, crit, list(sets))
-        print(f"sweep: blocks {','.join(ABLATE_BLOCKS)}" + (" (the paper's)" if net.name == "resnet18" else
-                                                             " (the largest passing fractions; --ablate_blocks to choose)"))
-    for b in ABLATE_BLOCKS:
+def passing_sets(net, weights_id, blocks, spec, results, weights):
+    """{block: its passing channels} for the blocks to ablate, in order: `blocks` (--ablate_blocks; empty: see
+    default_blocks), each block's set named in `spec` (--sets) or else read from criteria.json, which must have
+    been made with these weights (`weights`: the --weights value, for the command a message suggests)."""
+    sets = parse_sets(net, spec)
+    crit = read_criteria(results, net, weights_id)
+    if not blocks:
+        blocks = default_blocks(net, crit, list(sets), results)
+        print(f"sweep: blocks {','.join(blocks)}" + (" (the paper's)" if net.name == "resnet18" else
+                                                      " (the largest passing fractions; --ablate_blocks to choose)"))
+    for b in blocks:
         if b not in net.blocks:
             die(f"--ablate_blocks: unknown block {b!r}; the blocks of {net.name} are: {', '.join(net.blocks)}")
-    missing = [b for b in ABLATE_BLOCKS if b not in sets]
+    missing = [b for b in blocks if b not in sets]
     if missing:
-        path = os.path.join(RESULTS, "criteria.json")
+        path = criteria_file(results)
         if crit is None:
             die(f"no passing set for block(s) {', '.join(missing)}: run criteria.py first ({path} is missing) or name them with --sets")
         for b in missing:
@@ -531,18 +460,14 @@ def passing_sets(net, wid):
                 like = crit.get("fz_files", {}).get(layers[0], {})
                 die(f"{path}: block {b} measured only {len(crit['blocks'][b].get('measured', []))} of its channels "
                     f"({len(unmeasured)} missing), so random sets could include passing channels; make the rest with: "
-                    f"{fzs_command(layers, net.name, WEIGHTS, RESULTS, like, unmeasured)}, then run criteria.py again (or name the set with --sets)")
+                    f"{fzs_command(layers, net.name, weights, results, like, unmeasured)}, then run criteria.py again (or name the set with --sets)")
             sets[b] = sorted(int(c) for c in crit["blocks"][b]["passing"])
-    return {b: sets[b] for b in ABLATE_BLOCKS}
+    return {b: sets[b] for b in blocks}
 
 
-def cell_path(block, condition, scale):
-    return os.path.join(RESULTS, "ablation", block, f"{condition}_s{scale}.json")
-
-
-def read_cell(block, condition, scale, channels, key):
+def read_cell(results, block, condition, crop, channels, key):
     """The per-image hits (bool, n_images) of a finished cell, or None; dies on a cell made under another config."""
-    path = cell_path(block, condition, scale)
+    path = ablation_cell(results, block, condition, crop)
     if not os.path.isfile(path):
         return None
     cell = load_json(path, "ablation cell")
@@ -561,15 +486,15 @@ def unpack_hits(text, n):
     return np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n).astype(bool)
 
 
-def compute_cells(net, name, model, loader_for, scales, wanted, means, device, dtype, suffix_batch, key, n_images):
+def compute_cells(net, name, model, loader_for, scales, wanted, means, device, dtype, suffix_batch, key, n_images, results, every):
     """wanted: {block: [(condition, channels)]} -> {(block, condition, scale): per-image hits}. Runs one pass for the
-    cells not finished yet and writes them."""
+    cells not finished yet (run_pass; checkpoints every `every` seconds) and writes them into the results folder."""
     cells = {}
     todo = {}
     for b, conds in wanted.items():
         for cond, chans in conds + [("none", [])]:
             for s in scales:
-                got = read_cell(b, cond, s, chans, key[b])
+                got = read_cell(results, b, cond, s, chans, key[b])
                 if got is None:
                     todo.setdefault(b, {})[cond] = chans
                 else:
@@ -578,8 +503,8 @@ def compute_cells(net, name, model, loader_for, scales, wanted, means, device, d
         blocks = sorted(todo, key=lambda b: net.where(net.blocks[b][2])[0])
         names = {b: [c for c in todo[b] if c != "none"] for b in blocks}
         plan = [(net.where(net.blocks[b][2])[0], means[b], masks_for([todo[b][c] for c in names[b]], len(means[b]))) for b in blocks]
-        hits = run_pass(net, name, model, n_images, loader_for, scales, plan, device, dtype, suffix_batch, os.path.join(RESULTS, "ablation"),
-                        key).numpy()
+        hits = run_pass(net, name, model, n_images, loader_for, scales, plan, device, dtype, suffix_batch, ablation_dir(results),
+                        key, every).numpy()
         col = 1
         for b in blocks:
             for c in names[b]:
@@ -592,41 +517,49 @@ def compute_cells(net, name, model, loader_for, scales, wanted, means, device, d
             for c, chans in todo[b].items():
                 for s in scales:
                     save_json({"block": b, "condition": c, "channels": list(chans), "scale": s, "correct": int(cells[b, c, s].sum()),
-                               "total": n_images, "hits": pack_hits(cells[b, c, s]), "run": key[b]}, cell_path(b, c, s))
-        partial = os.path.join(RESULTS, "ablation", f".partial-{name}.pt")
+                               "total": n_images, "hits": pack_hits(cells[b, c, s]), "run": key[b]}, ablation_cell(results, b, c, s))
+        partial = os.path.join(ablation_dir(results), f".partial-{name}.pt")
         if os.path.isfile(partial):
             os.remove(partial)
     return cells
 
 
-def sweep_stage(net, model, wid, dataset, loader_for, batch, root, device, device_name, prec, suffix_batch):
+def sweep_stage(net, model, weights_id, dataset, loader_for, device, device_name, prec, *, results, root, limit, batch,
+                suffix_batch, every, ablate_blocks, sets, weights, seed, crops, screen_margin, screen_draws, screen_cap, n_trials,
+                variants, holdout, test):
+    """METHOD.md section 5, and the variants beyond it: screen random sets of non-passing channels at no crop, then
+    Eq. 3 at every crop for each variant, with the test of the claim (claim_test's keyword arguments: `test`)."""
     dtype = amp_dtype(prec)
     n = len(dataset)
-    summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run the natural stage first)")
-    net.check(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
-    mine = {"weights": wid, "data": root, "limit": LIMIT, "count": n, "paths": digest(dataset.paths), "labels": digest(dataset.labels)}
+    summary = read_summary(results, net)
+    mine = {"weights": weights_id, "data": root, "limit": limit, "count": n, "paths": digest(dataset.paths), "labels": digest(dataset.labels)}
     why = config_mismatch(summary["config"], mine, list(mine))
     if why:
-        die(f"{RESULTS}/natural/summary.pt was made under another config ({why}): run the natural stage with the same --data/--limit/--weights")
-    rules = screening_rules(net, SCREEN_MARGIN)
-    passing = passing_sets(net, wid)
-    rules = {b: rules.get(b, rules.get("*")) for b in ABLATE_BLOCKS if rules.get(b, rules.get("*"))}
+        die(f"{natural_summary(results)} was made under another config ({why}): run the natural stage with the same --data/--limit/--weights")
+    rules = screening_rules(net, screen_margin)
+    passing = passing_sets(net, weights_id, ablate_blocks, sets, results, weights)
+    ablate_blocks = list(passing)  # the default blocks where none were named
+    rules = {b: rules.get(b, rules.get("*")) for b in ablate_blocks if rules.get(b, rules.get("*"))}
     means, key, nonpassing, rngs = {}, {}, {}, {}
-    for b in ABLATE_BLOCKS:
+    for b in ablate_blocks:
         post = net.blocks[b][2]
         means[b] = summary["mean"][post].float()
         if b not in rules:
-            die(f"no screening rule for block {b} in --screen_margin {SCREEN_MARGIN!r}")
+            die(f"no screening rule for block {b} in --screen_margin {screen_margin!r}")
         nonpassing[b] = sorted(set(range(net.channels(post))) - set(passing[b]))
         if len(nonpassing[b]) < len(passing[b]):
             die(f"block {b}: {len(passing[b])} passing channels but only {len(nonpassing[b])} others to draw random sets from")
-        key[b] = {"arch": net.name, "weights": wid, "data": root, "limit": LIMIT, "n_images": n, "paths": digest(dataset.paths),
+        key[b] = {"arch": net.name, "weights": weights_id, "data": root, "limit": limit, "n_images": n, "paths": digest(dataset.paths),
                   "labels": digest(dataset.labels),
                   "mean": digest(means[b].numpy()), "precision": prec,
-                  "passing": passing[b], "seed": SEED, "cells": "per-image hits"}
-        rngs[b] = np.random.default_rng([SEED, int(b.replace(".", ""))])
-    blocks = [b for b in ABLATE_BLOCKS if passing[b]]
-    for b in ABLATE_BLOCKS:
+                  "passing": passing[b], "seed": seed, "cells": "per-image hits"}
+        rngs[b] = np.random.default_rng([seed, int(b.replace(".", ""))])
+
+    def cells_for(name, scales, wanted):  # one pass (run_pass) for the cells of `wanted` not finished yet
+        return compute_cells(net, name, model, loader_for, scales, wanted, means, device, dtype, suffix_batch, key, n, results, every)
+
+    blocks = [b for b in ablate_blocks if passing[b]]
+    for b in ablate_blocks:
         if not passing[b]:
             print(f"block {b}: no passing channels, nothing to ablate (name a set by hand with --sets '{b}:0:8' to run the sweep anyway)")
     if not blocks:
@@ -636,33 +569,33 @@ def sweep_stage(net, model, wid, dataset, loader_for, batch, root, device, devic
     everything = np.arange(n)
     images = {"paper": (everything, everything), "unscreened": (None, everything)}
     split = None
-    if "heldout" in VARIANTS:
-        screen, report = stratified_split(dataset.labels, HOLDOUT, SEED)
+    if "heldout" in variants:
+        screen, report = stratified_split(dataset.labels, holdout, seed)
         if not len(screen) or not len(report):
-            die(f"--holdout {HOLDOUT} leaves no image to screen on or to report on among {n}: use more images")
+            die(f"--holdout {holdout} leaves no image to screen on or to report on among {n}: use more images")
         images["heldout"] = (screen, report)
-        split = {"fraction": HOLDOUT, "seed": SEED, "screen": len(screen), "report": len(report), "paths": digest(dataset.paths),
+        split = {"fraction": holdout, "seed": seed, "screen": len(screen), "report": len(report), "paths": digest(dataset.paths),
                  "report_index": report.tolist()}
-        save_json(split, os.path.join(RESULTS, "ablation", "split.json"))
+        save_json(split, ablation_split(results))
 
     # Screening at no scale: draw random sets, evaluate them all in one pass, accept by the block's rule, on the
     # images each screened variant screens on; the unscreened control takes the first N_TRIALS draws as they come.
     draws = {b: [] for b in blocks}
-    chosen = {(v, b): [] for v in VARIANTS for b in blocks}
-    want = {b: max(SCREEN_DRAWS, N_TRIALS if "unscreened" in VARIANTS else 0) for b in blocks}
+    chosen = {(v, b): [] for v in variants for b in blocks}
+    want = {b: max(screen_draws, n_trials if "unscreened" in variants else 0) for b in blocks}
     rnd = 0
     while True:
         for b in blocks:
-            draws[b] += draw_sets(rngs[b], nonpassing[b], len(passing[b]), min(want[b], SCREEN_CAP - len(draws[b])))
+            draws[b] += draw_sets(rngs[b], nonpassing[b], len(passing[b]), min(want[b], screen_cap - len(draws[b])))
         wanted = {b: [("passing", passing[b])] + [(f"draw{j:03d}", s) for j, s in enumerate(draws[b])] for b in blocks}
-        cells = compute_cells(net, f"screen{rnd}", model, loader_for, [0], wanted, means, device, dtype, suffix_batch, key, n)
+        cells = cells_for(f"screen{rnd}", [0], wanted)
         short, report = [], []
         for b in blocks:
             need = 0
-            for v in VARIANTS:
+            for v in variants:
                 if v == "unscreened":
-                    chosen[v, b] = list(range(min(N_TRIALS, len(draws[b]))))
-                    need = max(need, N_TRIALS - len(draws[b]))
+                    chosen[v, b] = list(range(min(n_trials, len(draws[b]))))
+                    need = max(need, n_trials - len(draws[b]))
                     continue
                 on = images[v][0]
                 passing_hits = int(cells[b, "passing", 0][on].sum())
@@ -674,16 +607,16 @@ def sweep_stage(net, model, wid, dataset, loader_for, batch, root, device, devic
                         f"--screen_margin '{b}:<=100' for a smoke run")
                 ok = [j for j in range(len(draws[b])) if accepted(rules[b], int(cells[b, f"draw{j:03d}", 0][on].sum()), passing_hits, len(on))]
                 report.append(f"block {b}" + (" (held-out screening)" if v == "heldout" else "") + f": {len(ok)} of {len(draws[b])} draws accepted")
-                chosen[v, b] = ok[:N_TRIALS]
-                if len(ok) < N_TRIALS:
-                    if len(draws[b]) >= SCREEN_CAP:
+                chosen[v, b] = ok[:n_trials]
+                if len(ok) < n_trials:
+                    if len(draws[b]) >= screen_cap:
                         op, m = rules[b]
-                        die(f"block {b}: found {len(ok)} of {N_TRIALS} accepted random sets in {SCREEN_CAP} draws" +
+                        die(f"block {b}: found {len(ok)} of {n_trials} accepted random sets in {screen_cap} draws" +
                             (" screening on the held-out split's screening images" if v == "heldout" else "") +
                             f" (rule: random top-1 - passing top-1 {op} {m:g} pp; passing top-1 = {100 * passing_hits / len(on):.2f}%); "
                             f"raise --screen_cap or change --screen_margin")
                     rate = len(ok) / len(draws[b])
-                    need = max(need, math.ceil(1.5 * (N_TRIALS - len(ok)) / rate) if rate else 4 * SCREEN_DRAWS)
+                    need = max(need, math.ceil(1.5 * (n_trials - len(ok)) / rate) if rate else 4 * screen_draws)
             want[b] = need
             if need:
                 short.append(b)
@@ -694,12 +627,12 @@ def sweep_stage(net, model, wid, dataset, loader_for, batch, root, device, devic
 
     # The sweep: every (condition, scale) cell of both blocks in one pass; no scale comes from screening. The
     # variants share their cells: a draw chosen by two of them is computed once.
-    used = {b: sorted({j for v in VARIANTS for j in chosen[v, b]}) for b in blocks}
+    used = {b: sorted({j for v in variants for j in chosen[v, b]}) for b in blocks}
     wanted = {b: [("passing", passing[b])] + [(f"draw{j:03d}", draws[b][j]) for j in used[b]] for b in blocks}
-    cells.update(compute_cells(net, "sweep", model, loader_for, list(SCALES), wanted, means, device, dtype, suffix_batch, key, n))
-    scales = [0] + list(SCALES)
+    cells.update(cells_for("sweep", list(crops), wanted))
+    scales = [0] + list(crops)
     for b in blocks:
-        for v in VARIANTS:
+        for v in variants:
             on, report_on = images[v]
             hits_p = np.stack([cells[b, "passing", s][report_on] for s in scales])
             hits_r = np.stack([[cells[b, f"draw{j:03d}", s][report_on] for s in scales] for j in chosen[v, b]])
@@ -710,10 +643,10 @@ def sweep_stage(net, model, wid, dataset, loader_for, batch, root, device, devic
             out = {"block": b, "variant": v, "passing": passing[b], "random_sets": [draws[b][j] for j in chosen[v, b]],
                    "scales": scales, "accuracy": {"none": acc("none"), "passing": acc("passing"), "random": acc_random},
                    "ratio": nan_to_none(ratio), "sem": nan_to_none(sem), "ratio_trials": [nan_to_none(t) for t in trials],
-                   "n_images": m, "test": claim_test(trials, hits_p, hits_r, [SEED, int(b.replace(".", "")), list(ABLATION_VARIANTS).index(v)]),
-                   "config": {**key[b], "block": b, "variant": v, "n_trials": N_TRIALS, "screen_margin": SCREEN_MARGIN,
-                              "screen_cap": SCREEN_CAP, "batch": batch, "bootstrap": BOOTSTRAP, "ci": CI,
-                              "permutations": PERMUTATIONS, "device": device_name, "versions": versions()}}
+                   "n_images": m, "test": claim_test(trials, hits_p, hits_r, [seed, int(b.replace(".", "")), list(ABLATION_VARIANTS).index(v)], **test),
+                   "config": {**key[b], "block": b, "variant": v, "n_trials": n_trials, "screen_margin": screen_margin,
+                              "screen_cap": screen_cap, "batch": batch, "bootstrap": test["replicates"], "ci": test["level"],
+                              "permutations": test["permutations"], "device": device_name, "versions": versions()}}
             if on is not None:
                 k = len(on)
                 out["screening"] = {"rule": f"random - passing {rules[b][0]} {rules[b][1]:g} pp at no scale", "n_images": k,
@@ -726,8 +659,8 @@ def sweep_stage(net, model, wid, dataset, loader_for, batch, root, device, devic
                 out["screening"] = {"rule": "none: the first N_TRIALS draws", "accepted_draws": chosen[v, b]}
             if v == "heldout":
                 out["split"] = {key_: split[key_] for key_ in ("fraction", "seed", "screen", "report", "paths")}
-                out["config"]["holdout"] = HOLDOUT
-            save_json(out, ablation_file(RESULTS, b, v))
+                out["config"]["holdout"] = holdout
+            save_json(out, ablation_file(results, b, v))
             print_block(out)
 
 
@@ -768,14 +701,14 @@ def print_block(out):
 # ----------------------------------------------------------------------------------------------------
 
 def main():
-    cfg = configure(globals())
+    cfg = configure(globals(), aliases={"scales": "CROPS"})
     net = arch.net(ARCH)
     for stage in STAGES:
         if stage not in ("natural", "sweep"):
             die(f"unknown stage {stage!r}: the stages are natural, sweep")
-    for s in SCALES:
+    for s in CROPS:
         if not 0 < s < 100:
-            die(f"scale {s} is out of range: scales are percentages between 1 and 99")
+            die(f"crop {s} is out of range: --crops are percentages between 1 and 99")
     for name, value, least in (("n_trials", N_TRIALS, 1), ("screen_draws", SCREEN_DRAWS, 1),
                                ("limit", LIMIT, 0), ("fake", FAKE, 0), ("suffix_batch", SUFFIX_BATCH, 0), ("workers", WORKERS, -1)):
         if value < least:
@@ -800,7 +733,7 @@ def main():
     listing = None if FAKE else imagenet_folder(root, LIMIT, LABELS)  # a bad folder or label file stops here, before the model
     lock = lock_results(RESULTS, "ablate.py")  # noqa: F841 (held until the process ends)
     device_name = use_device(device, prec)  # TF32 only for --amp tf32 (the fp32 sweep equals the reference)
-    model, wid = load_model(net.name, WEIGHTS, device)
+    model, weights_id = load_model(net.name, WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU, same fp32 arithmetic
     if FAKE:  # smoke data, labelled with this model's predictions
         write_fake_imagenet(root, FAKE, predict=lambda views: model(normalize(to_float(views.to(device)))).argmax(1).cpu())
@@ -811,14 +744,23 @@ def main():
     loader_for = loader_cache(root, paths, labels, batch, WORKERS, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    print(f"{len(paths)} images from {root} ({len(set(labels.tolist()))} classes), weights {wid}, device {device_name}, "
+    print(f"{len(paths)} images from {root} ({len(set(labels.tolist()))} classes), weights {weights_id}, device {device_name}, "
           f"batch {batch}, sweep precision {prec}, channels_last")
+    run = dict(results=RESULTS, root=root, limit=LIMIT, batch=batch, every=CHECKPOINT_SECONDS)  # what both stages record and where
+
+    # Section 4: natural-image activations, top-9 images and the means that mean ablation writes.
     if "natural" in STAGES:
         with no_tf32():  # fp32 means fp32: the natural stage measures
-            natural_stage(net, model, wid, dataset, loader_for, batch, root, device)
+            natural_stage(net, model, weights_id, dataset, loader_for, device, **run, fake=FAKE, label_file=LABELS, seed=SEED)
+
+    # Section 5: screen random sets of non-passing channels, mean-ablate at every crop, Eq. 3; and the test of the claim.
     if "sweep" in STAGES:
-        suffix_batch = SUFFIX_BATCH or (4096 if device.type == "cuda" else 512)
-        sweep_stage(net, model, wid, dataset, loader_for, batch, root, device, device_name, prec, suffix_batch)
+        sweep_stage(net, model, weights_id, dataset, loader_for, device, device_name, prec, **run,
+                    suffix_batch=SUFFIX_BATCH or (4096 if device.type == "cuda" else 512),
+                    ablate_blocks=ABLATE_BLOCKS, sets=SETS, weights=WEIGHTS, seed=SEED, crops=CROPS,
+                    screen_margin=SCREEN_MARGIN, screen_draws=SCREEN_DRAWS, screen_cap=SCREEN_CAP, n_trials=N_TRIALS,
+                    variants=VARIANTS, holdout=HOLDOUT,
+                    test=dict(replicates=BOOTSTRAP, level=CI, permutations=PERMUTATIONS))
     return cfg
 
 

@@ -12,6 +12,7 @@ import ast
 import contextlib
 import errno
 import os
+import re
 import sys
 
 import torch
@@ -238,8 +239,11 @@ def _parse_value(text, default, name):
     return None if default is None and text.lower() == "none" else text
 
 
-def configure(g, argv=None, description=None):
-    """Override the script's constants (in its globals g) from the command line; return them as a dict."""
+def configure(g, argv=None, description=None, aliases=None):
+    """Override the script's constants (in its globals g) from the command line; return them as a dict.
+
+    aliases: {old flag name: the constant it now sets}, for a flag that was renamed: --old still works (not listed by
+    --help), with one line on stderr naming the new flag."""
     import argparse
     consts = flag_names(g["__file__"])
     parser = argparse.ArgumentParser(description=description or (g.get("__doc__") or "").strip().split("\n\n")[0],
@@ -252,7 +256,17 @@ def configure(g, argv=None, description=None):
         extra = dict(nargs="?", const="true") if isinstance(default, bool) else {}  # --list alone means --list true
         parser.add_argument(*flags, dest=name, metavar=type(default).__name__.upper(), **extra,
                             help=f"{comment} (default: {shown})".replace("%", "%%"))
+    aliases = aliases or {}
+    for old, name in aliases.items():
+        parser.add_argument(*dict.fromkeys([f"--{old}", f"--{old.replace('_', '-')}"]), dest=f"_alias_{old}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for old, name in aliases.items():
+        text = getattr(args, f"_alias_{old}")
+        if text is not None:
+            what = re.split(r"[:;(]", consts.get(name, ""))[0].strip()  # the comment's first words: what the flag is
+            print(f"note: --{old} is now --{name.lower()}" + (f" ({what})" if what else ""), file=sys.stderr)
+            if getattr(args, name) is None:
+                setattr(args, name, text)
     for name in consts:
         text = getattr(args, name)
         if text is not None:

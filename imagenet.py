@@ -1,5 +1,5 @@
 """ImageNet as users have it (METHOD.md sections 4 and 5): the layouts and label files of the validation set, the
-1,000-class index, and the views the scripts decode from each image.
+1,000-class index, the views the scripts decode from each image, and the resumable pass over them (resumable_pass).
 
 Layouts (`imagenet_folder` detects which, and says so):
 - the prepared layout: root/<wnid>/<image>, one sub-folder per class (ImageFolder-style; any subset of classes);
@@ -20,9 +20,11 @@ images whichever layout holds them.
 import csv
 import os
 import re
+import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cli import die
 from results import atomic_write, release_inherited_locks
@@ -547,3 +549,35 @@ def guarded(loader):
     except ImageError as e:  # raised here, or re-raised from a worker with its traceback in the text
         text = str(e)
         die(text[text.rindex("cannot read image"):].splitlines()[0] if "cannot read image" in text else "cannot read an image")
+
+
+def resumable_pass(loader_at, step, state, save, total, every, desc):
+    """One pass over a dataset that survives Ctrl-C, SIGTERM and kill -9: the loop the scripts' image passes share.
+
+    state: a dict whose "done" counts the images in so far (0 for a fresh pass, a saved state's count to resume);
+    loader_at(done): the loader from image `done` on; step(state, batch) -> the state with that batch in (a new
+    dict, or the same one with "done" raised last, so that an interruption inside a step leaves the state as it was
+    before it: at most the batch in flight is lost). save(state) runs every `every` seconds while images are left,
+    on any exception once some are in, and at the end. Runs under torch.inference_mode with a tqdm bar; an
+    unreadable image ends the script with one line (guarded). Returns the final state."""
+    if state["done"] >= total:
+        return state
+    bar = tqdm(total=total, initial=state["done"], unit="img", desc=desc, dynamic_ncols=True)
+    last_save = time.time()
+    try:
+        with torch.inference_mode():
+            for batch in guarded(loader_at(state["done"])):
+                before = state["done"]
+                state = step(state, batch)
+                bar.update(state["done"] - before)
+                if time.time() - last_save > every and state["done"] < total:
+                    save(state)
+                    last_save = time.time()
+    except BaseException:
+        if state["done"]:
+            save(state)
+        raise
+    finally:
+        bar.close()
+    save(state)
+    return state

@@ -35,23 +35,29 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import arch
 from cli import configure, die, main_guard, pick_device, resolve_batch, use_device
-from imagenet import ZoomFolder, guarded, image_loader, zooms
+from imagenet import ZoomFolder, image_loader, resumable_pass, zooms
 from results import (
+    check_made,
     config_mismatch,
+    criteria_file,
     is_random,
-    load_json,
     load_pt,
     lock_results,
+    natural_array,
+    natural_summary,
+    read_criteria,
+    read_summary,
     save_json,
     save_pt,
+    tuning_dir,
+    tuning_file,
     versions,
     write_csv,
 )
-from stats import EQ2_HIGH, EQ2_LOW
+from stats import EQ2_HIGH, EQ2_LOW, mann_whitney
 from stream import load_model, normalize, read_center, to_float
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
@@ -125,34 +131,16 @@ def eq2n(post_on_in_top, post_on_pre_top):
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def mann_whitney(x, y, permutations, seed):
-    """Effect size AUC = P(X > Y) + P(X = Y) / 2 from the Mann-Whitney U, and a two-sided permutation p-value
-    (|AUC - 1/2| at least as large under random relabellings; p = (1 + k) / (1 + permutations)). NaNs left out."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
-    if not len(x) or not len(y):
-        return None, None
-    both = np.concatenate([x, y])
-    order = np.argsort(both, kind="stable")
-    ranks = np.empty(len(both))
-    ranks[order] = np.arange(1, len(both) + 1)
-    for v in np.unique(both):  # ties share their mean rank
-        ranks[both == v] = ranks[both == v].mean()
-    auc = lambda r: (r[:len(x)].sum() - len(x) * (len(x) + 1) / 2) / (len(x) * len(y))  # noqa: E731
-    observed = auc(ranks)
-    rng = np.random.default_rng(seed)
-    shuffled = np.array([auc(rng.permutation(ranks)) for _ in range(permutations)])
-    k = int((np.abs(shuffled - 0.5) >= abs(observed - 0.5) - 1e-12).sum())
-    return float(observed), (1 + k) / (1 + permutations)
-
-
 # ----------------------------------------------------------------------------------------------------
 # The measurement: every distinct image once, all zooms, all probed layers per pass; resumable.
 
-def measure(net, model, root, paths, ids, sets, columns, sample_pos, device, batch, state_path, config):
-    """values (G, 3k, 3, Z): each unit's three roles on each image of its set at each zoom; sample (S, Z, sum C)."""
+def measure_zoom_responses(net, model, root, paths, ids, sets, columns, sample_pos, fractions, device, batch, workers, state_path,
+                           config, every):
+    """The center-neuron responses of every probed layer to every zoom view of the images `ids` (each decoded once):
+    values (G, 3k, 3, Z), each unit's three roles on each image of its set at each zoom; sample (S, Z, sum C), every
+    channel on the random sample. Resumable: the values so far go to state_path every `every` seconds and on Ctrl-C."""
     G, slots = sets.shape
-    Z = len(zooms(FRACTIONS))
+    Z = len(zooms(fractions))
     total = sum(net.channels(layer) for layer in net.layers)
     g_idx, slot_idx = np.nonzero(sets >= 0)
     e_pos = np.searchsorted(ids, sets[g_idx, slot_idx])  # ids: sorted, and holding every image of every set
@@ -168,50 +156,40 @@ def measure(net, model, root, paths, ids, sets, columns, sample_pos, device, bat
         state = old
         if state["done"] < len(ids):
             print(f"tuning: resuming after {state['done']} of {len(ids)} images")
-    if state["done"] >= len(ids):
-        return state
     sample_slot = {int(p): s for s, p in enumerate(sample_pos)}
-    loader = image_loader(ZoomFolder(root, paths, ids, FRACTIONS), batch, WORKERS, device, start=state["done"])
-    bar = tqdm(total=len(ids), initial=state["done"], unit="img", desc=f"tuning: {Z} zooms x {len(net.layers)} layers", dynamic_ncols=True)
-    last_save = time.time()
-    try:
-        with torch.inference_mode():
-            for views, index in guarded(loader):
-                first, n = int(index[0]), len(index)
-                views = views.to(device, non_blocking=True)  # the whole pinned batch in one copy, then the zooms on the device
-                out = []
-                for z in range(Z):
-                    x = normalize(to_float(views[:, z])).contiguous(memory_format=torch.channels_last)
-                    got = read_center(net, model, x, net.layers)
-                    out.append(torch.cat([got[layer].float() for layer in net.layers], 1))
-                acts = torch.stack(out, 1).cpu().numpy()  # (n, Z, total): one copy to the host per batch
-                lo, hi = np.searchsorted(e_pos, [first, first + n])
-                g, sl = g_idx[lo:hi], slot_idx[lo:hi]
-                picked = acts[e_pos[lo:hi] - first]  # (E, Z, total)
-                state["values"][g, sl] = np.take_along_axis(picked, columns[g][:, None, :].repeat(Z, 1), axis=2).transpose(0, 2, 1)
-                for p in range(first, first + n):
-                    if p in sample_slot:
-                        state["sample"][sample_slot[p]] = acts[p - first]
-                state["done"] = first + n  # the batch is in: a Ctrl-C or kill -9 loses at most the batch in flight
-                bar.update(n)
-                if time.time() - last_save > CHECKPOINT_SECONDS and state["done"] < len(ids):
-                    save_pt(state, state_path)
-                    last_save = time.time()
-    except BaseException:
-        if 0 < state["done"] < len(ids):
-            save_pt(state, state_path)
-        raise
-    finally:
-        bar.close()
-    save_pt(state, state_path)
-    return state
+
+    def step(state, batch):
+        views, index = batch
+        first, n = int(index[0]), len(index)
+        views = views.to(device, non_blocking=True)  # the whole pinned batch in one copy, then the zooms on the device
+        out = []
+        for z in range(Z):
+            x = normalize(to_float(views[:, z])).contiguous(memory_format=torch.channels_last)
+            got = read_center(net, model, x, net.layers)
+            out.append(torch.cat([got[layer].float() for layer in net.layers], 1))
+        acts = torch.stack(out, 1).cpu().numpy()  # (n, Z, total): one copy to the host per batch
+        lo, hi = np.searchsorted(e_pos, [first, first + n])
+        g, sl = g_idx[lo:hi], slot_idx[lo:hi]
+        picked = acts[e_pos[lo:hi] - first]  # (E, Z, total)
+        state["values"][g, sl] = np.take_along_axis(picked, columns[g][:, None, :].repeat(Z, 1), axis=2).transpose(0, 2, 1)
+        for p in range(first, first + n):
+            if p in sample_slot:
+                state["sample"][sample_slot[p]] = acts[p - first]
+        state["done"] = first + n  # the batch is in: a Ctrl-C or kill -9 loses at most the batch in flight
+        return state
+
+    dataset = ZoomFolder(root, paths, ids, fractions)
+    return resumable_pass(lambda done: image_loader(dataset, batch, workers, device, start=done), step, state,
+                          lambda state: save_pt(state, state_path), len(ids), every,
+                          f"tuning: {Z} zooms x {len(net.layers)} layers")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Per channel and per block.
 
-def analyse(units, sets, member, values, sample, columns, zoom):
-    """Per (block, channel): the curves (own top-K and random sample), SI, preferred zooms, Eq. 1n, Eq. 2n, pass."""
+def analyse(units, sets, member, values, sample, columns, zoom, eq1n_min):
+    """Per (block, channel): the curves (own top-K and random sample), SI, preferred zooms, Eq. 1n, Eq. 2n, and whether
+    it passes on natural images (Eq. 1n's fraction > eq1n_min, Eq. 2n within Eq. 2's bounds)."""
     own = np.where(member[..., None], values.transpose(0, 2, 1, 3), np.nan)  # (G, role, slot, Z): role r on its own top-K
     with np.errstate(invalid="ignore"):
         curves = np.nanmean(own, axis=2)  # (G, role, Z)
@@ -222,15 +200,16 @@ def analyse(units, sets, member, values, sample, columns, zoom):
     with np.errstate(invalid="ignore"):
         ratio = eq2n(values[:, :, 2, one] * in_top, values[:, :, 2, one] * np.where(member[:, 1], 1.0, np.nan))
     with np.errstate(invalid="ignore"):
-        passes = (frac > EQ1N_MIN) & (ratio > EQ2_LOW) & (ratio < EQ2_HIGH)
+        passes = (frac > eq1n_min) & (ratio > EQ2_LOW) & (ratio < EQ2_HIGH)
     sample_preferred = np.where(np.isfinite(on_sample).all(-1), preferred_zoom(np.nan_to_num(on_sample, nan=-np.inf), zoom), np.nan)
     return {"curves": curves, "sample_curves": on_sample, "si": invariance_index(curves), "sample_si": invariance_index(on_sample),
             "preferred": preferred_zoom(curves, zoom), "sample_preferred": sample_preferred,
             "eq1n_fraction": frac, "eq1n_mean_diff": mean_diff, "eq2n": ratio, "passes": passes}
 
 
-def compare(block, chans, a, rows, fz_block, seed):
-    """The block's natural-image counts and the comparison with its FZ-passing set (the measured channels)."""
+def compare(block, chans, a, rows, fz_block, permutations, seed):
+    """The block's natural-image counts and the comparison with its FZ-passing set (the measured channels); the
+    Mann-Whitney p-values from `permutations` relabellings at most."""
     nat = sorted(int(c) for c, r in zip(chans, rows) if a["passes"][r])
     out = {"n_channels": len(chans), "passing_natural": nat, "count_natural": len(nat),
            "percent_natural": 100 * len(nat) / len(chans)}
@@ -246,8 +225,8 @@ def compare(block, chans, a, rows, fz_block, seed):
     union = both + fz_only + nat_only
     post_si = np.array([a["si"][rows[i], 2] for i in m])
     d = np.array([np.log(a["preferred"][rows[i], 0]) - np.log(a["preferred"][rows[i], 1]) for i in m])  # < 0: In prefers smaller
-    auc_si, p_si = mann_whitney(post_si[is_fz], post_si[~is_fz], PERMUTATIONS, seed)
-    auc_z, p_z = mann_whitney(d[is_fz], d[~is_fz], PERMUTATIONS, seed)
+    auc_si, p_si = mann_whitney(post_si[is_fz], post_si[~is_fz], permutations, seed)
+    auc_z, p_z = mann_whitney(d[is_fz], d[~is_fz], permutations, seed)
     med = lambda v: None if not np.isfinite(v).any() else float(np.nanmedian(v))  # noqa: E731
     out["fz"] = {"measured": len(m), "passing_fz": len(fz & measured),
                  "table": {"both": both, "fz_only": fz_only, "natural_only": nat_only, "neither": len(m) - union},
@@ -262,85 +241,77 @@ def compare(block, chans, a, rows, fz_block, seed):
 # ----------------------------------------------------------------------------------------------------
 
 def main():
-    global TUNE_BLOCKS
     cfg = configure(globals())
     net = arch.net(ARCH)
-    TUNE_BLOCKS = TUNE_BLOCKS or list(net.blocks)
+    tune_blocks = TUNE_BLOCKS or list(net.blocks)
     for name, value, least in (("top_k", TOP_K, 1), ("sample", SAMPLE, 0), ("permutations", PERMUTATIONS, 1)):
         if value < least:
             die(f"--{name} must be at least {least}, not {value}")
     if not FRACTIONS or any(not 0 < f <= 1 for f in FRACTIONS) or min(FRACTIONS) == 1:
         die(f"--fractions must be crop fractions in (0, 1] with at least one below 1, such as 1,0.75,0.5, not {FRACTIONS}")
-    for b in TUNE_BLOCKS:
+    for b in tune_blocks:
         if b not in net.blocks:
             die(f"unknown block {b!r}: the probed blocks are {', '.join(net.blocks)}")
-    summary = load_pt(os.path.join(RESULTS, "natural", "summary.pt"), "natural-image summary (run python ablate.py --stages natural first)")
-    net.check(summary["config"], os.path.join(RESULTS, "natural", "summary.pt"))
+    summary = read_summary(RESULTS, net)  # the weights are checked once the model says what they are
     device = pick_device(DEVICE)
     device_name = use_device(device, "fp32")  # true fp32 (no TF32), as the natural stage measured
     batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=32, cap=256)  # cap: host memory (workers x 11 zooms)
     lock = lock_results(RESULTS, "tuning.py")  # noqa: F841 (held until the process ends)
-    model, wid = load_model(net.name, WEIGHTS, device)
-    if summary["config"].get("weights") != wid:
-        die(f"{RESULTS}/natural was made with weights {summary['config'].get('weights')!r}, this run uses {wid!r}: pass the same --weights")
+    model, weights_id = load_model(net.name, WEIGHTS, device)
+    check_made(summary["config"], natural_summary(RESULTS), net, weights_id, "ablate.py --stages natural")
     model = model.to(memory_format=torch.channels_last)
-    if is_random(wid):
-        print(f"** weights {wid}: random weights, not the paper's model **")
+    if is_random(weights_id):
+        print(f"** weights {weights_id}: random weights, not the paper's model **")
     t0 = time.time()
 
-    # The image sets.
+    # 1. The image sets: each unit's own top-K images of In, Pre and Post, their union, and a random sample.
     n_images = summary["count"]
     tops = {}
-    for layer in {lay for b in TUNE_BLOCKS for lay in net.blocks[b]}:
-        path = os.path.join(RESULTS, "natural", f"{layer}.npy")
+    for layer in {lay for b in tune_blocks for lay in net.blocks[b]}:
+        path = natural_array(RESULTS, layer)
         if not os.path.isfile(path):
             die(f"{path} is missing: run python ablate.py --stages natural again")
         tops[layer] = top_k(np.load(path, mmap_mode="r"), min(TOP_K, n_images))
     k = min(TOP_K, n_images)
-    units, sets, member = unit_sets(net, tops, TUNE_BLOCKS, k)
+    units, sets, member = unit_sets(net, tops, tune_blocks, k)
     sample = np.sort(np.random.default_rng([SEED, 5]).choice(n_images, size=min(SAMPLE, n_images), replace=False))
     ids = np.union1d(np.unique(sets[sets >= 0]), sample)
     offset = np.cumsum([0] + [net.channels(layer) for layer in net.layers])
     col = {layer: offset[i] for i, layer in enumerate(net.layers)}
     columns = np.array([[col[layer] + c for layer in net.blocks[b]] for b, c in units], dtype=np.int64)
     zoom = zooms(FRACTIONS)
-    print(f"tuning: {len(units)} channels of blocks {','.join(TUNE_BLOCKS)}, top-{k} images each + a sample of {len(sample)}: "
+    print(f"tuning: {len(units)} channels of blocks {','.join(tune_blocks)}, top-{k} images each + a sample of {len(sample)}: "
           f"{len(ids)} distinct images of {n_images} (each decoded once), zooms {', '.join(f'{z:.3g}' for z in zoom)}; "
-          f"weights {wid}, {device}")
+          f"weights {weights_id}, {device}")
 
-    # The measurement.
-    config = {"arch": ARCH, "weights": wid, "natural": {k_: summary["config"].get(k_) for k_ in ("data", "limit", "count", "paths")},
-              "blocks": list(TUNE_BLOCKS), "top_k": k, "sample": len(sample), "fractions": list(FRACTIONS), "seed": SEED}
-    folder = os.path.join(RESULTS, "tuning")
+    # The measurement: every distinct image once, all its zooms, all probed layers in one pass.
+    config = {"arch": ARCH, "weights": weights_id, "natural": {k_: summary["config"].get(k_) for k_ in ("data", "limit", "count", "paths")},
+              "blocks": list(tune_blocks), "top_k": k, "sample": len(sample), "fractions": list(FRACTIONS), "seed": SEED}
+    folder = tuning_dir(RESULTS)
     os.makedirs(folder, exist_ok=True)
-    state = measure(net, model, summary["root"], summary["paths"], ids, sets, columns, np.searchsorted(ids, sample), device, batch,
-                    os.path.join(folder, "values.pt"), config)
-    a = analyse(units, sets, member, state["values"], state["sample"], columns, zoom)
+    state = measure_zoom_responses(net, model, summary["root"], summary["paths"], ids, sets, columns, np.searchsorted(ids, sample),
+                                   FRACTIONS, device, batch, WORKERS, os.path.join(folder, "values.pt"), config, CHECKPOINT_SECONDS)
 
-    # Per block, and against the FZ criteria.
-    criteria = None
-    crit_path = os.path.join(RESULTS, "criteria.json")
-    if os.path.isfile(crit_path):
-        criteria = load_json(crit_path, "criteria file")
-        net.check(criteria.get("config", {}), crit_path)
-        made = criteria.get("config", {}).get("weights_id")
-        if made is not None and made != wid:
-            die(f"{crit_path} was made with weights {made!r}, this run uses {wid!r}: rerun criteria.py with the same --weights")
-    else:
-        print(f"note: no {crit_path}: the comparison with the FZ criteria is left out (run python criteria.py)")
+    # 2 and 3. The tuning curves, the invariance index and the natural-image analogues of the criteria.
+    a = analyse(units, sets, member, state["values"], state["sample"], columns, zoom, EQ1N_MIN)
+
+    # 4. Per block, and against the FZ criteria.
+    criteria = read_criteria(RESULTS, net, weights_id)
+    if criteria is None:
+        print(f"note: no {criteria_file(RESULTS)}: the comparison with the FZ criteria is left out (run python criteria.py)")
     blocks = {}
-    for j, b in enumerate(TUNE_BLOCKS):
+    for j, b in enumerate(tune_blocks):
         rows = [i for i, (bb, _) in enumerate(units) if bb == b]
         chans = [units[i][1] for i in rows]
         fz_block = (criteria or {}).get("blocks", {}).get(b)
-        blocks[b] = compare(b, chans, a, rows, fz_block, [SEED, j])
+        blocks[b] = compare(b, chans, a, rows, fz_block, PERMUTATIONS, [SEED, j])
     run_config = {**config, "eq1n_min": EQ1N_MIN, "eq1n_zoom": zoom[-1], "eq2_bounds": [EQ2_LOW, EQ2_HIGH], "permutations": PERMUTATIONS,
                   "zooms": zoom, "device": device_name, "batch": batch, "versions": versions()}
-    save_json({"config": run_config, "blocks": blocks}, os.path.join(RESULTS, "tuning.json"))
+    save_json({"config": run_config, "blocks": blocks}, tuning_file(RESULTS))
     save_pt({"config": run_config, "units": units, "zooms": zoom, **a},
             os.path.join(folder, "curves.pt"))
-    write_csv(*csv_table(units, a, criteria), os.path.join(RESULTS, "tuning.csv"))
-    report(blocks, k, time.time() - t0)
+    write_csv(*csv_table(units, a, criteria), tuning_file(RESULTS, "csv"))
+    report(blocks, k, EQ1N_MIN, time.time() - t0)
     return cfg
 
 
@@ -361,8 +332,8 @@ def csv_table(units, a, criteria):
     return rows, columns
 
 
-def report(blocks, k, seconds):
-    print(f"\nScale invariance on natural images (top-{k} images per unit; pass: Eq. 1n fraction > {EQ1N_MIN:g} and "
+def report(blocks, k, eq1n_min, seconds):
+    print(f"\nScale invariance on natural images (top-{k} images per unit; pass: Eq. 1n fraction > {eq1n_min:g} and "
           f"{EQ2_LOW:.3g} < Eq. 2n < {EQ2_HIGH:g})")
     for b, s in blocks.items():
         line = f"  block {b}: {s['count_natural']} of {s['n_channels']} channels pass on natural images ({s['percent_natural']:.1f}%)"

@@ -26,13 +26,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 A, C, F, S, P = "tests/test_ablate.py", "tests/test_criteria.py", "tests/test_fzs.py", "tests/test_stream.py", "tests/test_plots.py"
 R, TU, AR = "tests/test_reliability.py", "tests/test_tuning.py", "tests/test_arch.py"
 IM, AT, D = "tests/test_imagenet.py", "tests/test_atlas.py", "tests/test_device.py"
+ST = "tests/test_stats.py"
 
 MUTANTS = [
     # --- ImageNet labels, views and accuracy (METHOD.md sections 4 and 5)
     ("labels-by-folder-order", "imagenet.py", "classes.append(WNID_INDEX[name])", "classes.append(folders.index(name))",
      [f"{A}::test_counts_equal_independent_recomputation"]),
-    ("errors-counted-as-hits", "ablate.py", "batch[v] = predictions(model, x, plan_dev, suffix_batch) == labels[None]",
-     "batch[v] = predictions(model, x, plan_dev, suffix_batch) != labels[None]", [f"{A}::test_counts_equal_independent_recomputation"]),
+    ("errors-counted-as-hits", "ablate.py", "correct[v] = predictions(net, model, x, plan_dev, suffix_batch) == labels[None]",
+     "correct[v] = predictions(net, model, x, plan_dev, suffix_batch) != labels[None]", [f"{A}::test_counts_equal_independent_recomputation"]),
     ("zero-ablation", "ablate.py", "mean.to(h.dtype)[None, None, :, None, None]", "torch.zeros_like(mean).to(h.dtype)[None, None, :, None, None]",
      [f"{A}::test_counts_equal_independent_recomputation"]),
     ("released-crop", "imagenet.py", "return 256 - (256 * int(percent)) // 100", "return int(224 * (1 - int(percent) / 100))",
@@ -148,12 +149,24 @@ MUTANTS = [
      "report = np.sort(order[k < int(fraction * len(order))])", [f"{A}::test_stratified_split_is_stratified_and_reproducible"]),
     ("heldout-reported-on-screening-images", "ablate.py", 'images["heldout"] = (screen, report)', 'images["heldout"] = (screen, screen)',
      [f"{A}::test_heldout_cells_are_counted_on_heldout_images_only"]),
-    ("unscreened-takes-the-accepted-sets", "ablate.py", "chosen[v, b] = list(range(min(N_TRIALS, len(draws[b]))))",
+    ("unscreened-takes-the-accepted-sets", "ablate.py", "chosen[v, b] = list(range(min(n_trials, len(draws[b]))))",
      'chosen[v, b] = chosen["paper", b]', [f"{A}::test_screening_accepts_some_and_rejects_others"]),
-    ("bootstrap-without-images", "ablate.py", "weights = np.bincount(draw.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)",
+    ("bootstrap-without-images", "stats.py", "weights = np.bincount(draw.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)",
      "weights = np.ones((b, n), dtype=np.float32)", [f"{A}::test_bootstrap_interval_on_planted_hits"]),
-    ("p-value-wrong-tail", "ablate.py", "return float(((signs * d).mean(1) <= observed + tol).mean()), \"exact\"",
-     "return float(((signs * d).mean(1) >= observed - tol).mean()), \"exact\"", [f"{A}::test_sign_flip_p_values_on_planted_differences"]),
+    ("p-value-wrong-tail", "stats.py", 'n_resamples=permutations, alternative="less"', 'n_resamples=permutations, alternative="greater"',
+     [f"{A}::test_sign_flip_p_values_on_planted_differences", f"{ST}::test_sign_flips_on_a_known_effect_and_seeded"]),
+    ("p-value-two-sided", "stats.py", 'n_resamples=permutations, alternative="less"', 'n_resamples=permutations, alternative="two-sided"',
+     [f"{ST}::test_exact_sign_flip_p_equals_the_enumeration"]),
+    ("sign-flips-as-relabellings", "stats.py", 'permutation_type="samples", vectorized=True',
+     'permutation_type="pairings", vectorized=True', [f"{ST}::test_exact_sign_flip_p_equals_the_enumeration"]),
+    ("mann-whitney-one-sided", "stats.py", 'batch=1000, alternative="greater"', 'batch=1000, alternative="less"',
+     [f"{ST}::test_clearly_shifted_samples_give_auc_near_one_and_a_small_p"]),
+    ("mann-whitney-signed-distance", "stats.py", "return np.abs(mannwhitneyu(a, b, axis=axis, method=\"asymptotic\").statistic - pairs / 2)",
+     "return mannwhitneyu(a, b, axis=axis, method=\"asymptotic\").statistic - pairs / 2",
+     [f"{ST}::test_clearly_shifted_samples_give_auc_near_one_and_a_small_p"]),
+    ("auc-of-the-other-sample", "stats.py", 'return float(mannwhitneyu(x, y, method="asymptotic").statistic / pairs), float(test.pvalue)',
+     'return float(mannwhitneyu(y, x, method="asymptotic").statistic / pairs), float(test.pvalue)',
+     [f"{ST}::test_auc_equals_the_tie_averaged_ranks_exactly"]),
     ("fig2-variants-not-same-y", "plot_ratios.py", "        for ax in drawn:\n            ax.set_ylim(lo, hi)", "        pass",
      [f"{P}::test_fig2_draws_the_variants_below_the_papers"]),
     # --- Beyond the paper: tuning on natural images (tuning.py)
@@ -167,6 +180,10 @@ MUTANTS = [
      [f"{TU}::test_zoom_views_equal_torchvision_on_pil"]),
     ("top-k-lowest", "tuning.py", "return np.argsort(-acts.astype(np.float32), axis=0, kind=\"stable\")[:k]",
      "return np.argsort(acts.astype(np.float32), axis=0, kind=\"stable\")[:k]", [f"{TU}::test_unit_sets_are_unions_of_the_three_top_k"]),
+    ("crops-alias-ignored", "cli.py", "            if getattr(args, name) is None:\n                setattr(args, name, text)\n",
+     "            pass\n", [f"{A}::test_old_scales_flag_sets_the_crops_with_a_note"]),
+    ("resume-from-the-first-image", "imagenet.py", 'for batch in guarded(loader_at(state["done"])):', "for batch in guarded(loader_at(0)):",
+     [f"{A}::test_run_pass_resumes_from_partial_counts"]),
     ("curves-over-the-whole-set", "tuning.py", "own = np.where(member[..., None], values.transpose(0, 2, 1, 3), np.nan)",
      "own = np.where((member | True)[..., None], values.transpose(0, 2, 1, 3), np.nan)", [f"{TU}::test_each_image_once_and_equal_to_hooks_per_unit"]),
     # --- The paper's channel lists as a reference (criteria.py)
@@ -190,8 +207,8 @@ MUTANTS = [
      [f"{AR}::test_folding_covers_the_bottleneck"]),
     ("relative-depth-zero-based", "plot_spectrum.py", 'return (residual.index(f"layer{block}") + 1) / len(residual)',
      'return residual.index(f"layer{block}") / len(residual)', [f"{AR}::test_passing_percent_by_relative_depth_across_architectures"]),
-    ("sweep-blocks-smallest-fraction", "ablate.py", "key=lambda b: (-fraction[b], list(BLOCKS).index(b)))[:2]",
-     "key=lambda b: (fraction[b], list(BLOCKS).index(b)))[:2]", [f"{AR}::test_sweep_default_blocks"]),
+    ("sweep-blocks-smallest-fraction", "ablate.py", "key=lambda b: (-fraction[b], list(net.blocks).index(b)))[:2]",
+     "key=lambda b: (fraction[b], list(net.blocks).index(b)))[:2]", [f"{AR}::test_sweep_default_blocks"]),
     # --- ImageNet as users have it (imagenet.py) and the atlas (atlas.py)
     ("devkit-ids-zero-based", "imagenet.py", "put(f\"ILSVRC2012_val_{i:08d}\", WNID_INDEX[wnids[k - 1]], n)",
      "put(f\"ILSVRC2012_val_{i:08d}\", WNID_INDEX[wnids[k % 1000]], n)", [f"{IM}::test_every_layout_and_label_form_gives_the_prepared_mapping"]),
@@ -237,7 +254,7 @@ MUTANTS = [
      [f"{R}::test_sigterm_saves_what_ctrl_c_saves"]),
     ("full-disk-traceback", "results.py", "            raise\n        die(f\"no space left in {folder}", "            raise\n        raise\n        die(f\"no space left in {folder}",
      [f"{R}::test_a_full_disk_is_a_one_line_error_that_keeps_what_was_finished"]),
-    ("paper-screening-rules-on-any-arch", "ablate.py", 'if current_arch() != "resnet18" and spec == PAPER_SCREEN_MARGIN:',
+    ("paper-screening-rules-on-any-arch", "ablate.py", 'if net.name != "resnet18" and spec == PAPER_SCREEN_MARGIN:',
      "if False:", [f"{AR}::test_sweep_default_blocks"]),
     # --- The house (issue 23): flags above the marked line, one reader of every result file
     ("flags-below-the-line", "cli.py", "        if node.lineno >= end:\n            break\n", "        if False:\n            break\n",

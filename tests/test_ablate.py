@@ -19,6 +19,7 @@ import ablate
 import arch
 import imagenet
 import results
+import stats
 import stream
 
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
@@ -205,12 +206,12 @@ def test_screening_rule_per_block():
     assert ablate.accepted(rules["2.1"], 49, 50, n) and not ablate.accepted(rules["2.1"], 50, 50, n)
     assert ablate.accepted(rules["3.1"], 52, 50, n) and not ablate.accepted(rules["3.1"], 53, 50, n)
     assert ablate.accepted(rules["3.1"], 10, 50, n)
-    assert "cannot read screening rule" in error_of(ablate.parse_rules, "2.1:=3")
+    assert "cannot read screening rule" in error_of(ablate.parse_rules, net, "2.1:=3")
 
 
 def test_sets_and_draws():
     assert ablate.parse_sets(net, "2.1:3,17,40:43;3.1:0") == {"2.1": [3, 17, 40, 41, 42], "3.1": [0]}
-    assert "out of range" in error_of(ablate.parse_sets, "2.1:200")
+    assert "out of range" in error_of(ablate.parse_sets, net, "2.1:200")
     rng = np.random.default_rng([0, 21])
     sets = ablate.draw_sets(rng, list(range(10, 30)), 5, 50)
     assert all(len(set(s)) == 5 and s == sorted(s) and all(10 <= c < 30 for c in s) for s in sets)
@@ -288,7 +289,7 @@ def test_run_pass_resumes_from_partial_counts(folder, model, tmp_path, monkeypat
     paths, labels, _ = imagenet.imagenet_folder(folder, limit=4)
     loader_for = ablate.loader_cache(folder, paths, labels, 3, 0, "cpu")
     plan = [(3, torch.rand(128), ablate.masks_for([[1, 2], [3]], 128))]
-    args = ("t", model, len(paths), loader_for, [0, 50], plan, torch.device("cpu"), None, 64, str(tmp_path), {"k": 1})
+    args = ("t", model, len(paths), loader_for, [0, 50], plan, torch.device("cpu"), None, 64, str(tmp_path), {"k": 1}, 30)
     full = ablate.run_pass(net, *args)
     assert full.shape == (2, 3, 4) and full.dtype == torch.bool  # (scale, condition, image)
     partial = tmp_path / ".partial-t.pt"
@@ -360,7 +361,7 @@ def swept(fixture_folder, fixture_weights, fixture_model, tmp_path_factory):
     root, labels = fixture_folder
     results = str(tmp_path_factory.mktemp("swept"))
     base = ["--data", root, "--weights", fixture_weights, "--results", results, "--workers", "0", "--batch", "8",
-            "--limit", str(LIMIT), "--sets", "2.1:0:6;3.1:0:10", "--screen_draws", "8", "--screen_cap", "8", "--scales", "10,50",
+            "--limit", str(LIMIT), "--sets", "2.1:0:6;3.1:0:10", "--screen_draws", "8", "--screen_cap", "8", "--crops", "10,50",
             "--amp", "fp32"]  # the counts are compared with an fp32 recomputation, whatever AMP_AUTO says
     common = base + ["--n_trials", "3"]
     r = run_script(*common, "--screen_margin", "2.1:<=100;3.1:<=100")
@@ -471,7 +472,7 @@ def test_end_to_end_and_resume(swept):
 def test_refusals_and_the_cap(folder, tmp_path):
     results = str(tmp_path / "res")
     common = ["--data", folder, "--weights", "random:3", "--results", results, "--workers", "0", "--batch", "4",
-              "--sets", "2.1:0:6;3.1:0:10", "--n_trials", "2", "--screen_draws", "3", "--scales", "10,50",
+              "--sets", "2.1:0:6;3.1:0:10", "--n_trials", "2", "--screen_draws", "3", "--crops", "10,50",
               "--screen_margin", "2.1:<=100;3.1:<=100", "--limit", "5"]
     r = run_script(*common)
     assert r.returncode == 0, r.stderr
@@ -491,35 +492,47 @@ def test_refusals_and_the_cap(folder, tmp_path):
     assert not os.path.exists(os.path.join(results, "ablation", "2.1", "draw003.pt"))  # no draw beyond the 3 made
 
 
+def test_old_scales_flag_sets_the_crops_with_a_note():
+    """--scales was ablate.py's name for the crop percentages (fzs.py's --scales are lucent scale factors): it still
+    works, says once that it is now --crops, and --help lists only --crops."""
+    old = run_script("--scales", "10,0", "--weights", "random")  # 0 is out of range: main read the value as the crops
+    assert old.returncode == 1 and "Traceback" not in old.stderr
+    assert old.stderr.count("note: --scales is now --crops (crop percentages of the scale transform)\n") == 1
+    assert "error: crop 0 is out of range: --crops are percentages between 1 and 99" in old.stderr
+    new = run_script("--crops", "10,0", "--weights", "random")
+    assert "error: crop 0 is out of range" in new.stderr and "note:" not in new.stderr
+    both = run_script("--crops", "0", "--scales", "10", "--weights", "random")  # the new name wins
+    assert "error: crop 0 is out of range" in both.stderr
+    usage = run_script("--help").stdout
+    assert "--crops LIST" in usage and "--scales LIST" not in usage and "--n_trials" in usage
+
+
 def test_missing_data_folder_is_one_line(tmp_path):
     missing = run_script("--data", str(tmp_path / "nowhere"), "--weights", "random")
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_passing_sets_from_criteria_json(tmp_path, monkeypatch):
-    monkeypatch.setattr(ablate, "RESULTS", str(tmp_path))
-    monkeypatch.setattr(ablate, "ABLATE_BLOCKS", ["2.1", "3.1"])
-    monkeypatch.setattr(ablate, "SETS", "3.1:4,2")
-    assert "criteria.json is missing" in error_of(ablate.passing_sets, "random:0")
+def test_passing_sets_from_criteria_json(tmp_path):
+    def passing_sets(weights_id, spec):  # --ablate_blocks 2.1,3.1 --sets SPEC --weights random --results tmp_path
+        return ablate.passing_sets(net, weights_id, ["2.1", "3.1"], spec, str(tmp_path), "random")
+
+    assert "criteria.json is missing" in error_of(passing_sets, "random:0", "3.1:4,2")
     crit = {"config": {"WEIGHTS": "random", "weights_id": "random:0"},
             "blocks": {"2.1": {"n_channels": 128, "passing": [9, 1, 5], "count": 3, "percent": 2.3,
                                "layers": list(net.blocks["2.1"])}}}
     results.save_json(crit, str(tmp_path / "criteria.json"))
-    assert ablate.passing_sets(net, "random:0") == {"2.1": [1, 5, 9], "3.1": [2, 4]}  # 3.1 named by hand
-    assert "made with weights 'random:0'" in error_of(ablate.passing_sets, "IMAGENET1K_V1")
-    monkeypatch.setattr(ablate, "SETS", "")
-    assert "has no block 3.1" in error_of(ablate.passing_sets, "random:0")
+    assert passing_sets("random:0", "3.1:4,2") == {"2.1": [1, 5, 9], "3.1": [2, 4]}  # 3.1 named by hand
+    assert "made with weights 'random:0'" in error_of(passing_sets, "IMAGENET1K_V1", "3.1:4,2")
+    assert "has no block 3.1" in error_of(passing_sets, "random:0", "")
     # A block measured on only some channels: its 'non-passing' channels may pass, so no random sets are drawn from it.
-    monkeypatch.setattr(ablate, "WEIGHTS", "random")
     crit["blocks"]["3.1"] = {"n_channels": 256, "passing": [2, 4], "measured": list(range(16)), "missing": list(range(16, 256))}
     crit["fz_files"] = {"layer3.0": {"seed": 2, "steps": 256, "lr": 0.05, "amp": "bf16", "pre_as_released": False, "batch": 64}}
     results.save_json(crit, str(tmp_path / "criteria.json"))
-    text = error_of(ablate.passing_sets, "random:0")
+    text = error_of(passing_sets, "random:0", "")
     assert "block 3.1 measured only 16 of its channels (240 missing)" in text
     assert (f"python fzs.py --layers layer3.0,layer3.1.bn2 --channels 16:256 --seed 2 --steps 256 --lr 0.05 --amp bf16 "
             f"--pre_as_released False --batch 64 --weights random --results {tmp_path}") in text
-    monkeypatch.setattr(ablate, "SETS", "3.1:4,2")  # named by hand: allowed
-    assert ablate.passing_sets(net, "random:0") == {"2.1": [1, 5, 9], "3.1": [2, 4]}
+    assert passing_sets("random:0", "3.1:4,2") == {"2.1": [1, 5, 9], "3.1": [2, 4]}  # named by hand: allowed
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -542,24 +555,25 @@ def test_stratified_split_is_stratified_and_reproducible():
 
 def test_sign_flip_p_values_on_planted_differences():
     below = -np.linspace(0.1, 0.3, 10)  # every trial's scaled ratio below its no-scale ratio
-    assert ablate.sign_flip_p(below, 10000, 0) == (1 / 1024, "exact")  # only the observed signs reach that mean
-    assert ablate.sign_flip_p(-below, 10000, 0)[0] == 1.0
-    p, how = ablate.sign_flip_p(np.array([0.2, -0.2, 0.1, -0.1, 0.05, -0.05, 0.3, -0.3]), 10000, 0)  # symmetric: none
+    assert stats.sign_flip_p(below, 10000, 0) == (1 / 1024, "exact")  # only the observed signs reach that mean
+    assert stats.sign_flip_p(-below, 10000, 0)[0] == 1.0
+    p, how = stats.sign_flip_p(np.array([0.2, -0.2, 0.1, -0.1, 0.05, -0.05, 0.3, -0.3]), 10000, 0)  # symmetric: none
     assert how == "exact" and 0.5 <= p <= 0.7
-    p, how = ablate.sign_flip_p(-np.linspace(0.1, 0.3, 20), 999, 0)  # 2^20 flips: random ones
+    p, how = stats.sign_flip_p(-np.linspace(0.1, 0.3, 20), 999, 0)  # 2^20 flips: random ones
     assert how == "999 random flips" and p == 1 / 1000
-    assert ablate.sign_flip_p([np.nan, np.nan], 100, 0) == (None, "no trials")
+    assert stats.sign_flip_p([np.nan, np.nan], 100, 0) == (None, "no trials")
     # claim_test on planted per-trial ratios: a clear effect and none
     g = np.random.default_rng(0)
     n_trials, scales = 12, 4
     hits_p = g.random((scales, 300)) < 0.5
     hits_r = g.random((n_trials, scales, 300)) < 0.5
     effect = np.column_stack([np.full(n_trials, 1.0) + g.normal(0, 0.02, n_trials)] + [np.full(n_trials, 0.9) + g.normal(0, 0.02, n_trials)] * 3)
-    t = ablate.claim_test(effect, hits_p, hits_r, 0)
+    test = dict(replicates=2000, level=0.95, permutations=10000)  # the defaults of --bootstrap, --ci, --permutations
+    t = ablate.claim_test(effect, hits_p, hits_r, 0, **test)
     assert t["p_below"] < 0.001 and t["permutations"] == "exact" and all(p < 0.001 for p in t["p_below_per_scale"])
     assert np.allclose(t["difference"], effect[:, 1:].mean(0) - effect[:, 0].mean())
     noise = 1.0 + g.normal(0, 0.05, (n_trials, scales))
-    assert ablate.claim_test(noise, hits_p, hits_r, 0)["p_below"] > 0.05
+    assert ablate.claim_test(noise, hits_p, hits_r, 0, **test)["p_below"] > 0.05
 
 
 def test_bootstrap_interval_on_planted_hits():
@@ -570,15 +584,15 @@ def test_bootstrap_interval_on_planted_hits():
     base = g.random(n)
     hits_r = np.stack([np.stack([g.random(n) < 0.5 for _ in range(4)]) for _ in range(n_trials)])
     effect = np.stack([base < 0.5] + [base < 0.35] * 3)  # 50% at no scale, 35% scaled
-    boot = ablate.bootstrap_differences(effect, hits_r, 500, seed=0)
+    boot = stats.bootstrap_differences(effect, hits_r, 500, seed=0)
     assert boot.shape == (500, 3)
     lo, hi = np.percentile(boot, [2.5, 97.5], axis=0)
     truth = 0.35 / 0.5 - 0.5 / 0.5  # ratios against random sets at 50%
     assert (hi < 0).all() and (lo < truth).all() and (truth < hi).all()
     none = np.stack([base < 0.5] * 4)
-    lo, hi = np.percentile(ablate.bootstrap_differences(none, hits_r, 500, seed=0), [2.5, 97.5], axis=0)
+    lo, hi = np.percentile(stats.bootstrap_differences(none, hits_r, 500, seed=0), [2.5, 97.5], axis=0)
     assert ((lo < 0) & (0 < hi)).all()
-    assert np.array_equal(ablate.bootstrap_differences(none, hits_r, 50, seed=3), ablate.bootstrap_differences(none, hits_r, 50, seed=3))
+    assert np.array_equal(stats.bootstrap_differences(none, hits_r, 50, seed=3), stats.bootstrap_differences(none, hits_r, 50, seed=3))
 
 
 def test_heldout_cells_are_counted_on_heldout_images_only(swept):

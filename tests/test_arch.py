@@ -210,22 +210,21 @@ def planted_criteria(folder, arch_name, percents):
         json.dump({"config": {"arch": arch_name, "weights_id": results.make_weights_id(arch_name, "random:0")}, "blocks": blocks}, f)
 
 
-def test_sweep_default_blocks(tmp_path, monkeypatch):
+def test_sweep_default_blocks(tmp_path):
     import ablate
-    monkeypatch.setattr(ablate, "RESULTS", str(tmp_path))
     net = arch.net("resnet50")
     crit = {"blocks": {"1.0": {"count": 3, "percent": 3.0}, "2.3": {"count": 9, "percent": 9.0}, "3.1": {"count": 12, "percent": 12.0},
                        "3.4": {"count": 9, "percent": 9.0}, "4.2": {"count": 0, "percent": 0.0}}}
-    assert ablate.default_blocks(net, crit, []) == ["2.3", "3.1"]  # the two largest fractions, in forward order; a tie goes to the earlier
-    assert ablate.default_blocks(net, crit, ["3.4", "1.2"]) == ["1.2", "3.4"]  # the blocks named in --sets come first
+    assert ablate.default_blocks(net, crit, [], str(tmp_path)) == ["2.3", "3.1"]  # the two largest fractions, in forward order; a tie goes to the earlier
+    assert ablate.default_blocks(net, crit, ["3.4", "1.2"], str(tmp_path)) == ["1.2", "3.4"]  # the blocks named in --sets come first
     with pytest.raises(SystemExit, match="criteria.json is missing"):
-        ablate.default_blocks(net, None, [])
+        ablate.default_blocks(net, None, [], str(tmp_path))
     with pytest.raises(SystemExit, match="has passing channels"):
-        ablate.default_blocks(net, {"blocks": {"4.2": {"count": 0, "percent": 0.0}}}, [])
+        ablate.default_blocks(net, {"blocks": {"4.2": {"count": 0, "percent": 0.0}}}, [], str(tmp_path))
     assert ablate.screening_rules(net, ablate.SCREEN_MARGIN) == {"*": ("<=", 1.0)}  # the paper's 2.1 / 3.1 rules are resnet18's
     assert ablate.screening_rules(net, "2.1:<0") == {"2.1": ("<", 0.0)}  # named by the user: kept
     net = arch.net("resnet18")
-    assert ablate.default_blocks(net, crit, []) == ["2.1", "3.1"]  # resnet18: the paper's blocks (METHOD.md section 5)
+    assert ablate.default_blocks(net, crit, [], str(tmp_path)) == ["2.1", "3.1"]  # resnet18: the paper's blocks (METHOD.md section 5)
     assert ablate.screening_rules(net, ablate.SCREEN_MARGIN)["2.1"] == ("<", 0.0)
 
 

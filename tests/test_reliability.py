@@ -64,11 +64,11 @@ def test_a_second_fzs_on_the_same_folder_is_refused_and_a_kill_leaves_no_stale_l
     ("ablate.py", ["--weights", "random", "--data", "{data}"]),
 ])
 def test_criteria_and_ablate_refuse_a_folder_in_use(tmp_path, name, args, fixture_folder):
-    results = str(tmp_path / "res")
-    os.makedirs(os.path.join(results, "fzs"))
-    held = results.lock_results(results, name)  # as if another process were running it
+    folder = str(tmp_path / "res")
+    os.makedirs(os.path.join(folder, "fzs"))
+    held = results.lock_results(folder, name)  # as if another process were running it
     try:
-        p = script(name, *[a.replace("{data}", fixture_folder[0]) for a in args], "--results", results, check=False)
+        p = script(name, *[a.replace("{data}", fixture_folder[0]) for a in args], "--results", folder, check=False)
         assert p.returncode != 0 and f"is in use by another {name}" in p.stderr and "Traceback" not in p.stderr
     finally:
         held.close()

@@ -20,6 +20,8 @@ from PIL import Image
 
 import arch
 import imagenet
+import results
+import stats
 import stream
 import tuning
 
@@ -66,11 +68,11 @@ def test_analogues_and_index_on_planted_values():
     assert frac.tolist() == [2 / 3] and np.allclose(diff, [(0.5 - 0.5 + 1.0) / 3])
     ratio = tuning.eq2n(np.array([[1.0, 3.0], [1.0, 1.0], [1.0, np.nan]]), np.array([[2.0, 2.0], [0.0, 0.0], [4.0, np.nan]]))
     assert ratio[0] == 1.0 and np.isnan(ratio[1]) and ratio[2] == 0.25  # zero denominator: undefined
-    auc, p = tuning.mann_whitney([5, 6, 7, 8, 9], [1, 2, 3, 4], 2000, 0)
-    assert auc == 1.0 and p < 0.04  # exact: 2 / C(9, 4) = 0.016
-    auc, p = tuning.mann_whitney([1, 2, 3, 4], [1, 2, 3, 4], 2000, 0)
-    assert auc == 0.5 and p > 0.9
-    assert tuning.mann_whitney([], [1.0], 10, 0) == (None, None)
+    auc, p = stats.mann_whitney([5, 6, 7, 8, 9], [1, 2, 3, 4], 2000, 0)
+    assert auc == 1.0 and p == 2 / 126  # exact (126 = C(9, 4) relabellings <= 2000): only the two extremes are as far
+    auc, p = stats.mann_whitney([1, 2, 3, 4], [1, 2, 3, 4], 2000, 0)
+    assert auc == 0.5 and p == 1.0
+    assert stats.mann_whitney([], [1.0], 10, 0) == (None, None)
 
 
 def test_unit_sets_are_unions_of_the_three_top_k():
@@ -92,16 +94,16 @@ def test_unit_sets_are_unions_of_the_three_top_k():
 
 @pytest.fixture(scope="module")
 def natural(fixture_folder, fixture_weights, tmp_path_factory):
-    results = str(tmp_path_factory.mktemp("tuning"))
+    folder = str(tmp_path_factory.mktemp("tuning"))
     p = subprocess.run([sys.executable, os.path.join(ROOT, "ablate.py"), "--data", fixture_folder[0], "--weights", fixture_weights,
-                        "--results", results, "--stages", "natural", "--workers", "0", "--limit", "24"],
+                        "--results", folder, "--stages", "natural", "--workers", "0", "--limit", "24"],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
-    wid = stream.load_model(net.name, fixture_weights)[1]
-    results.save_json({"config": {"weights_id": wid}, "blocks": {"2.1": {"n_channels": 128, "passing": list(range(0, 128, 5)),
-                                                                         "measured": list(range(128))}}},
-                     os.path.join(results, "criteria.json"))
-    return results
+    weights_id = stream.load_model(net.name, fixture_weights)[1]
+    results.save_json({"config": {"weights_id": weights_id}, "blocks": {"2.1": {"n_channels": 128, "passing": list(range(0, 128, 5)),
+                                                                                "measured": list(range(128))}}},
+                      results.criteria_file(folder))
+    return folder
 
 
 ARGS = ["--tune_blocks", "2.1,3.1", "--top_k", "3", "--sample", "4", "--fractions", "1,0.5", "--workers", "0", "--batch", "4",
