@@ -11,7 +11,6 @@
 Reads <RESULTS>/tuning/curves.pt, tuning.json (tuning.py) and criteria.json; writes <RESULTS>/figures/tuning_*.
 """
 
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 import arch
 from cli import configure, die, main_guard
 from figures import save_figure, stamp
-from results import figure, load_json, load_pt, read_criteria, tuning_dir, tuning_file, weights_of
+from results import figure, load_json, load_pt, read_criteria, tuning_curves, tuning_file, weights_of
 
 RESULTS = "results"  # reads tuning/curves.pt, tuning.json, criteria.json; writes figures/tuning_*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -116,7 +115,7 @@ def zoom_figure(blocks, pairs, zoom, weights):
 def main():
     configure(globals())
     net = arch.net(ARCH)
-    curves_path = os.path.join(tuning_dir(RESULTS), "curves.pt")
+    curves_path = tuning_curves(RESULTS)
     curves = load_pt(curves_path, "tuning curves (run python tuning.py first)")
     net.check(curves["config"], curves_path)
     summary = load_json(tuning_file(RESULTS), "tuning summary (run python tuning.py first)")

@@ -97,6 +97,15 @@ def tuning_dir(results):
     return os.path.join(results, "tuning")
 
 
+def tuning_values(results):
+    """tuning.py's measured values, saved while it runs (resume)."""
+    return os.path.join(results, "tuning", "values.pt")
+
+
+def tuning_curves(results):
+    return os.path.join(results, "tuning", "curves.pt")
+
+
 def tuning_file(results, ext="json"):
     return os.path.join(results, f"tuning.{ext}")
 

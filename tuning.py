@@ -52,8 +52,9 @@ from results import (
     read_summary,
     save_json,
     save_pt,
-    tuning_dir,
+    tuning_curves,
     tuning_file,
+    tuning_values,
     versions,
     write_csv,
 )
@@ -287,10 +288,8 @@ def main():
     # The measurement: every distinct image once, all its zooms, all probed layers in one pass.
     config = {"arch": ARCH, "weights": weights_id, "natural": {k_: summary["config"].get(k_) for k_ in ("data", "limit", "count", "paths")},
               "blocks": list(tune_blocks), "top_k": k, "sample": len(sample), "fractions": list(FRACTIONS), "seed": SEED}
-    folder = tuning_dir(RESULTS)
-    os.makedirs(folder, exist_ok=True)
     state = measure_zoom_responses(net, model, summary["root"], summary["paths"], ids, sets, columns, np.searchsorted(ids, sample),
-                                   FRACTIONS, device, batch, WORKERS, os.path.join(folder, "values.pt"), config, CHECKPOINT_SECONDS)
+                                   FRACTIONS, device, batch, WORKERS, tuning_values(RESULTS), config, CHECKPOINT_SECONDS)
 
     # 2 and 3. The tuning curves, the invariance index and the natural-image analogues of the criteria.
     a = analyse(units, sets, member, state["values"], state["sample"], columns, zoom, EQ1N_MIN)
@@ -309,7 +308,7 @@ def main():
                   "zooms": zoom, "device": device_name, "batch": batch, "versions": versions()}
     save_json({"config": run_config, "blocks": blocks}, tuning_file(RESULTS))
     save_pt({"config": run_config, "units": units, "zooms": zoom, **a},
-            os.path.join(folder, "curves.pt"))
+            tuning_curves(RESULTS))
     write_csv(*csv_table(units, a, criteria), tuning_file(RESULTS, "csv"))
     report(blocks, k, EQ1N_MIN, time.time() - t0)
     return cfg

@@ -37,13 +37,13 @@ def sha(path):
 # One process per results folder
 
 def test_a_second_fzs_on_the_same_folder_is_refused_and_a_kill_leaves_no_stale_lock(tmp_path):
-    results = str(tmp_path / "res")
+    folder = str(tmp_path / "res")
     args = ["--layers", "layer1.0", "--channels", "0:4", "--steps", "5000", "--batch", "2", "--weights", "random",
-            "--png", "false", "--results", results]
+            "--png", "false", "--results", folder]
     first = subprocess.Popen([sys.executable, os.path.join(ROOT, "fzs.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        lock = os.path.join(results, ".fzs.py.lock")
+        lock = results.lock_file(folder, "fzs.py")
         deadline = time.time() + 60
         while time.time() < deadline and not (os.path.isfile(lock) and f"pid {first.pid}" in open(lock).read()):
             time.sleep(0.05)
@@ -55,7 +55,7 @@ def test_a_second_fzs_on_the_same_folder_is_refused_and_a_kill_leaves_no_stale_l
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    held = results.lock_results(results, "fzs.py")  # the kernel dropped the dead process's lock: nothing stale
+    held = results.lock_results(folder, "fzs.py")  # the kernel dropped the dead process's lock: nothing stale
     held.close()
 
 
