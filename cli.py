@@ -8,6 +8,7 @@ Constants below that line are fixed tables, not flags.
 This module imports nothing of the project's: every other module may import it.
 """
 
+import argparse
 import ast
 import contextlib
 import errno
@@ -239,15 +240,41 @@ def _parse_value(text, default, name):
     return None if default is None and text.lower() == "none" else text
 
 
+def help_line(comment, shown):
+    """A flag's --help text: its comment, then '(default: VALUE)' unless the comment already says its default
+    ('(default: ...)') or the value is empty (nothing to show: the comment says what empty means, or that it is required)."""
+    said = re.search(r"\(default\b", comment)
+    return comment if said or str(shown) == "" else f"{comment} (default: {shown})"
+
+
+def closest_flag(typed, known):
+    """The known flag nearest to a mistyped one ('--chanels' -> '--channels'), or None when none is near."""
+    import difflib
+    near = difflib.get_close_matches(typed.split("=")[0], known, n=1, cutoff=0.6)
+    return near[0] if near else None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: an unknown flag names the closest known one; exit status 2, as argparse's."""
+
+    def error(self, message):
+        known = [s for a in self._actions for s in a.option_strings if a.help != argparse.SUPPRESS]
+        m = re.match(r"unrecognized arguments: (.*)", message)
+        flags = [t for t in (m.group(1).split() if m else []) if t.startswith("-")]
+        if flags:
+            near = closest_flag(flags[0], known)
+            message = f"unknown flag {flags[0].split('=')[0]}" + (f"; did you mean {near}?" if near else "")
+        self.exit(2, f"error: {message} (python {self.prog} --help lists the flags)\n")
+
+
 def configure(g, argv=None, description=None, aliases=None):
     """Override the script's constants (in its globals g) from the command line; return them as a dict.
 
     aliases: {old flag name: the constant it now sets}, for a flag that was renamed: --old still works (not listed by
     --help), with one line on stderr naming the new flag."""
-    import argparse
     consts = flag_names(g["__file__"])
-    parser = argparse.ArgumentParser(description=description or (g.get("__doc__") or "").strip().split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog=os.path.basename(g["__file__"]), description=description or (g.get("__doc__") or "").strip().split("\n\n")[0],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, comment in consts.items():
         default = g[name]
         shown = (",".join(map(str, default)) if isinstance(default, (list, tuple)) else
@@ -255,7 +282,7 @@ def configure(g, argv=None, description=None, aliases=None):
         flags = dict.fromkeys([f"--{name.lower()}", f"--{name.lower().replace('_', '-')}"])  # --pre_as_released, --pre-as-released
         extra = dict(nargs="?", const="true") if isinstance(default, bool) else {}  # --list alone means --list true
         parser.add_argument(*flags, dest=name, metavar=type(default).__name__.upper(), **extra,
-                            help=f"{comment} (default: {shown})".replace("%", "%%"))
+                            help=help_line(comment, shown).replace("%", "%%"))
     aliases = aliases or {}
     for old, name in aliases.items():
         parser.add_argument(*dict.fromkeys([f"--{old}", f"--{old.replace('_', '-')}"]), dest=f"_alias_{old}", help=argparse.SUPPRESS)
