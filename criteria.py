@@ -1,4 +1,4 @@
-"""Scale-invariance criteria (METHOD.md section 3) and the mix ratio of the predecessor paper, per channel.
+"""Scale-invariance criteria (docs/method.md section 3) and the mix ratio of the predecessor paper, per channel.
 
 For every probed block b = (In, Pre, Post) and channel c, with X̂_In and X̂_Pre the stored center-neuron FZs
 of In_c and Pre_c (8-bit images from fzs.py, normalised, untransformed):
@@ -41,6 +41,7 @@ from results import (
     lock_results,
     read_fz,
     save_json,
+    split_weights_id,
     stability_file,
     versions,
     write_csv,
@@ -49,7 +50,7 @@ from stats import EQ2_HIGH, EQ2_LOW
 from stream import load_model, normalize, read_center, to_float, zoom
 
 ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its blocks); must be the one the FZs were made with
-WEIGHTS = "IMAGENET1K_V1"  # model weights: torchvision's (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path
+WEIGHTS = ""  # model weights: torchvision's (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path; empty: the weights the FZ files record (IMAGENET1K_V1 where there are none)
 RESULTS = "results"  # folder holding fzs/ (from fzs.py); criteria.json and criteria.csv are written here
 BLOCKS = []  # blocks to measure, e.g. 2.1,3.1 (empty: every probed block of ARCH; resnet18's are 1.1,2.0,2.1,3.0,3.1,4.0,4.1)
 RUNS = []  # results folders of FZ runs made with different seeds, for the stability report (empty: no report)
@@ -134,6 +135,38 @@ def any_fz(net, results):
         if os.path.isfile(fz_file(results, layer, "center")):
             return load_fz(net, results, layer)
     return None
+
+
+def recorded_fz_weights(net, folders, blocks):
+    """The one weights id that the center FZ files of these blocks' In and Pre layers record across the folders
+    ('random' read as 'random:0'), or None when there are none; dies when they disagree. Only the configs are read
+    (memory-mapped), not the images."""
+    found = {}
+    for folder in folders:
+        for block in blocks:
+            for layer in net.blocks[block][:2]:
+                path = fz_file(folder, layer, "center")
+                if os.path.isfile(path):
+                    try:
+                        made = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["config"].get("weights")
+                    except Exception:
+                        made = load_fz(net, folder, layer)["config"].get("weights")  # its one-line error, if any
+                    if made:
+                        found.setdefault("random:0" if made == "random" else made, path)
+    if len(found) > 1:
+        die("the FZ files were made with different weights (" + ", ".join(f"{w} in {p}" for w, p in found.items())
+            + "): remake them with one --weights, or pass --weights to measure the blocks made with it")
+    return next(iter(found), None)
+
+
+def weights_flag(weights_id):
+    """The --weights value that loads the weights an FZ file records: the id without its architecture; a checkpoint
+    ('file:NAME:sha256=...') cannot be loaded from its id, so the user is asked for the file."""
+    name = split_weights_id(weights_id)[1]
+    if name.startswith("file:"):
+        die(f"the FZ files were made with the checkpoint {name.split(':')[1]} (weights {weights_id}): pass it with "
+            f"--weights /path/to/{name.split(':')[1]}")
+    return name
 
 
 def sha256(path):
@@ -310,7 +343,7 @@ def paper_overlap(block, passing, measured):
 
 def print_summary(result, weights_id, blocks):
     """The summary of one run, block by block (blocks: the blocks asked for, --blocks)."""
-    print(f"\nScale-invariance criteria (Eq. 1 and Eq. 2 of METHOD section 3), weights {weights_id}"
+    print(f"\nScale-invariance criteria (Eq. 1 and Eq. 2 of docs/method.md section 3), weights {weights_id}"
           + ("  ** RANDOM WEIGHTS: not the paper's model **" if is_random(weights_id) else ""))
     for block in blocks:
         if block in result["skipped"]:
@@ -398,15 +431,20 @@ def main():
         if not os.path.isdir(fzs_dir(folder)):
             die(f"run {folder}: no FZs in {fzs_dir(folder)}")
     single = not RUNS or os.path.isdir(fzs_dir(RESULTS))  # with --runs, RESULTS may be just the output folder
+    weights = WEIGHTS  # empty: the weights the inputs were made with; the default weights where there are none
+    if not weights:
+        made = recorded_fz_weights(net, ([RESULTS] if single else []) + list(RUNS), blocks)
+        weights = weights_flag(made) if made else "IMAGENET1K_V1"
+        cfg["WEIGHTS"] = weights  # criteria.json records the weights used, as if they had been passed
     if single and not os.path.isdir(fzs_dir(RESULTS)):
         layers = [layer for b in blocks for layer in net.blocks[b][:2]]
-        die(f"no FZs in {fzs_dir(RESULTS)}; make them with: {fzs_command(layers, net.name, WEIGHTS, RESULTS)}")
+        die(f"no FZs in {fzs_dir(RESULTS)}; make them with: {fzs_command(layers, net.name, weights, RESULTS)}")
     mix_if = (MIX_IF_PRE_NONPOS, MIX_IF_IN_NONPOS)  # the mix ratio's conventions, in mix_ratio's order
     device = pick_device(DEVICE)
     device_name = use_device(device, "fp32")  # these are measurements: true float32 convolutions on a GPU too (no TF32)
     batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=64, cap=1024)
     t0 = time.time()
-    model, weights_id = load_model(net.name, WEIGHTS, device)
+    model, weights_id = load_model(net.name, weights, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and GPUs alike, still float32
     config = {**cfg, "arch": ARCH, "weights_id": weights_id, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": device_name,
               "batch": batch, "versions": versions()}
@@ -416,7 +454,7 @@ def main():
     results = {}
     lock = lock_results(RESULTS, "criteria.py")  # noqa: F841 (held until the process ends)
     if single:
-        result = run_criteria(net, model, weights_id, RESULTS, blocks, WEIGHTS, device, batch, mix_if)
+        result = run_criteria(net, model, weights_id, RESULTS, blocks, weights, device, batch, mix_if)
         if not result["blocks"]:
             for block, reason in result["skipped"].items():
                 print(f"block {block}: not measured: {reason}", file=sys.stderr)
@@ -436,7 +474,7 @@ def main():
         for folder in RUNS:
             key = os.path.abspath(folder)
             if key not in results:
-                results[key] = run_criteria(net, model, weights_id, folder, blocks, WEIGHTS, device, batch, mix_if,
+                results[key] = run_criteria(net, model, weights_id, folder, blocks, weights, device, batch, mix_if,
                                             strict_weights=True)
                 for block, reason in results[key]["skipped"].items():
                     print(f"run {folder}, block {block}: not measured: {reason}")

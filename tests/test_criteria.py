@@ -333,3 +333,32 @@ def test_overlap_with_the_papers_lists_on_planted_sets(capsys):
     assert "no published reference" not in out
     criteria.print_summary({"blocks": {"2.1": {**s, "paper_overlap": None}}, "skipped": {}}, "random:0", ["2.1"])
     assert "no published reference exists for weights random:0" in capsys.readouterr().out
+
+
+def test_the_weights_come_from_the_inputs(tmp_path, monkeypatch, capsys):
+    """No --weights: the weights every FZ file of the inputs records (here random:0, as the smoke run's); inputs that
+    disagree are refused, and an explicit --weights must agree with the files. (Each call writes to a folder of its
+    own: this process holds the lock of every folder it wrote to.)"""
+    a, b, c = (str(tmp_path / name) for name in "abc")
+    for folder, seed in ((a, 0), (b, 1), (c, 0)):
+        for layer in net.blocks["2.1"][:2]:
+            make_fz(folder, layer, [0, 1], seed=seed)
+    run_main(monkeypatch, "--results", a, "--runs", f"{a},{b}", "--blocks", "2.1", "--batch", "2")
+    made = json.loads(open(results.criteria_file(a)).read())["config"]
+    assert made["weights_id"] == "random:0" and made["WEIGHTS"] == "random:0"
+    assert set(json.loads(open(results.stability_file(a)).read())["blocks"]) == {"2.1"}
+    with pytest.raises(SystemExit, match="was made with weights 'random:0', not 'random:1'"):
+        run_main(monkeypatch, "--weights", "random:1", "--results", str(tmp_path / "out1"), "--runs", f"{a},{b}", "--blocks", "2.1")
+    with pytest.raises(SystemExit, match="the reason for each block is above"):
+        run_main(monkeypatch, "--weights", "random:1", "--results", c, "--blocks", "2.1")
+    assert "were made with weights 'random:0', the model here is 'random:1'" in capsys.readouterr().err
+    make_fz(b, net.blocks["2.1"][1], [0, 1], seed=1, weights="random:1")
+    with pytest.raises(SystemExit, match=r"different weights \(random:0 in .*, random:1 in .*layer2\.1\.bn2"):
+        run_main(monkeypatch, "--results", str(tmp_path / "out2"), "--runs", f"{a},{b}", "--blocks", "2.1")
+
+
+def test_a_checkpoint_recorded_by_the_inputs_is_asked_for(tmp_path, monkeypatch):
+    for layer in net.blocks["2.1"][:2]:
+        make_fz(tmp_path, layer, [0], weights="file:mine.pth:sha256=0123456789abcdef")
+    with pytest.raises(SystemExit, match=r"checkpoint mine\.pth .*pass it with --weights /path/to/mine\.pth$"):
+        run_main(monkeypatch, "--results", str(tmp_path), "--blocks", "2.1")
