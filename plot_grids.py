@@ -1,6 +1,6 @@
 """The paper's Figures 1, 3 and 4: for each criteria-passing channel of a block, a 3x3 grid. Columns: the block's
 In, Pre and Post layers; rows: the center-neuron FZ, the whole-channel FZ, and a 3x3 montage of the channel's
-top-9 natural images (METHOD.md section 6).
+top-9 natural images (docs/method.md section 6).
 
     python plot_grids.py                               # every block with passing channels (criteria.json)
     python plot_grids.py --channels "2.1:5,17;3.1:40"  # a few channels named by hand (Figure 1 style)
@@ -8,7 +8,7 @@ top-9 natural images (METHOD.md section 6).
 Reads <RESULTS>/criteria.json, fzs/<layer>/{center,channel}.pt and natural/summary.pt; writes
 <RESULTS>/figures/grids_block<B>.png (_p1, _p2, ... for several pages) and .pdf (all pages), or grids_selected.*
 for channels named by hand. Missing channel FZs or natural images leave grey 'missing' panels, and the script
-prints the command that fills them.
+prints the command that fills them; with no FZ at all for the channels asked, it stops with that command instead.
 """
 
 import math
@@ -27,6 +27,7 @@ from results import (
     figures_dir,
     fz_file,
     fzs_command,
+    fzs_dir,
     natural_command,
     read_criteria,
     read_fz,
@@ -203,6 +204,11 @@ def main():
         grids_by_block[block] = grids
 
     weights = weights_of(*configs)
+    if not any(image is not None for grids in grids_by_block.values() for _, panels in grids for row in panels[:2] for image in row):
+        asked = ";".join(f"{block}:{arch.channel_ranges(channels)}" for block, channels in chosen)
+        commands = "; ".join(fzs_command(list(net.blocks[block]), net.name, weights, RESULTS, center_config or None, channels,
+                                         "center,channel") for block, channels in chosen)
+        die(f"no FZs in {fzs_dir(RESULTS)} for channels {asked}: nothing to draw; make them with: {commands}")
     os.makedirs(figures_dir(RESULTS), exist_ok=True)
     page_size = PER_ROW * ROWS_PER_PAGE
     if CHANNELS:  # one figure of the channels named by hand, in the order given

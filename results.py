@@ -178,8 +178,9 @@ FZ_KEYS = ("arch", "layer", "objective") + FZ_MATCH_KEYS + ("size", "scales", "a
 
 def weights_flags(weights, arch_name, always=False):
     """' --arch NAME --weights W' naming the architecture and these weights (an id or a flag value) on a command
-    line: a checkpoint as a placeholder path; resnet18 and IMAGENET1K_V1 (unless `always`) left out."""
-    weights = split_weights_id(weights)[1]
+    line: a checkpoint as a placeholder path; resnet18 and IMAGENET1K_V1 (unless `always`) left out. Weights no input
+    recorded (None, '' or weights_of's 'unknown') are not a flag value: the flag is left out (the default weights)."""
+    weights = split_weights_id(weights)[1] if weights not in (None, "", "unknown") else "IMAGENET1K_V1"
     if weights.startswith("file:"):  # a weights id, not the path: name the flag
         weights = "/path/to/the/checkpoint"
     flags = f" --arch {arch_name}" if arch_name != "resnet18" else ""
