@@ -1,4 +1,4 @@
-"""Natural-image activations and mean ablation of the criteria-passing channels (METHOD.md sections 4 and 5).
+"""Natural-image activations and mean ablation of the criteria-passing channels (docs/method.md sections 4 and 5).
 
 Stage `natural`: one pass over ImageNet validation (standard eval view, float32) records the center-neuron
 activation of every channel of the probed layers (18 in resnet18): per-image activations (float16 .npy per layer), the top-9
@@ -85,7 +85,7 @@ BATCH = "auto"  # images per batch: a number, or auto (128 on the CPU; on a GPU,
 SUFFIX_BATCH = 0  # images x conditions per forward after the ablated block (0 = auto: 512 on CPU, 4096 on CUDA)
 WORKERS = -1  # DataLoader worker processes decoding JPEGs (-1 = one per CPU core, at most 16)
 SEED = 0  # seeds the random channel sets (together with the block)
-ABLATE_BLOCKS = []  # blocks to ablate (empty: resnet18 -> 2.1,3.1 as in METHOD.md section 5; other ARCH -> the two with the largest passing fraction)
+ABLATE_BLOCKS = []  # blocks to ablate (empty: resnet18 -> 2.1,3.1 as in docs/method.md section 5; other ARCH -> the two with the largest passing fraction)
 SETS = ""  # passing sets by hand, e.g. "2.1:3,17,40:48;3.1:0,9" (blocks not named: RESULTS/criteria.json)
 N_TRIALS = 10  # accepted random sets per block
 VARIANTS = ["paper", "heldout", "unscreened"]  # reported: paper (Fig. 2 as published), heldout (screen on part, report on the rest), unscreened (first N_TRIALS draws)
@@ -93,7 +93,7 @@ HOLDOUT = 0.5  # heldout: the fraction of each class's images the ratios are rep
 BOOTSTRAP = 2000  # bootstrap replicates (trials and images resampled) for the intervals of the test
 CI = 0.95  # level of the bootstrap intervals
 PERMUTATIONS = 10000  # random sign flips for the p-value (every one of the 2^N_TRIALS when that is fewer)
-CROPS = [10, 20, 30, 40, 50]  # crop percentages of the scale transform (METHOD.md section 5; was --scales); no crop (0) is always evaluated too
+CROPS = [10, 20, 30, 40, 50]  # crop percentages of the scale transform (docs/method.md section 5; was --scales); no crop (0) is always evaluated too
 SCREEN_MARGIN = "2.1:<0;3.1:<=1;*:<=1"  # per block (* = any other): accept a random set if its no-scale top-1 minus the passing set's, in percentage points, is < or <= this
 SCREEN_DRAWS = 20  # random sets drawn per block in the first screening pass
 SCREEN_CAP = 200  # most random sets drawn per block before screening gives up
@@ -117,7 +117,7 @@ def top9_update(values, index, acts, first, k=9):
 
 
 def eq3(acc_passing, acc_random):
-    """METHOD.md Eq. 3 per scale: ratio = mean_i(acc_passing / acc_random_i), sem = std(ddof=1) / sqrt(n).
+    """docs/method.md Eq. 3 per scale: ratio = mean_i(acc_passing / acc_random_i), sem = std(ddof=1) / sqrt(n).
 
     acc_passing (S,), acc_random (N, S). A trial whose random-set accuracy is 0 has no ratio: it is left out
     (NaN in the per-trial ratios) and n counts the rest; ratio is NaN if no trial is left, sem if fewer than 2.
@@ -337,11 +337,11 @@ def run_pass(net, name, model, n, loader_for, scales, plan, device, dtype, suffi
 
 
 # ----------------------------------------------------------------------------------------------------
-# Stage 1: natural-image activations (METHOD.md section 4).
+# Stage 1: natural-image activations (docs/method.md section 4).
 
 def natural_stage(net, model, weights_id, dataset, loader_for, device, *, results, root, fake, limit, label_file, seed, batch,
                   every):
-    """METHOD.md section 4: one pass over the images (standard eval view, fp32) records every probed layer's
+    """docs/method.md section 4: one pass over the images (standard eval view, fp32) records every probed layer's
     center-neuron activations (natural/<layer>.npy), the top-9 images and the mean activation of every channel
     (natural/summary.pt). Resumable: the progress goes to natural/.progress.pt every `every` seconds and on Ctrl-C."""
     folder = natural_dir(results)
@@ -414,7 +414,7 @@ def natural_stage(net, model, weights_id, dataset, loader_for, device, *, result
 
 
 # ----------------------------------------------------------------------------------------------------
-# Stage 2: screening and the ablation sweep (METHOD.md section 5).
+# Stage 2: screening and the ablation sweep (docs/method.md section 5).
 
 def default_blocks(net, crit, named, results):
     """The sweep's blocks when --ablate_blocks is empty: resnet18's are the paper's (2.1 and 3.1); for another
@@ -527,7 +527,7 @@ def compute_cells(net, name, model, loader_for, scales, wanted, means, device, d
 def sweep_stage(net, model, weights_id, dataset, loader_for, device, device_name, prec, *, results, root, limit, batch,
                 suffix_batch, every, ablate_blocks, sets, weights, seed, crops, screen_margin, screen_draws, screen_cap, n_trials,
                 variants, holdout, test):
-    """METHOD.md section 5, and the variants beyond it: screen random sets of non-passing channels at no crop, then
+    """docs/method.md section 5, and the variants beyond it: screen random sets of non-passing channels at no crop, then
     Eq. 3 at every crop for each variant, with the test of the claim (claim_test's keyword arguments: `test`)."""
     dtype = amp_dtype(prec)
     n = len(dataset)

@@ -9,7 +9,7 @@ Bottleneck in resnet50 and up). For each block L.B of stage L (1..4), position B
 - Pre: the block's last BatchNorm before the sum (`bn2` in a BasicBlock, `bn3` in a Bottleneck).
 - Post: the block output.
 
-The FZ jitter rule (METHOD.md section 2's table for ResNet18, by stage and position): jitter 0 in stage 1 and in
+The FZ jitter rule (docs/method.md section 2's table for ResNet18, by stage and position): jitter 0 in stage 1 and in
 the first block of stage 2; 4 in the rest of stage 2 and the first block of stage 3; 16 in the rest of stage 3
 and in stage 4. It reproduces ResNet18's table exactly (a test) and extends to any depth.
 
@@ -72,7 +72,7 @@ def units(model):
 
 
 def jitter(block_name):
-    """The FZ pad/jitter of the layers of block 'layerL.B' (METHOD.md section 2, by stage and position)."""
+    """The FZ pad/jitter of the layers of block 'layerL.B' (docs/method.md section 2, by stage and position)."""
     stage, position = int(block_name[5]), int(block_name.split(".")[1])
     if stage == 1 or (stage == 2 and position == 0):
         return 0

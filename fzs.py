@@ -1,4 +1,4 @@
-"""Feature visualisations (FZs) of the units of ResNet18's residual stream (METHOD.md section 2; any torchvision ResNet with --arch).
+"""Feature visualisations (FZs) of the units of ResNet18's residual stream (docs/method.md section 2; any torchvision ResNet with --arch).
 
 For every unit (layer, channel) of the 18 In/Pre/Post layers: the image that maximises its center neuron
 (and, when asked, the whole channel), made as in Olah et al. (Distill 2017) with lucent's image
@@ -61,7 +61,7 @@ SEED = 0  # base seed: each batch of units derives its own from it, the layer an
 SIZE = 224  # image size (pixels)
 SCALES = [1.0, 0.975, 1.025, 0.95, 1.05]  # lucent random_scale choices
 ANGLES = [-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5]  # lucent random_rotate choices (degrees)
-JITTER = ""  # pad/jitter overrides by residual block, e.g. layer2.1:16,layer3.0:8 (default: arch.jitter's rule, ResNet18's table of METHOD.md section 2)
+JITTER = ""  # pad/jitter overrides by residual block, e.g. layer2.1:16,layer3.0:8 (default: arch.jitter's rule, ResNet18's table of docs/method.md section 2)
 PRE_AS_RELEASED = False  # True: Pre (bn2) units are optimised through the block output, as lucent's hooks did in the released scripts
 AMP = "auto"  # optimisation precision: auto (fp32, the measured default; AMP_AUTO=bf16 in the environment makes it bf16), fp32, bf16 or tf32 (GPU)
 FOLD_BN = True  # fold eval-mode BatchNorm into the convolutions for the optimisation (the same function, faster)
@@ -194,7 +194,7 @@ def center_crop(size):
 
 
 def transforms_for(j, scales, angles, size):
-    """METHOD.md section 2: j = 0: scale, rotate; j > 0: pad(j), jitter(j), scale, rotate, jitter(j // 2), crop."""
+    """docs/method.md section 2: j = 0: scale, rotate; j > 0: pad(j), jitter(j), scale, rotate, jitter(j // 2), crop."""
     if j == 0:
         return [random_scale(scales), random_rotate(angles)]
     return [pad(j), jitter(j), random_scale(scales), random_rotate(angles), jitter(j // 2), center_crop(size)]

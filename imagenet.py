@@ -1,4 +1,4 @@
-"""ImageNet as users have it (METHOD.md sections 4 and 5): the layouts and label files of the validation set, the
+"""ImageNet as users have it (docs/method.md sections 4 and 5): the layouts and label files of the validation set, the
 1,000-class index, the views the scripts decode from each image, and the resumable pass over them (resumable_pass).
 
 Layouts (`imagenet_folder` detects which, and says so):
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from cli import die
 from results import atomic_write, release_inherited_locks
 
-MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation, METHOD.md section 1
+MEAN = (0.485, 0.456, 0.406)  # ImageNet normalisation, docs/method.md section 1
 STD = (0.229, 0.224, 0.225)
 
 # ----------------------------------------------------------------------------------------------------
@@ -454,7 +454,7 @@ def decode_rgb(path):
 
 
 def crop_size(percent):
-    """METHOD.md section 5's scale transform crops 256 - floor(256 p / 100) px (231 at 10 %, 128 at 50 %)."""
+    """docs/method.md section 5's scale transform crops 256 - floor(256 p / 100) px (231 at 10 %, 128 at 50 %)."""
     return 256 - (256 * int(percent)) // 100
 
 

@@ -1,6 +1,6 @@
 """The paper's Figure 2: per ablated block, the Eq. 3 accuracy ratio (passing-channel ablation / random-channel
 ablation, mean over the random trials) at each scale 10..50 %, with standard-error bars, and a horizontal blue
-line at the ratio without scaling (METHOD.md sections 5 and 6).
+line at the ratio without scaling (docs/method.md sections 5 and 6).
 
     python plot_ratios.py
 

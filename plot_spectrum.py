@@ -1,4 +1,4 @@
-"""The predecessor paper's skip / mix / overwrite spectrum (METHOD.md section 3), from criteria.py's table:
+"""The predecessor paper's skip / mix / overwrite spectrum (docs/method.md section 3), from criteria.py's table:
 
 - mix_hist:      per block, the histogram of the mix ratio m = Post_c(FZ_In) / Post_c(FZ_Pre) (clipped at MIX_CLIP),
                  with the overwrite / mix / skip regions shaded and the criteria-passing channels stacked on top;

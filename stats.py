@@ -1,12 +1,12 @@
 """The statistics the criteria and the tests share: Eq. 2's bounds and the predecessor paper's mix/skip/overwrite
-regions (METHOD.md section 3), and the tests of ablate.py and tuning.py, on scipy.stats where it has them.
+regions (docs/method.md section 3), and the tests of ablate.py and tuning.py, on scipy.stats where it has them.
 
 Imports nothing of the project's.
 """
 
 import numpy as np
 
-EQ2_LOW, EQ2_HIGH = 2 / 3, 3 / 2  # Eq. 2's bounds on the mix ratio (METHOD.md section 3), strict at both ends
+EQ2_LOW, EQ2_HIGH = 2 / 3, 3 / 2  # Eq. 2's bounds on the mix ratio (docs/method.md section 3), strict at both ends
 
 
 def mix_regions(m):

@@ -1,4 +1,4 @@
-"""The model and its residual stream (METHOD.md section 1): the torchvision ResNet with its weights, the forward
+"""The model and its residual stream (docs/method.md section 1): the torchvision ResNet with its weights, the forward
 pass written out block by block, and the center-neuron reader.
 
 Imports cli, arch, results (the weights id) and imagenet (MEAN and STD).
@@ -184,7 +184,7 @@ def to_float(images_u8):
 
 
 def zoom(x, size=224):
-    """METHOD.md section 3's transform S: center-crop to half the size, bilinear resize back."""
+    """docs/method.md section 3's transform S: center-crop to half the size, bilinear resize back."""
     h, w = x.shape[-2:]
     top, left = (h - size // 2) // 2, (w - size // 2) // 2
     crop = x[..., top:top + size // 2, left:left + size // 2]

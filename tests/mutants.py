@@ -29,7 +29,7 @@ IM, AT, D = "tests/test_imagenet.py", "tests/test_atlas.py", "tests/test_device.
 ST = "tests/test_stats.py"
 
 MUTANTS = [
-    # --- ImageNet labels, views and accuracy (METHOD.md sections 4 and 5)
+    # --- ImageNet labels, views and accuracy (docs/method.md sections 4 and 5)
     ("labels-by-folder-order", "imagenet.py", "classes.append(WNID_INDEX[name])", "classes.append(folders.index(name))",
      [f"{A}::test_counts_equal_independent_recomputation"]),
     ("errors-counted-as-hits", "ablate.py", "correct[v] = predictions(net, model, x, plan_dev, suffix_batch) == labels[None]",
@@ -45,7 +45,7 @@ MUTANTS = [
      [f"{A}::test_natural_stage_values"]),
     ("top9-ascending", "ablate.py", "v, order = torch.sort(v, dim=1, descending=True, stable=True)", "v, order = torch.sort(v, dim=1, descending=False, stable=True)",
      [f"{A}::test_natural_stage_values"]),
-    # --- Eq. 3 and screening (METHOD.md section 5)
+    # --- Eq. 3 and screening (docs/method.md section 5)
     ("std-not-sem", "ablate.py", "/ np.maximum(n - 1, 1)) / np.sqrt(np.maximum(n, 1)), np.nan)", "/ np.maximum(n - 1, 1)), np.nan)",
      [f"{A}::test_eq3_ratio_and_sem_on_the_counts"]),
     ("eq3-inverted", "ablate.py", "p[None] / np.where(r > 0, r, 1.0)", "np.where(r > 0, r, 1.0) / p[None]",
@@ -58,7 +58,7 @@ MUTANTS = [
      [f"{A}::test_screening_accepts_some_and_rejects_others"]),
     ("partly-measured-block-allowed", "ablate.py", "            if unmeasured:", "            if False:",
      [f"{A}::test_passing_sets_from_criteria_json"]),
-    # --- Criteria (METHOD.md section 3)
+    # --- Criteria (docs/method.md section 3)
     ("eq1-no-relu", "criteria.py", "np.maximum(_f64(pre_in), 0.0) < _f64(pre_zoom_in)", "_f64(pre_in) < _f64(pre_zoom_in)",
      [f"{C}::test_eq1_planted"]),
     ("eq2-not-strict", "criteria.py", "(ratio > EQ2_LOW) & (ratio < EQ2_HIGH)", "(ratio >= EQ2_LOW) & (ratio <= EQ2_HIGH)",
@@ -75,14 +75,14 @@ MUTANTS = [
      [f"{C}::test_batched_measurement_matches_hooks"]),
     ("zoom-nearest", "stream.py", 'return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)',
      'return F.interpolate(crop, size=(size, size), mode="nearest")', [f"{C}::test_zoom_on_hand_made_image"]),
-    # --- The network and its layers (METHOD.md section 1)
+    # --- The network and its layers (docs/method.md section 1)
     ("center-off-by-one", "stream.py", "return fmap[:, :, fmap.shape[2] // 2, fmap.shape[3] // 2]",
      "return fmap[:, :, (fmap.shape[2] - 1) // 2, (fmap.shape[3] - 1) // 2]", [f"{S}::test_center_index_matches_lucent"]),
     ("pre-aliased-to-post", "stream.py", 'out["post"] = torch.relu(out["pre"] + out["in"])', 'out["post"] = torch.relu_(out["pre"].add_(out["in"]))',
      [f"{S}::test_pre_is_bn2_not_the_post_sum"]),
     ("no-normalisation", "stream.py", "    return (x - mean) / std", "    return x + 0 * mean * std",
      [f"{A}::test_counts_equal_independent_recomputation"]),
-    # --- Feature visualisations (METHOD.md section 2)
+    # --- Feature visualisations (docs/method.md section 2)
     ("fold-without-running-stats", "fzs.py", "    m = copy.deepcopy(model)\n",
      "    m = copy.deepcopy(model)\n    for bn in m.modules():\n        if isinstance(bn, torch.nn.BatchNorm2d):\n            bn.reset_running_stats()\n",
      [f"{F}::test_folded_batchnorm_computes_the_same_layers"]),
@@ -102,7 +102,7 @@ MUTANTS = [
      [f"{F}::test_transforms_equal_kornia_041_bit_for_bit"]),
     ("pixel-units-without-minus-one", "fzs.py", "m[0, 0] = m[0, 0] * 2.0 / (w - 1.0)", "m[0, 0] = m[0, 0] * 2.0 / w",
      [f"{F}::test_transforms_equal_kornia_041_bit_for_bit"]),
-    # --- Figures (METHOD.md section 6)
+    # --- Figures (docs/method.md section 6)
     ("mix-regions-old-strictness", "stats.py", "return m <= EQ2_LOW, mix, m >= EQ2_HIGH", "return m < EQ2_LOW, mix, m > EQ2_HIGH",
      [f"{P}::test_mix_histogram_regions_use_eq2s_bounds"]),
     ("fig2-line-at-a-scaled-ratio", "plot_ratios.py", "ax.axhline(ratio[0],", "ax.axhline(ratio[1],",

@@ -317,7 +317,7 @@ def run_script(*argv):
 
 LIMIT = 25  # 1 image = 4 percentage points, so screening margins are exact numbers
 SETS = {"2.1": list(range(6)), "3.1": list(range(10))}
-CROPS = {0: 224, 10: 231, 50: 128}  # METHOD.md section 5: 256 - floor(256 p / 100), written out
+CROPS = {0: 224, 10: 231, 50: 128}  # docs/method.md section 5: 256 - floor(256 p / 100), written out
 
 
 def view_transform(scale):

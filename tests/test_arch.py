@@ -1,5 +1,5 @@
 """arch.py: the block table derived from the model equals ResNet18's typed-in table; the jitter rule reproduces
-METHOD.md's table; and for resnet34 and resnet50 (Bottleneck), with non-trivial BatchNorms, every In / Pre / Post
+docs/method.md's table; and for resnet34 and resnet50 (Bottleneck), with non-trivial BatchNorms, every In / Pre / Post
 read by the truncated block forward equals forward hooks that clone on the full torchvision model."""
 
 import pytest
@@ -23,7 +23,7 @@ def nontrivial_batchnorms(model, seed=0):
     return model.eval().requires_grad_(False)
 
 
-# METHOD.md section 1's table (the paper's 18 layers) and section 2's jitter table, typed in: the facts the derived
+# docs/method.md section 1's table (the paper's 18 layers) and section 2's jitter table, typed in: the facts the derived
 # tables must reproduce.
 PAPER_TABLE = {
     "1.1": ("layer1.0", "layer1.1.bn2", "layer1.1"),
@@ -224,7 +224,7 @@ def test_sweep_default_blocks(tmp_path):
     assert ablate.screening_rules(net, ablate.SCREEN_MARGIN) == {"*": ("<=", 1.0)}  # the paper's 2.1 / 3.1 rules are resnet18's
     assert ablate.screening_rules(net, "2.1:<0") == {"2.1": ("<", 0.0)}  # named by the user: kept
     net = arch.net("resnet18")
-    assert ablate.default_blocks(net, crit, [], str(tmp_path)) == ["2.1", "3.1"]  # resnet18: the paper's blocks (METHOD.md section 5)
+    assert ablate.default_blocks(net, crit, [], str(tmp_path)) == ["2.1", "3.1"]  # resnet18: the paper's blocks (docs/method.md section 5)
     assert ablate.screening_rules(net, ablate.SCREEN_MARGIN)["2.1"] == ("<", 0.0)
 
 

@@ -62,3 +62,33 @@ def test_a_planted_typo_is_seen():
 def test_every_command_names_real_flags(page):
     bad = [u for script, args in commands(open(os.path.join(ROOT, page)).read()) for u in unknown(script, args)]
     assert not bad, f"{page}: commands with unknown scripts or flags: {', '.join(bad)}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The method page: every "docs/method.md section N" cited in the code and the docs is a section of it
+
+def method_citations(text):
+    """The section numbers a text cites: 'docs/method.md section 3', 'docs/method.md sections 4 and 5',
+    '(method.md) section 2's', 'docs/method.md Eq. 3' (section 5)."""
+    out = []
+    for m in re.finditer(r"method\.md\)?\s+sections?\s+((?:\d+(?:,\s*|\s+and\s+)?)+)", text):
+        out += [int(n) for n in re.findall(r"\d+", m.group(1))]
+    return out
+
+
+def test_the_method_citations_are_read():
+    assert method_citations("(docs/method.md section 3) and docs/method.md sections 4 and 5; docs/method.md section 2's") == [
+        3, 4, 5, 2]
+
+
+def test_every_cited_section_of_the_method_exists():
+    page = open(os.path.join(ROOT, "docs", "method.md")).read()
+    sections = {int(n) for n in re.findall(r"^## (\d+)\. ", page, re.M)}
+    files = PAGES + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "*.py"))
+                           + glob.glob(os.path.join(ROOT, "tests", "*.py")))
+    cited = {(f, n) for f in files for n in method_citations(open(os.path.join(ROOT, f)).read())}
+    assert len({f for f, _ in cited}) > 10, "the scripts no longer cite the method page"
+    missing = sorted(f"{f}: section {n}" for f, n in cited if n not in sections)
+    assert not missing, f"cited sections that docs/method.md lacks: {', '.join(missing)}"
+    stale = [f for f in files if "METHOD.md" in open(os.path.join(ROOT, f)).read() and f != "tests/test_docs.py"]
+    assert not stale, f"these cite METHOD.md, which is not in the repository (docs/method.md is): {', '.join(stale)}"

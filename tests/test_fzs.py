@@ -1,5 +1,5 @@
 """fzs.py: equality with lucent's own render_vis, independence of the batched objectives, the output file,
-resuming after kill -9, refusing mixed configs, torchrun splitting, and one-line errors (METHOD.md section 2)."""
+resuming after kill -9, refusing mixed configs, torchrun splitting, and one-line errors (docs/method.md section 2)."""
 
 import os
 import signal
@@ -227,7 +227,7 @@ def test_end_to_end_file(tmp_path, model, fixture_weights):
 @pytest.mark.cpu_exact
 @pytest.mark.parametrize("amp", ["fp32", "bf16"])
 def test_image_depends_only_on_config_and_unit(tmp_path, fixture_weights, amp):
-    """A subset run, an extended run and a full run give identical images for the same units (METHOD.md section 2:
+    """A subset run, an extended run and a full run give identical images for the same units (docs/method.md section 2:
     each unit's spectrum from (seed, layer, objective, channel); the transform draw from its batch k = channel // BATCH;
     every batch optimised whole, so that float32 rounding that depends on the batch size is the same in every run)."""
     common = ["--layers", "layer1.1.bn2", "--steps", "3", "--batch", "4", "--weights", fixture_weights, "--png", "false",

@@ -1,5 +1,5 @@
 """The shared module: layer table, center index, the truncated reader against plain forward hooks, weights
-loading errors and the command-line constants (METHOD.md section 1)."""
+loading errors and the command-line constants (docs/method.md section 1)."""
 
 import os
 import urllib.error
@@ -93,7 +93,7 @@ def test_pre_is_bn2_not_the_post_sum(model):
         assert torch.allclose(ours, copied[pre], atol=1e-5)
         both = stream.features(net, model, x, [pre, post])  # Pre read in the same pass as Post: not overwritten by the sum
         assert torch.allclose(both[pre], copied[pre], atol=1e-5) and torch.allclose(both[post], copied[post], atol=1e-5)
-        assert torch.equal(referenced[pre], referenced[post])  # the aliasing METHOD.md warns about
+        assert torch.equal(referenced[pre], referenced[post])  # the aliasing docs/method.md warns about
         assert not torch.allclose(ours, copied[post], atol=1e-3)
         assert (ours < 0).any()  # Pre can be negative; Post cannot
 
