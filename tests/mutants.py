@@ -27,6 +27,7 @@ A, C, F, S, P = "tests/test_ablate.py", "tests/test_criteria.py", "tests/test_fz
 R, TU, AR = "tests/test_reliability.py", "tests/test_tuning.py", "tests/test_arch.py"
 IM, AT, D = "tests/test_imagenet.py", "tests/test_atlas.py", "tests/test_device.py"
 ST = "tests/test_stats.py"
+NC, DO = "tests/test_newcomer.py", "tests/test_docs.py"
 
 MUTANTS = [
     # --- ImageNet labels, views and accuracy (docs/method.md sections 4 and 5)
@@ -263,6 +264,26 @@ MUTANTS = [
      "return made is None or made == weights_id", [f"{S}::test_shared_readers_refuse_other_weights_and_architectures"]),
     ("reader-ignores-weights", "results.py", "    if weights_id is not None and not same_weights(made, weights_id):", "    if False:",
      [f"{S}::test_shared_readers_refuse_other_weights_and_architectures"]),
+    # --- What a newcomer meets (issue 24): the command line, the weights from the inputs, nothing to draw, the method page
+    ("help-default-twice", "cli.py", '    return comment if said or str(shown) == "" else f"{comment} (default: {shown})"',
+     '    return f"{comment} (default: {shown})"', [f"{NC}::test_help_has_no_duplicated_or_empty_default", f"{NC}::test_the_help_entries_are_read"]),
+    ("typo-without-closest-flag", "cli.py", "    return near[0] if near else None", "    return None",
+     [f"{NC}::test_a_mistyped_flag_is_one_line_with_the_closest_flag"]),
+    ("typo-gets-argparse-usage", "cli.py", '        self.exit(2, f"error: {message} (python {self.prog} --help lists the flags)\\n")',
+     "        super().error(message)", [f"{NC}::test_a_mistyped_flag_is_one_line_with_the_closest_flag"]),
+    ("criteria-default-weights-ignore-inputs", "criteria.py", 'weights = weights_flag(made) if made else "IMAGENET1K_V1"',
+     'weights = "IMAGENET1K_V1"', [f"{C}::test_the_weights_come_from_the_inputs"]),
+    ("criteria-inputs-may-disagree", "criteria.py", "    if len(found) > 1:\n", "    if len(found) > 9:\n",
+     [f"{C}::test_the_weights_come_from_the_inputs"]),
+    ("criteria-checkpoint-id-as-flag", "criteria.py", '    if name.startswith("file:"):\n', '    if name.startswith("nofile:"):\n',
+     [f"{C}::test_a_checkpoint_recorded_by_the_inputs_is_asked_for"]),
+    ("command-with-unknown-weights", "results.py", 'if weights not in (None, "", "unknown") else "IMAGENET1K_V1"',
+     'if weights is not None else "IMAGENET1K_V1"', [f"{NC}::test_no_suggested_command_carries_an_unknown_weights_id"]),
+    ("grids-of-nothing-drawn", "plot_grids.py", "    if not any(image is not None for grids", "    if False and not any(image is not None for grids",
+     [f"{NC}::test_plot_grids_with_no_fzs_names_the_command_and_draws_nothing"]),
+    ("method-section-missing", "docs/method.md", "## 6. Figures", "## Figures", [f"{DO}::test_every_cited_section_of_the_method_exists"]),
+    ("smoke-writes-into-results", "README.md", "--objectives center,channel --steps 16 --results results_smoke\n",
+     "--objectives center,channel --steps 16\n", [f"{R}::test_readme_smoke_pipeline_makes_every_figure_with_content"]),
 ]
 
 

@@ -131,10 +131,25 @@ def readme_smoke_commands():
     return [line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")]
 
 
+def tree(folder):
+    """{relative path: sha256} of every file under a folder."""
+    return {os.path.relpath(os.path.join(d, f), folder): sha(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files}
+
+
 def test_readme_smoke_pipeline_makes_every_figure_with_content(tmp_path):
+    """Run as written in a checkout whose results/ holds a real run's FZs (the quickest run's 128 steps): the smoke run
+    writes only under its own folders, so it neither stops on them nor changes them."""
     for name in os.listdir(ROOT):  # a fresh checkout's scripts, run from a folder of their own
         if name.endswith(".py"):
             shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    planted = tmp_path / "results"
+    (planted / "README.md").parent.mkdir()
+    (planted / "README.md").write_text("Generated files land here (not committed).\n")
+    fz = {"images": torch.zeros(4, 3, 224, 224, dtype=torch.uint8), "channels": torch.arange(4), "activation": torch.zeros(4),
+          "config": {"arch": "resnet18", "layer": "layer2.0", "objective": "center", "weights": "IMAGENET1K_V1", "seed": 0,
+                     "steps": 128, "lr": 0.05, "amp": "fp32", "pre_as_released": False, "batch": 4}}
+    results.save_pt(fz, results.fz_file(str(planted), "layer2.0", "center"))
+    before = tree(planted)
     import shlex
     outputs = {}
     for line in readme_smoke_commands():
@@ -143,16 +158,18 @@ def test_readme_smoke_pipeline_makes_every_figure_with_content(tmp_path):
         p = script(argv[1], *argv[2:], cwd=str(tmp_path), check=False, timeout=600)
         assert p.returncode == 0, f"{line}\n{p.stderr[-3000:]}"
         outputs[argv[1]] = outputs.get(argv[1], "") + p.stdout
-    figures = tmp_path / "results" / "figures"
+    assert tree(planted) == before, "the smoke run wrote into results/"
+    smoke = tmp_path / "results_smoke"
+    figures = smoke / "figures"
     for name in ("grids_selected", "ratios", "mix_hist", "mix_vs_bn2", "mix_vs_conv2", "pass_frequency", "tuning_curves_2.1",
                  "tuning_curves_3.1", "tuning_si", "tuning_zoom"):
         assert (figures / f"{name}.png").stat().st_size > 20_000 and (figures / f"{name}.pdf").is_file(), name
     assert "missing" not in outputs["plot_grids.py"]  # center FZs, channel FZs and top-9 natural images of every grid
     for block in ("2.1", "3.1"):
-        d = json.loads((tmp_path / "results" / "ablation" / f"{block}.json").read_text())
+        d = json.loads((smoke / "ablation" / f"{block}.json").read_text())
         assert all(r is not None and np.isfinite(r) for r in d["ratio"]), d["ratio"]  # Fig. 2 has points
         assert d["accuracy"]["none"][0] == 1.0  # the generated images are labelled with the model's predictions
-    stability = json.loads((tmp_path / "results" / "stability.json").read_text())
+    stability = json.loads((smoke / "stability.json").read_text())
     assert set(stability["blocks"]) == {"2.1", "3.1"}
 
 
