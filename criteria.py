@@ -13,7 +13,7 @@ Each image set is measured in batched truncated forward passes (one image per ch
 activation picked from the batch's diagonal). Several FZ runs with different seeds (--runs) give the
 stability of the passing sets, which the papers do not measure.
 
-    python criteria.py --weights random --results results
+    python criteria.py --results results             # with the weights the FZ files record (or --weights W, which must agree)
     python criteria.py --runs results_seed0,results_seed1,results_seed2
 """
 
