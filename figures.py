@@ -37,12 +37,12 @@ def stamp(fig, weights):
 
 def title_boxes(fig):
     """The display-space boxes of every title on the figure: its suptitle, its figure texts (grid names, page
-    titles), each axes' titles and axis labels."""
+    titles), each axes' titles and x labels (not the vertical y labels, which span a panel's height: a horizontal
+    band crosses them whatever its height, and leaves them readable)."""
     fig.draw_without_rendering()  # titles take their final places
     renderer = fig.canvas.get_renderer()
-    texts = list(fig.texts) + [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title,
-                                                               ax.xaxis.label, ax.yaxis.label)]
-    texts += [t for t in (fig._suptitle, fig._supxlabel, fig._supylabel) if t is not None]
+    texts = list(fig.texts) + [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label)]
+    texts += [t for t in (fig._suptitle, fig._supxlabel) if t is not None]
     return [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text().strip()]
 
 

@@ -64,7 +64,7 @@ def curve_pages(block, channels, rows, curves, zoom, why, weights, per_page):
         fig.supylabel("mean center response", fontsize=8.5)
         fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.22 / H), ncol=3,
                    fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, 0.66 / H, 1, 1 - 0.05 / H), h_pad=0.6, w_pad=0.6)
+        fig.tight_layout(rect=(0, 0.6 / H, 1, 1 - 0.05 / H), pad=0.4, h_pad=0.6, w_pad=0.6)
         stamp(fig, weights)
         pages.append(fig)
     return pages
