@@ -155,7 +155,7 @@ def bin_edges(mix_clip, bins):
 
 def mix_histogram(table, weights, mix_clip, bins, per_row):
     regions = (("overwrite", "tab:red"), ("mix", "tab:green"), ("skip", "tab:blue"))
-    undefined_x = (mix_clip + 0.7, mix_clip + 1.5)  # where the two 'undefined' bars stand, right of the histogram
+    undefined_x = (mix_clip + 0.8, mix_clip + 1.8)  # where the two 'undefined' bars stand, right of the histogram
     fig, axes = panel_grid(len(table), per_row)
     edges = bin_edges(mix_clip, bins)
     for ax, (block, t) in zip(axes, table.items()):
@@ -179,7 +179,7 @@ def mix_histogram(table, weights, mix_clip, bins, per_row):
         ax.set_xlim(0, undefined_x[1] + 0.5)
         ticks = list(np.arange(0, mix_clip + 1))
         ax.set_xticks(ticks + list(undefined_x), [f"\u2265{x:g}" if x == mix_clip else f"{x:g}" for x in ticks] +
-                      ["In:\nPost=0", "Pre:\nPost=0"])
+                      ["m:=0", "m:=10"])
         ax.set_xlabel(f"mix ratio m (clipped at {mix_clip:g})  |  no ratio", fontsize=8)
         ax.set_ylabel("channels", fontsize=8)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
@@ -188,7 +188,7 @@ def mix_histogram(table, weights, mix_clip, bins, per_row):
               [plt.Rectangle((0, 0), 1, 1, color="0.45"), plt.Rectangle((0, 0), 1, 1, color="tab:orange"),
                plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="0.35", hatch="///")]
     labels = ["overwrite: m \u2264 2/3", "mix: 2/3 < m < 3/2 (Eq. 2)", "skip: m \u2265 3/2", "other channels",
-              "passing Eq. 1 & 2", "undefined: a Post is 0 (m := 0 or 10)"]
+              "passing Eq. 1 & 2", "no ratio: a Post \u2264 0 (m := 0 or 10)"]
     finish(fig, "Mix ratio m = Post(FZ of In) / Post(FZ of Pre) per channel: overwrite / mix / skip", handles, labels)
     stamp(fig, weights)
     return fig

@@ -445,6 +445,10 @@ def test_mix_histogram_regions_use_eq2s_bounds(tmp_path):
     apart = [c for c in ax.containers if len(c) == 2]  # the two hatched 'undefined' bars, right of the histogram
     assert len(hist) == 2 and sum(bar.get_height() for c in hist for bar in c) == len(planted)  # stacked: other + passing
     assert [bar.get_height() for bar in apart[0]] == [2, 3]
+    # the bins hold the regions' channels: m = 2/3 in a bin left of the 2/3 edge, m = 3/2 right of the 3/2 edge
+    region = lambda bar: "overwrite" if bar.get_x() + bar.get_width() <= 2 / 3 + 1e-9 else "mix" if bar.get_x() + bar.get_width() <= 1.5 + 1e-9 else "skip"  # noqa: E731
+    for name, k in zip(("overwrite", "mix", "skip"), expected):
+        assert sum(bar.get_height() for c in hist for bar in c if region(bar) == name) == k, name
     assert all(bar.get_x() > plot_spectrum.MIX_CLIP for bar in apart[0])
 
 
@@ -599,26 +603,30 @@ def assert_readable(fig):
             for i in range(len(bs)):
                 for j in range(i + 1, len(bs)):
                     assert not bs[i].overlaps(bs[j]), (ax.get_title(), shown[i].get_text(), shown[j].get_text())
+    for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]:  # legends inside the page
+        box = legend.get_window_extent(fig.canvas.get_renderer())
+        assert box.x0 >= -2 and box.x1 <= fig.bbox.x1 + 2 and box.y0 >= -2 and box.y1 <= fig.bbox.y1 + 2, box
     mark = boxes(fig, [watermark(fig)])[0]
     hidden = [t.get_text() for t, b in zip([t for t in titles(fig) if t.get_visible() and t.get_text().strip()], boxes(fig, titles(fig)))
               if b.overlaps(mark)]
     assert not hidden, hidden
 
 
-def planted_spectrum(root, n, conv2=0.0123):
-    """criteria.csv of block 2.1 with n channels: channel 0 dead (Post(FZ of Pre) = 0: m := 10), channel 1 with
-    Post(FZ of In) = 0 (m := 0), the others measured; mean |conv2| in a narrow band around conv2, as in a trained
-    network; stability.json in which no channel of 2.1 passes and some of 3.1 do."""
+def planted_spectrum(root, n, conv2=0.0021):
+    """criteria.csv of blocks 2.1 and 3.1 with n channels each: channel 0 dead (Post(FZ of Pre) = 0: m := 10), channel 1 with
+    Post(FZ of In) = 0 (m := 0), the others measured; mean |conv2| within 4% of conv2 (long tick labels: 0.002025,
+    0.002050, ... overlapped under matplotlib's default ticks); stability.json in which no channel of 2.1 passes and some of 3.1 do."""
     os.makedirs(root, exist_ok=True)
     g = np.random.default_rng(n)
     with open(os.path.join(root, "criteria.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["block", "channel", "pre_in", "pre_zoom_in", "post_in", "post_pre", "eq1", "eq2", "passes", "mix",
                     "bn2_abs", "conv2_abs_mean"])
-        for c in range(n):
-            post_pre, post_in = (0.0, 1.0) if c == 0 else (1.0, 0.0) if c == 1 else (1.0, float(g.uniform(0.1, 4)))
-            m = 10.0 if post_pre <= 0 else 0.0 if post_in <= 0 else post_in / post_pre
-            w.writerow(["2.1", c, 0, 0, post_in, post_pre, 0, 0, 0, m, g.uniform(0.05, 1), conv2 * (1 + g.uniform(-0.04, 0.04))])
+        for block in ("2.1", "3.1"):  # two blocks: panels 3.3 inches wide
+            for c in range(n):
+                post_pre, post_in = (0.0, 1.0) if c == 0 else (1.0, 0.0) if c == 1 else (1.0, float(g.uniform(0.1, 4)))
+                m = 10.0 if post_pre <= 0 else 0.0 if post_in <= 0 else post_in / post_pre
+                w.writerow([block, c, 0, 0, post_in, post_pre, 0, 0, 0, m, g.uniform(0.05, 1), conv2 * (1 + g.uniform(-0.04, 0.04))])
     results.save_json({"config": {"weights": "random:0"}, "fz_files": {}, "blocks": {}}, os.path.join(root, "criteria.json"))
     results.save_json({"runs": ["a", "b"], "blocks": {"2.1": {"pass_frequency": [0.0] * n, "jaccard": [[1.0, 0.0], [0.0, 1.0]],
                                                            "always": [], "counts": [0, 0]},
