@@ -1,7 +1,7 @@
 """Figures of tuning.py (beyond the paper: scale invariance on natural images).
 
 - tuning_curves_<block>[_pN]: the zoom tuning curves of In, Pre and Post (mean center response over each unit's own
-  top-K natural images), one panel per channel, 16 per page, for the FZ-passing channels of criteria.json (the
+  top-K natural images), one panel per channel, up to 16 a page (4 a row, the page sized to them), for the FZ-passing channels of criteria.json (the
   natural-image passing channels where the block has no FZ criteria);
 - tuning_si: per block, the distribution of Post's scale-invariance index, FZ-passing channels against the others;
 - tuning_zoom: per block, In's preferred zoom against Pre's (the mechanism predicts In below Pre).
@@ -25,7 +25,7 @@ from results import figure, load_json, load_pt, read_criteria, tuning_curves, tu
 RESULTS = "results"  # reads tuning/curves.pt, tuning.json, criteria.json; writes figures/tuning_*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
 CHANNELS = ""  # tuning curves of channels named by hand, 'block:channels;...' e.g. '2.1:5,17;3.1:40'; empty: the passing channels
-PER_PAGE = 16  # tuning-curve panels per page (4 x 4)
+PER_PAGE = 16  # tuning-curve panels per page, at most 4 a row (the page is sized to its panels)
 DPI = 200  # PNG resolution
 # ---- end of flags (below: fixed constants, not flags)
 ROLES = (("In", "tab:blue", dict(marker="o", ms=2.5, lw=1.1)),  # name, colour, line style of each role's curve
