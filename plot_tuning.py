@@ -1,8 +1,8 @@
 """Figures of tuning.py (beyond the paper: scale invariance on natural images).
 
 - tuning_curves_<block>[_pN]: the zoom tuning curves of In, Pre and Post (mean center response over each unit's own
-  top-K natural images), one panel per channel, up to 16 a page (4 a row, the page sized to them), for the FZ-passing channels of criteria.json (the
-  natural-image passing channels where the block has no FZ criteria);
+  top-K natural images), one panel per channel, up to 16 a page (4 a row, the page sized to them), for the
+  FZ-passing channels of criteria.json (the natural-image passing channels where the block has no FZ criteria);
 - tuning_si: per block, the distribution of Post's scale-invariance index, FZ-passing channels against the others;
 - tuning_zoom: per block, In's preferred zoom against Pre's (the mechanism predicts In below Pre).
 
