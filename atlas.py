@@ -288,11 +288,13 @@ def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb
     stab = (got["stability"] or {}).get("blocks", {}).get(block)
     freq = dict(zip(stab["channels"], stab["pass_frequency"])) if stab else {}
     ablated = set(got["ablation"][block]["passing"]) if block in got["ablation"] else None
-    # the numbers first, next to the channel (frozen on horizontal scroll), then the images: at 1400 px the criteria show
-    head = ["<th data-col='channel'>channel</th>"]
-    head += [f"<th data-col='{camel(k)}'>{t}</th>" for k, t in CRITERIA + LATER]  # the DOM's dataset names: data-post-si is postSi
-    head += [f"<th>{r} {o} FZ<br><small>{layers[r]}</small></th>" for o in OBJECTIVES for r in ROLES]
-    head += [f"<th>{r} top-9</th>" for r in ROLES]
+    def columns(channel, numbers, images):  # the header's and every row's order
+        return channel + numbers + images  # the numbers next to the channel (frozen on scroll): at 1400 px the criteria show
+
+    head = columns(["<th data-col='channel'>channel</th>"],
+                   [f"<th data-col='{camel(k)}'>{t}</th>" for k, t in CRITERIA + LATER],  # dataset names: data-post-si is postSi
+                   [f"<th>{r} {o} FZ<br><small>{layers[r]}</small></th>" for o in OBJECTIVES for r in ROLES] +
+                   [f"<th>{r} top-9</th>" for r in ROLES])
     rows = []
     for c in range(n):
         values = got["values"].get((block, c), {})
@@ -305,19 +307,20 @@ def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb
         convention = mix_convention(values)
         if convention:  # not a ratio: shown as what it is, sorted after the measured ratios, outside any mix range
             data["mix"], data["mix_convention"] = "", number(values.get("mix"))
-        cells = [f"<td><a href='#c{c}'>{c}</a></td>"]
-        cells += [f"<td class='convention' title='m is set by convention where a Post activation is not positive'>"
-                  f"{html.escape(data['mix_convention'])} ({html.escape(convention)})</td>" if k == "mix" and convention else
-                  f"<td>{html.escape(str(data[k]))}</td>" for k, _ in CRITERIA + LATER]
+        numbers = [f"<td class='convention' title='m is set by convention where a Post activation is not positive'>"
+                   f"{html.escape(data['mix_convention'])} ({html.escape(convention)})</td>" if k == "mix" and convention else
+                   f"<td>{html.escape(str(data[k]))}</td>" for k, _ in CRITERIA + LATER]
+        images = []
         for o in OBJECTIVES:
             for r in ROLES:
                 src = fzs[layers[r], o].get(c)
-                cells.append(f"<td>{img(src, fz_thumb, f'{layers[r]} {o} FZ {c}')}</td>" if src else
-                             f"<td class='missing' title='{html.escape(commands(layers[r], o, [c]))}'>missing</td>")
+                images.append(f"<td>{img(src, fz_thumb, f'{layers[r]} {o} FZ {c}')}</td>" if src else
+                              f"<td class='missing' title='{html.escape(commands(layers[r], o, [c]))}'>missing</td>")
         for r in ROLES:
             src = montages.get(layers[r], {}).get(c)
-            cells.append(f"<td>{img(src, 3 * thumb, f'{layers[r]} top-9 {c}')}</td>" if src else
-                         f"<td class='missing' title='{html.escape(natural)}'>missing</td>")
+            images.append(f"<td>{img(src, 3 * thumb, f'{layers[r]} top-9 {c}')}</td>" if src else
+                          f"<td class='missing' title='{html.escape(natural)}'>missing</td>")
+        cells = columns([f"<td><a href='#c{c}'>{c}</a></td>"], numbers, images)
         attrs = " ".join(f'data-{k.replace("_", "-")}="{html.escape(str(v))}"' for k, v in data.items())
         rows.append(f"<tr id='c{c}' class='{'pass' if c in passing else ''}' {attrs}>{''.join(cells)}</tr>")
     measured = len(crit.get("measured", [])) if crit else 0
