@@ -61,6 +61,13 @@ OBJECTIVES = ("center", "channel")
 ROLES = ("In", "Pre", "Post")
 CRITERIA = [("pre_in", "Pre(FZ In)"), ("pre_zoom_in", "Pre(S(FZ In))"), ("post_in", "Post(FZ In)"), ("post_pre", "Post(FZ Pre)"),
             ("eq1", "Eq. 1"), ("eq2", "Eq. 2"), ("passes", "passes"), ("mix", "mix m")]
+CONVENTIONS = [("post_pre", "Post(FZ Pre) \u2264 0"), ("post_in", "Post(FZ In) \u2264 0")]  # where m is set by convention (criteria.mix_ratio's order)
+# Rates behind each missing piece's estimated time (docs/performance.md): fzs.py ~38 image-steps/s on 2 CPU cores in
+# bf16 (fp32, on a CPU without native bf16, about 1.6x slower); one H100/H200 projected at ~70,000 image-steps/s
+# (65.4 PFLOP for 12 M image-steps at 40% of the bf16 peak; not measured). ablate.py's natural stage: 1,300 images
+# in 27 s on 2 CPU cores (~48 images/s); a GPU projected at ~2,000 images/s (not measured); ImageNet's 50,000 images.
+CPU_FZ_RATE, GPU_FZ_RATE, CPU_NATURAL_RATE, GPU_NATURAL_RATE, NATURAL_IMAGES = 38, 70_000, 48, 2_000, 50_000
+FZ_STEPS = 2560  # fzs.py's default steps, for the estimate where no FZ file says its steps
 LATER = [("passes_natural", "passes (natural)"), ("post_si", "Post SI (natural)"), ("eq1n_fraction", "Eq. 1n"), ("eq2n", "Eq. 2n"),
          ("pass_frequency", "pass freq. (seeds)"), ("ablated", "ablated")]
 
@@ -188,13 +195,16 @@ def write_montages(results, summary, layers, root, thumb):
 STYLE = """body{font-family:system-ui,sans-serif;margin:12px;color:#222}table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #ddd;padding:2px 4px;text-align:center;vertical-align:middle}th{background:#f4f4f4;cursor:pointer;position:sticky;top:0}
 td.missing{color:#999;font-size:10px}tr:target{outline:3px solid #e90}.banner{background:#c00;color:#fff;padding:6px;font-weight:bold}
-img{display:block;margin:auto}.pass{background:#e6f4e6}code{font-size:11px}.controls{margin:8px 0}""".strip()
+img{display:block;margin:auto}.pass{background:#e6f4e6}code{font-size:11px}.controls{margin:8px 0}
+#units th:first-child,#units td:first-child{position:sticky;left:0;background:#fff;z-index:1}#units th:first-child{background:#f4f4f4;z-index:2}
+#units tr.pass td:first-child{background:#e6f4e6}td.convention{color:#a00;font-size:10px}.estimate{color:#555}""".strip()
 
 SCRIPT = """(function(){
 var body=document.querySelector('#units tbody'),rows=Array.prototype.slice.call(body.rows),q=new URLSearchParams(location.search);
 var st=document.getElementById('status');
 function key(r,col){var v=r.dataset[col];if(v===undefined||v==='')return null;var x=parseFloat(v);return isNaN(x)?v:x;}
-function sortBy(col,desc){rows.sort(function(a,b){var x=key(a,col),y=key(b,col);if(x===null&&y===null)return 0;if(x===null)return 1;if(y===null)return -1;
+function tier(r,col){return key(r,col)!==null?0:(r.dataset[col+'Convention']!==undefined?1:2);}
+function sortBy(col,desc){rows.sort(function(a,b){var x=key(a,col),y=key(b,col),ta=tier(a,col),tb=tier(b,col);if(ta!==tb)return ta-tb;if(ta>0)return 0;
  return (x<y?-1:x>y?1:0)*(desc?-1:1);});rows.forEach(function(r){body.appendChild(r);});st.dataset.sort=col+(desc?' desc':'');}
 function filter(){var p=document.getElementById('passing').checked,lo=parseFloat(document.getElementById('mlo').value),
  hi=parseFloat(document.getElementById('mhi').value),n=0;rows.forEach(function(r){var m=key(r,'mix'),show=(!p||r.dataset.passes==='1')&&
@@ -233,7 +243,43 @@ def number(v):
     return f"{x:.4g}" if np.isfinite(x) else ""
 
 
-def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb, fz_thumb):
+def mix_convention(values):
+    """Why a channel's mix ratio is a convention value and not a ratio ('Post(FZ Pre) <= 0', ...), or '' when it is
+    measured (or not there)."""
+    for k, why in CONVENTIONS:
+        try:
+            if float(values[k]) <= 0:
+                return why
+        except (KeyError, TypeError, ValueError):
+            pass
+    return ""
+
+
+def fz_seconds(units, steps):
+    """(CPU seconds, GPU seconds) that fzs.py takes for this many units at this many steps (the rates above)."""
+    return units * steps / CPU_FZ_RATE, units * steps / GPU_FZ_RATE
+
+
+def natural_seconds():
+    return NATURAL_IMAGES / CPU_NATURAL_RATE, NATURAL_IMAGES / GPU_NATURAL_RATE
+
+
+def duration(seconds):
+    if seconds < 60:
+        return "under a minute"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} hours" if seconds < 172800 else f"about {seconds / 86400:.1f} days"
+
+
+def estimate(seconds):
+    """'(estimated: ... on 2 CPU cores, ... on one GPU)' for a missing piece's command."""
+    cpu, gpu = seconds
+    return (f"<span class='estimate'>(estimated: {duration(cpu)} on 2 CPU cores in bf16, longer in fp32; "
+            f"{duration(gpu)} on one GPU, projected, not measured)</span>")
+
+
+def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb, fz_thumb, steps=FZ_STEPS):
     In, Pre, Post = net.blocks[block]
     layers = dict(zip(ROLES, (In, Pre, Post)))
     n = net.channels(Post)
@@ -242,10 +288,13 @@ def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb
     stab = (got["stability"] or {}).get("blocks", {}).get(block)
     freq = dict(zip(stab["channels"], stab["pass_frequency"])) if stab else {}
     ablated = set(got["ablation"][block]["passing"]) if block in got["ablation"] else None
-    head = ["<th data-col='channel'>channel</th>"]
-    head += [f"<th>{r} {o} FZ<br><small>{layers[r]}</small></th>" for o in OBJECTIVES for r in ROLES]
-    head += [f"<th>{r} top-9</th>" for r in ROLES]
-    head += [f"<th data-col='{camel(k)}'>{t}</th>" for k, t in CRITERIA + LATER]  # the DOM's dataset names: data-post-si is postSi
+    def columns(channel, numbers, images):  # the header's and every row's order
+        return channel + numbers + images  # the numbers next to the channel (frozen on scroll): at 1400 px the criteria show
+
+    head = columns(["<th data-col='channel'>channel</th>"],
+                   [f"<th data-col='{camel(k)}'>{t}</th>" for k, t in CRITERIA + LATER],  # dataset names: data-post-si is postSi
+                   [f"<th>{r} {o} FZ<br><small>{layers[r]}</small></th>" for o in OBJECTIVES for r in ROLES] +
+                   [f"<th>{r} top-9</th>" for r in ROLES])
     rows = []
     for c in range(n):
         values = got["values"].get((block, c), {})
@@ -255,17 +304,23 @@ def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb
         data.update({k: number(tune.get(k)) for k in ("passes_natural", "post_si", "eq1n_fraction", "eq2n")})
         data["pass_frequency"] = number(freq.get(c))
         data["ablated"] = "" if ablated is None else ("1" if c in ablated else "0")
-        cells = [f"<td><a href='#c{c}'>{c}</a></td>"]
+        convention = mix_convention(values)
+        if convention:  # not a ratio: shown as what it is, sorted after the measured ratios, outside any mix range
+            data["mix"], data["mix_convention"] = "", number(values.get("mix"))
+        numbers = [f"<td class='convention' title='m is set by convention where a Post activation is not positive'>"
+                   f"{html.escape(data['mix_convention'])} ({html.escape(convention)})</td>" if k == "mix" and convention else
+                   f"<td>{html.escape(str(data[k]))}</td>" for k, _ in CRITERIA + LATER]
+        images = []
         for o in OBJECTIVES:
             for r in ROLES:
                 src = fzs[layers[r], o].get(c)
-                cells.append(f"<td>{img(src, fz_thumb, f'{layers[r]} {o} FZ {c}')}</td>" if src else
-                             f"<td class='missing' title='{html.escape(commands(layers[r], o, [c]))}'>missing</td>")
+                images.append(f"<td>{img(src, fz_thumb, f'{layers[r]} {o} FZ {c}')}</td>" if src else
+                              f"<td class='missing' title='{html.escape(commands(layers[r], o, [c]))}'>missing</td>")
         for r in ROLES:
             src = montages.get(layers[r], {}).get(c)
-            cells.append(f"<td>{img(src, 3 * thumb, f'{layers[r]} top-9 {c}')}</td>" if src else
-                         f"<td class='missing' title='{html.escape(natural)}'>missing</td>")
-        cells += [f"<td>{html.escape(str(data[k]))}</td>" for k, _ in CRITERIA + LATER]
+            images.append(f"<td>{img(src, 3 * thumb, f'{layers[r]} top-9 {c}')}</td>" if src else
+                          f"<td class='missing' title='{html.escape(natural)}'>missing</td>")
+        cells = columns([f"<td><a href='#c{c}'>{c}</a></td>"], numbers, images)
         attrs = " ".join(f'data-{k.replace("_", "-")}="{html.escape(str(v))}"' for k, v in data.items())
         rows.append(f"<tr id='c{c}' class='{'pass' if c in passing else ''}' {attrs}>{''.join(cells)}</tr>")
     measured = len(crit.get("measured", [])) if crit else 0
@@ -274,9 +329,9 @@ def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb
         for o in OBJECTIVES:
             missing = [ch for ch in range(net.channels(layer)) if ch not in fzs[layer, o]]
             if missing and (o == "center" or fzs[layer, o]):  # channel FZs are optional: listed once some were made
-                make += f"<li><code>{html.escape(commands(layer, o, missing))}</code></li>"
+                make += f"<li><code>{html.escape(commands(layer, o, missing))}</code> {estimate(fz_seconds(len(missing), steps))}</li>"
     if not montages.get(Post):
-        make += f"<li><code>{html.escape(natural)}</code></li>"
+        make += f"<li><code>{html.escape(natural)}</code> {estimate(natural_seconds())}</li>"
     body = (f"<p><a href='index.html'>index</a></p><h1>{net.name} block {block}</h1>"
             f"<p>In = {In}, Pre = {Pre}, Post = {Post}; {n} channels, {measured} measured, {len(passing)} pass Eq. 1 and Eq. 2.</p>"
             + (f"<p>Missing pieces are made by:</p><ul>{make}</ul>" if make else "")
@@ -347,7 +402,7 @@ def main():
     folder = atlas_dir(RESULTS)
     os.makedirs(folder, exist_ok=True)
     for b in tqdm(net.blocks, desc="atlas: block pages", unit="block", dynamic_ncols=True):
-        text = block_page(net, b, got, fzs, montages, weights, commands, natural, THUMB, FZ_THUMB)
+        text = block_page(net, b, got, fzs, montages, weights, commands, natural, THUMB, FZ_THUMB, (like or {}).get("steps", FZ_STEPS))
         atomic_write(block_html(RESULTS, b), lambda tmp, t=text: open(tmp, "w").write(t))
     text = index_page(net, got, weights, RESULTS)
     atomic_write(index_html(RESULTS), lambda tmp: open(tmp, "w").write(text))

@@ -22,14 +22,41 @@ from results import atomic_write, is_random  # noqa: E402
 
 def stamp(fig, weights):
     """The weights id in small print along the bottom edge (keep the bottom 0.2 inches free for it); when they are
-    random, that line is red and a large translucent red warning runs across the figure."""
+    random, that line is red and a large translucent red warning runs across the figure, at the height nearest the
+    middle where it hides no title (watermark_spot). Call it last, once the layout is final."""
     if not is_random(weights):
         fig.text(0.003, 0.003, f"weights: {weights}", fontsize=6, color="0.3", ha="left", va="bottom")
         return
     text = f"RANDOM WEIGHTS ({weights}) \u2014 not a result"
+    titles = title_boxes(fig)  # before the stamp's own texts
     fig.text(0.003, 0.003, text, fontsize=7, color="red", weight="bold", ha="left", va="bottom")
-    fig.text(0.5, 0.5, text, fontsize=min(60, 1.4 * fig.get_figwidth() * 72 / len(text)), color="red", alpha=0.3,
-             weight="bold", rotation=20, ha="center", va="center", zorder=100)
+    mark = fig.text(0.5, 0.5, text, fontsize=min(60, 1.4 * fig.get_figwidth() * 72 / len(text)), color="red", alpha=0.3,
+                    weight="bold", ha="center", va="center", zorder=100)
+    mark.set_y(watermark_spot(fig, mark, titles))
+
+
+def title_boxes(fig):
+    """The display-space boxes of every title on the figure: its suptitle, its figure texts (grid names, page
+    titles), each axes' titles and x labels (not the vertical y labels, which span a panel's height: a horizontal
+    band crosses them whatever its height, and leaves them readable)."""
+    fig.draw_without_rendering()  # titles take their final places
+    renderer = fig.canvas.get_renderer()
+    texts = list(fig.texts) + [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label)]
+    texts += [t for t in (fig._suptitle, fig._supxlabel) if t is not None]
+    return [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def watermark_spot(fig, mark, titles, step=0.01):
+    """The height (figure fraction) nearest the middle where the horizontal watermark overlaps none of the title
+    boxes; the middle when no height is free (a page of titles only)."""
+    renderer = fig.canvas.get_renderer()
+    for dy in np.arange(0, 0.5, step):
+        for y in (0.5 + dy, 0.5 - dy):
+            mark.set_y(y)
+            box = mark.get_window_extent(renderer)
+            if box.y0 >= fig.bbox.y0 + 0.25 * fig.dpi and box.y1 <= fig.bbox.y1 and not any(box.overlaps(t) for t in titles):
+                return y
+    return 0.5
 
 
 def save_figure(figs, path, dpi=200):

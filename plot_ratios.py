@@ -14,6 +14,7 @@ import os
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 import arch
 from cli import configure, die, main_guard
@@ -143,6 +144,10 @@ def ratios_figure(found, weights, show_test=True):
         lo, hi = min(ax.get_ylim()[0] for ax in drawn), max(ax.get_ylim()[1] for ax in drawn)
         for ax in drawn:
             ax.set_ylim(lo, hi)
+            # ticks on steps of 1, 2 or 5 x 10^k: with the y range at least 0.0175 (draw's padding) they need at most three
+            # decimals (matplotlib's default 2.5 step wrote 0.9975 where every ratio is 1, as under random weights)
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
+            ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
     fig.suptitle("Accuracy ratio of passing-channel to random-channel mean ablation (Eq. 3)", fontsize=11)
     fig.tight_layout(rect=(0, 0.22 / fig.get_figheight(), 1, 1))  # the bottom strip holds the weights stamp
     stamp(fig, weights)

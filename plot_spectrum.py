@@ -22,6 +22,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 import scipy.stats
+from matplotlib.ticker import MaxNLocator
 
 import arch
 from cli import configure, die, main_guard
@@ -54,7 +55,10 @@ DPI = 200  # PNG resolution
 
 def no_rho(x):
     """Why Spearman's rho has no value for these x (printed instead of a bare NaN)."""
-    return "every channel has the same value (random weights?)" if np.ptp(np.asarray(x, float)) == 0 else "too few channels"
+    x = np.asarray(x, float)
+    if len(x) < 2:
+        return f"too few channels with a measured m ({len(x)})"
+    return "every channel has the same value (random weights?)" if np.ptp(x) == 0 else "too few channels"
 
 
 def spearman(a, b):
@@ -135,11 +139,25 @@ def region_counts(m):
     return tuple(int(r.sum()) for r in mix_regions(m))
 
 
+def bin_edges(mix_clip, bins):
+    """About `bins` histogram bins over [0, mix_clip] with edges on Eq. 2's bounds, so that no bin straddles one: the
+    overwrite, mix and skip regions get bins of (nearly) one width. numpy's bins are closed on the left, so the edge at
+    2/3 sits just above it (2/3 itself is overwrite, Eq. 2 being strict) and the one at 3/2 on it (3/2 is skip)."""
+    width = mix_clip / bins
+    parts = []
+    for lo, hi in ((0.0, EQ2_LOW), (EQ2_LOW, EQ2_HIGH), (EQ2_HIGH, mix_clip)):
+        if hi > lo:
+            parts.append(np.linspace(lo, hi, max(1, round((hi - lo) / width)) + 1)[:-1])
+    edges = np.r_[np.concatenate(parts), mix_clip]
+    edges[np.isclose(edges, EQ2_LOW, rtol=0, atol=1e-12)] = np.nextafter(EQ2_LOW, np.inf)
+    return edges
+
+
 def mix_histogram(table, weights, mix_clip, bins, per_row):
     regions = (("overwrite", "tab:red"), ("mix", "tab:green"), ("skip", "tab:blue"))
-    undefined_x = (mix_clip + 0.7, mix_clip + 1.5)  # where the two 'undefined' bars stand, right of the histogram
+    undefined_x = (mix_clip + 0.8, mix_clip + 1.8)  # where the two 'undefined' bars stand, right of the histogram
     fig, axes = panel_grid(len(table), per_row)
-    edges = np.linspace(0, mix_clip, bins + 1)
+    edges = bin_edges(mix_clip, bins)
     for ax, (block, t) in zip(axes, table.items()):
         undefined = t["undefined_in"] | t["undefined_pre"]
         m = np.clip(t["mix"], 0, mix_clip)
@@ -161,42 +179,66 @@ def mix_histogram(table, weights, mix_clip, bins, per_row):
         ax.set_xlim(0, undefined_x[1] + 0.5)
         ticks = list(np.arange(0, mix_clip + 1))
         ax.set_xticks(ticks + list(undefined_x), [f"\u2265{x:g}" if x == mix_clip else f"{x:g}" for x in ticks] +
-                      ["In:\nPost=0", "Pre:\nPost=0"])
+                      ["m:=0", "m:=10"])
         ax.set_xlabel(f"mix ratio m (clipped at {mix_clip:g})  |  no ratio", fontsize=8)
         ax.set_ylabel("channels", fontsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
         ax.tick_params(labelsize=6.5)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.25) for _, c in regions] + \
               [plt.Rectangle((0, 0), 1, 1, color="0.45"), plt.Rectangle((0, 0), 1, 1, color="tab:orange"),
                plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor="0.35", hatch="///")]
     labels = ["overwrite: m \u2264 2/3", "mix: 2/3 < m < 3/2 (Eq. 2)", "skip: m \u2265 3/2", "other channels",
-              "passing Eq. 1 & 2", "undefined: a Post is 0 (m := 0 or 10)"]
+              "passing Eq. 1 & 2", "no ratio: a Post \u2264 0 (m := 0 or 10)"]
     finish(fig, "Mix ratio m = Post(FZ of In) / Post(FZ of Pre) per channel: overwrite / mix / skip", handles, labels)
     stamp(fig, weights)
     return fig
 
 
+def measured_spearman(x, t):
+    """Spearman's rho of x with the mix ratio over the channels where m is a measured ratio: the convention values
+    (m := 10 where Post(FZ of Pre) <= 0, m := 0 where Post(FZ of In) <= 0; criteria.mix_ratio) are left out."""
+    ok = ~(t["undefined_in"] | t["undefined_pre"])
+    return spearman(np.asarray(x)[ok], t["mix"][ok]), int(ok.sum())
+
+
+def convention_label(table, key, where):
+    """The legend entry of one convention value, with the value the table holds (criteria.py's default in brackets
+    when no channel has it)."""
+    values = sorted({v for t in table.values() for v in t["mix"][t[key]].tolist()})
+    m = "/".join(f"{v:g}" for v in values) if values else ("10" if key == "undefined_pre" else "0")
+    return f"m := {m} by convention where {where} (not a ratio: not in \u03c1)"
+
+
 def mix_scatter(table, key, xlabel, title, weights, mix_clip, per_row):
     fig, axes = panel_grid(len(table), per_row)
+    conventions = {"undefined_pre": ("Post(FZ of Pre) \u2264 0", "^"), "undefined_in": ("Post(FZ of In) \u2264 0", "v")}
+    labels = {k: convention_label(table, k, where) for k, (where, _) in conventions.items()}
+    labels["undefined_pre"] = labels["undefined_pre"].replace(" (not", f", drawn at {mix_clip:g} (not")
+    handles = {}
     for ax, (block, t) in zip(axes, table.items()):
         x, m = t[key], np.clip(t["mix"], 0, mix_clip)
         ax.axhspan(EQ2_LOW, EQ2_HIGH, color="tab:green", alpha=0.08, lw=0)
         undefined = t["undefined_in"] | t["undefined_pre"]
-        ax.scatter(x[~t["passes"] & ~undefined], m[~t["passes"] & ~undefined], s=8, color="0.4", alpha=0.7, lw=0, label="other channels")
-        ax.scatter(x[t["passes"]], m[t["passes"]], s=12, color="tab:orange", lw=0, label="passing Eq. 1 & 2")
-        ax.scatter(x[undefined & ~t["passes"]], m[undefined & ~t["passes"]], s=10, facecolors="none", edgecolors="0.4", lw=0.6,
-                   label="undefined m (0 or 10 by convention, drawn clipped)")
-        rho = spearman(x, t["mix"])
-        ax.text(0.97, 0.95, f"Spearman \u03c1 = {rho:+.2f}" if rho == rho else "Spearman \u03c1 = n/a", transform=ax.transAxes,
-                ha="right", va="top", fontsize=8.5, weight="bold", bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1.5))
+        for name, color, s, where in (("other channels", "0.4", 8, ~t["passes"] & ~undefined),
+                                      ("passing Eq. 1 & 2", "tab:orange", 12, t["passes"] & ~undefined)):
+            handles[name] = ax.scatter(x[where], m[where], s=s, color=color, alpha=0.7 if s == 8 else 1, lw=0)
+        for k, (_, marker) in conventions.items():
+            handles[labels[k]] = ax.scatter(x[t[k]], m[t[k]], s=14, marker=marker, facecolors="none", edgecolors="tab:red", lw=0.7)
+        rho, n = measured_spearman(x, t)
+        ax.text(0.97, 0.95, (f"Spearman \u03c1 = {rho:+.2f}" if rho == rho else "Spearman \u03c1 = n/a") + f"\n({n} measured m)",
+                transform=ax.transAxes, ha="right", va="top", fontsize=8, weight="bold",
+                bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1.5))
         ax.set_title(f"Block {block} ({len(m)} channels)", fontsize=9)
         ax.set_ylim(-0.15, mix_clip + 0.15)
         ticks = ax.get_yticks()
         ax.set_yticks(ticks, [f"\u2265{t:g}" if t == mix_clip else f"{t:g}" for t in ticks])
         ax.set_ylim(-0.15, mix_clip + 0.15)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))  # few x ticks: the weights' labels are long
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_ylabel(f"mix ratio m (clipped at {mix_clip:g})", fontsize=8)
         ax.tick_params(labelsize=7)
-    finish(fig, title, *axes[0].get_legend_handles_labels(), item_inches=1.6)
+        ax.tick_params(axis="x", labelrotation=30)
+    finish(fig, title + " (Spearman \u03c1 over the measured ratios only)", list(handles.values()), list(handles), item_inches=3.4)
     stamp(fig, weights)
     return fig
 
@@ -216,6 +258,10 @@ def pass_frequency(stability, weights, per_row):
                      f"mean Jaccard {mean_j}", fontsize=8.5)
         ax.set_xlim(-0.5, len(f) - 0.5)
         ax.set_ylim(0, 1.05)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6, min_n_ticks=1))  # channels are whole numbers
+        if not (f > 0).any():  # no bar to draw: say why the panel is empty
+            ax.text(0.5, 0.5, f"no channel passes in any of the {n_runs} runs", transform=ax.transAxes, ha="center", va="center",
+                    fontsize=8.5, color="0.35")
         ax.set_xlabel("channel", fontsize=8)
         ax.set_ylabel("pass frequency", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -296,11 +342,13 @@ def main():
                                            MIX_CLIP, PANELS_PER_ROW), figure(RESULTS, "mix_vs_conv2"), dpi=DPI)
         print(f"Spearman rank correlation of the mix ratio with  |{bn} weight|  mean |{conv} weight|")
         for block, t in table.items():
-            rhos = {key: spearman(t[key], t["mix"]) for key in ("bn2_abs", "conv2_abs_mean")}
-            print(f"  block {block:>4} ({len(t['mix'])} channels): {rhos['bn2_abs']:+18.3f}  {rhos['conv2_abs_mean']:+20.3f}")
+            rhos = {key: measured_spearman(t[key], t)[0] for key in ("bn2_abs", "conv2_abs_mean")}
+            n = measured_spearman(t["mix"], t)[1]
+            print(f"  block {block:>4} ({n} of {len(t['mix'])} channels, without the convention values): "
+                  f"{rhos['bn2_abs']:+18.3f}  {rhos['conv2_abs_mean']:+20.3f}")
             for key, rho in rhos.items():
                 if rho != rho:
-                    print(f"    no rho with {key} for block {block}: {no_rho(t[key])}")
+                    print(f"    no rho with {key} for block {block}: {no_rho(t[key][~(t['undefined_in'] | t['undefined_pre'])])}")
 
         stability_path = stability_file(RESULTS)
         if os.path.isfile(stability_path):

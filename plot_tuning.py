@@ -1,8 +1,8 @@
 """Figures of tuning.py (beyond the paper: scale invariance on natural images).
 
 - tuning_curves_<block>[_pN]: the zoom tuning curves of In, Pre and Post (mean center response over each unit's own
-  top-K natural images), one panel per channel, 16 per page, for the FZ-passing channels of criteria.json (the
-  natural-image passing channels where the block has no FZ criteria);
+  top-K natural images), one panel per channel, up to 16 a page (4 a row, the page sized to them), for the
+  FZ-passing channels of criteria.json (the natural-image passing channels where the block has no FZ criteria);
 - tuning_si: per block, the distribution of Post's scale-invariance index, FZ-passing channels against the others;
 - tuning_zoom: per block, In's preferred zoom against Pre's (the mechanism predicts In below Pre).
 
@@ -11,6 +11,8 @@
 Reads <RESULTS>/tuning/curves.pt, tuning.json (tuning.py) and criteria.json; writes <RESULTS>/figures/tuning_*.
 """
 
+
+import textwrap
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -23,21 +25,32 @@ from results import figure, load_json, load_pt, read_criteria, tuning_curves, tu
 RESULTS = "results"  # reads tuning/curves.pt, tuning.json, criteria.json; writes figures/tuning_*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
 CHANNELS = ""  # tuning curves of channels named by hand, 'block:channels;...' e.g. '2.1:5,17;3.1:40'; empty: the passing channels
-PER_PAGE = 16  # tuning-curve panels per page (4 x 4)
+PER_PAGE = 16  # tuning-curve panels per page, at most 4 a row (the page is sized to its panels)
 DPI = 200  # PNG resolution
 # ---- end of flags (below: fixed constants, not flags)
-ROLES = (("In", "tab:blue"), ("Pre", "tab:orange"), ("Post", "black"))
+ROLES = (("In", "tab:blue", dict(marker="o", ms=2.5, lw=1.1)),  # name, colour, line style of each role's curve
+         ("Pre", "tab:orange", dict(marker="s", ms=4.5, mfc="none", lw=1.6, ls="--")),
+         ("Post", "black", dict(marker="o", ms=2, lw=0.9)))
+JITTER = 0.04  # tuning_zoom: each point moved by a factor exp(U(-JITTER, JITTER)) on both axes, so that ties on the zoom grid show
 
 
 def curve_pages(block, channels, rows, curves, zoom, why, weights, per_page):
-    """Pages of 4 x 4 panels (per_page of them used): In, Pre and Post's tuning curves of each channel."""
-    pages = []
+    """Pages of up to per_page panels, at most 4 to a row, the page sized to its panels: In, Pre and Post's tuning
+    curves of each channel. Pre is dashed with open squares, Post solid with dots on top: where they coincide both
+    show."""
+    pages, n_pages = [], -(-len(channels) // per_page)
     for start in range(0, len(channels), per_page):
         chunk = list(zip(channels, rows))[start:start + per_page]
-        fig, axes = plt.subplots(4, 4, figsize=(10, 9), squeeze=False)
+        ncols, nrows = min(4, len(chunk)), -(-len(chunk) // 4)
+        page = f" (page {start // per_page + 1} of {n_pages})" if n_pages > 1 else ""
+        W = max(2.4 * ncols + 0.5, 4.4)
+        title = wrapped(f"Block {block}: zoom tuning curves on each unit's own top-K natural images, {why}{page}", W, 9)
+        title += "\n(zoom < 1: the view shrunk and padded; > 1: its centre enlarged)"
+        head = 0.25 + 0.17 * (title.count("\n") + 1)  # inches for the title lines
+        fig, axes = plt.subplots(nrows, ncols, figsize=(W, 2.1 * nrows + head + 0.85), squeeze=False)
         for ax, (c, g) in zip(axes.flat, chunk):
-            for r, (name, color) in enumerate(ROLES):
-                ax.plot(zoom, curves[g, r], "o-", color=color, ms=2.5, lw=1.1, label=name)
+            for r, (name, color, style) in enumerate(ROLES):
+                ax.plot(zoom, curves[g, r], color=color, label=name, **style)
             ax.axvline(1, color="0.8", lw=0.6)
             ax.set_xscale("log", base=2)
             ax.set_xticks([0.5, 1, 2], ["0.5x", "1x", "2x"])
@@ -45,16 +58,21 @@ def curve_pages(block, channels, rows, curves, zoom, why, weights, per_page):
             ax.tick_params(labelsize=6.5)
         for ax in list(axes.flat)[len(chunk):]:
             ax.set_axis_off()
-        axes[0, 0].legend(fontsize=6.5, frameon=False)
-        page = f" (page {start // per_page + 1} of {-(-len(channels) // per_page)})" if len(channels) > per_page else ""
-        fig.suptitle(f"Block {block}: zoom tuning curves on each unit's own top-K natural images, {why}{page}\n"
-                     f"(zoom < 1: the view shrunk and padded; > 1: its centre enlarged)", fontsize=10)
-        fig.supxlabel("zoom", fontsize=9)
-        fig.supylabel("mean center response", fontsize=9)
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        fig.suptitle(title, fontsize=9)
+        H = fig.get_figheight()  # from the bottom: the stamp (0.22 in), the legend, the x label, the panels
+        fig.supxlabel("zoom", fontsize=8.5, y=0.46 / H, va="bottom")
+        fig.supylabel("mean center response", fontsize=8.5)
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.22 / H), ncol=3,
+                   fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.6 / H, 1, 1 - 0.05 / H), pad=0.4, h_pad=0.6, w_pad=0.6)
         stamp(fig, weights)
         pages.append(fig)
     return pages
+
+
+def wrapped(text, inches, fontsize):
+    """text in lines that fit a figure inches wide at fontsize."""
+    return "\n".join(textwrap.wrap(text, int(inches * 72 / (fontsize * 0.55))))
 
 
 def panels(n):
@@ -80,8 +98,8 @@ def si_figure(blocks, si_of, weights):
         ax.set_ylabel("density (channels, normalised per group)", fontsize=7.5)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, frameon=False)
-    fig.suptitle("Is Post more scale invariant on natural images where the FZ criteria pass?", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.suptitle(wrapped("Is Post more scale invariant on natural images where the FZ criteria pass?", fig.get_figwidth(), 10), fontsize=10)
+    fig.tight_layout(rect=(0, 0.25 / fig.get_figheight(), 1, 1))
     stamp(fig, weights)
     return fig
 
@@ -92,7 +110,7 @@ def zoom_figure(blocks, pairs, zoom, weights):
     for ax, b in zip(axes, blocks):
         pin, ppre, fz, measured = pairs[b]
         other = measured & ~fz  # as in tuning.json: the FZ-measured channels that do not pass
-        jit = lambda v: v * np.exp(rng.uniform(-0.04, 0.04, len(v)))  # noqa: E731 (ties on the zoom grid)
+        jit = lambda v: v * np.exp(rng.uniform(-JITTER, JITTER, len(v)))  # noqa: E731 (ties on the zoom grid; the title says so)
         ax.scatter(jit(pin[other]), jit(ppre[other]), s=6, color="0.5", alpha=0.6, lw=0, label="other" if fz.any() else "channels")
         ax.scatter(jit(pin[fz]), jit(ppre[fz]), s=14, color="tab:orange", lw=0, label="FZ-passing")
         ax.plot([min(zoom), max(zoom)], [min(zoom), max(zoom)], color="0.7", lw=0.8, ls="--")
@@ -106,8 +124,10 @@ def zoom_figure(blocks, pairs, zoom, weights):
         ax.set_title(f"Block {b}", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, frameon=False, loc="lower right")
-    fig.suptitle("Preferred zoom on natural images, In against Pre\n(above the diagonal: In prefers its feature smaller than Pre)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.suptitle(wrapped("Preferred zoom on natural images, In against Pre (above the diagonal: In prefers its feature smaller than "
+                         f"Pre; each point is jittered by up to \u00b1{100 * (np.exp(JITTER) - 1):.0f}% on both axes, so that channels "
+                         "with the same zooms show)", fig.get_figwidth(), 9), fontsize=9)
+    fig.tight_layout(rect=(0, 0.25 / fig.get_figheight(), 1, 1))
     stamp(fig, weights)
     return fig
 

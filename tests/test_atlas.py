@@ -3,6 +3,7 @@ rendered rows, the images that load, sorting and filtering through the page's ow
 missing pieces and their commands, the random-weights banner. Skips with a reason where Chromium is absent."""
 
 import csv
+import html
 import os
 import re
 import shutil
@@ -37,10 +38,11 @@ def atlas(tmp_path_factory):
     return res
 
 
-def dom(path, query=""):
+def dom(path, query="", width=None):
     if CHROMIUM is None:
         pytest.skip("headless Chromium is not installed (Debian: apt install chromium)")
-    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", "--dump-dom",
+    size = [f"--window-size={width},900"] if width else []
+    p = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000", *size, "--dump-dom",
                         f"file://{path}{query}"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "<html" in p.stdout, p.stderr[-1000:]
     return p.stdout
@@ -87,7 +89,7 @@ def test_sorting_and_filtering_in_chromium(atlas):
     assert [c for c, _ in rows[:4]] == measured  # the measured channels first, by value; blanks last
     rows = rows_of(dom(page, "?sort=channel&desc=1"))
     assert [c for c, _ in rows] == list(range(127, -1, -1))
-    mixes = {c: float(v["mix"]) for c, v in values.items()}
+    mixes = {c: float(v["mix"]) for c, v in values.items() if float(v["post_pre"]) > 0 and float(v["post_in"]) > 0}  # ratios, not conventions
     lo, hi = sorted(mixes.values())[1], 100.0
     rows = rows_of(dom(page, f"?mix={lo}:{hi}"))
     assert {c for c, shown in rows if shown} == {c for c, m in mixes.items() if lo <= m <= hi}
@@ -109,3 +111,69 @@ def test_atlas_without_inputs_is_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     p = subprocess.run([sys.executable, "atlas.py", "--results", tmp_path / "empty"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1 and "holds no results" in p.stderr and "Traceback" not in p.stderr
+
+
+MEASURE = """<script>(function(){var cols=[];document.querySelectorAll('#units th').forEach(function(th){var r=th.getBoundingClientRect();
+cols.push([th.dataset.col||th.textContent,r.left,r.right]);});document.body.dataset.columns=JSON.stringify(cols);
+document.body.dataset.width=document.documentElement.clientWidth;window.scrollTo(5000,0);
+var c=document.querySelector('#units tbody td').getBoundingClientRect();document.body.dataset.scrolled=JSON.stringify([window.scrollX,c.left,c.right]);
+})();</script>"""
+
+
+def test_criteria_columns_visible_at_1400_px(atlas):
+    """In a 1400 px wide window the channel and every criteria column sit on screen without scrolling; scrolled
+    right to the images, the channel column stays at the left edge."""
+    import json
+    text = (atlas / "atlas" / "block_2.1.html").read_text()
+    probe = atlas / "atlas" / "block_2.1.probe.html"
+    probe.write_text(text.replace("</body>", MEASURE + "</body>"))
+    out = dom(probe, width=1400)
+    cols = json.loads(html.unescape(re.search(r'data-columns="([^"]*)"', out).group(1)))
+    width = int(re.search(r'data-width="(\d+)"', out).group(1))
+    assert 1300 < width <= 1400
+    where = {name: (left, right) for name, left, right in cols}
+    for name in ["channel"] + [camel for camel in ("preIn", "preZoomIn", "postIn", "postPre", "eq1", "eq2", "passes", "mix")]:
+        assert 0 <= where[name][0] and where[name][1] <= width, (name, where[name], width)
+    assert cols[-1][2] > width  # the images run on, behind the scroll
+    scroll_x, left, right = json.loads(html.unescape(re.search(r'data-scrolled="([^"]*)"', out).group(1)))
+    assert scroll_x > 500 and 0 <= left < 20 and right > left  # frozen channel column
+
+
+def test_convention_mix_values_shown_as_such_and_sorted_last(atlas, tmp_path):
+    """A dead channel's m = 10 (Post(FZ Pre) <= 0) and an m = 0 (Post(FZ In) <= 0) show with their reason, sort after
+    every measured ratio in both directions, and fall outside any mix range."""
+    res = tmp_path / "results"
+    shutil.copytree(atlas, res)
+    path = res / "criteria.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    block = [r for r in rows if r["block"] == "2.1"]
+    block[0].update(post_in="1.0", post_pre="1.0", mix="")  # no m at all: after the conventions
+    block[1].update(post_pre="0.0", mix="10.0")
+    block[2].update(post_in="1.0", post_pre="2.0", mix="0.5")
+    block[3].update(post_in="3.0", post_pre="1.0", mix="3.0")
+    rows.append(dict(block[3], channel="5", post_in="-0.5", post_pre="1.0", mix="0.0"))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    run("atlas.py", "--results", res)
+    page = res / "atlas" / "block_2.1.html"
+    text = dom(page)
+    assert "10 (Post(FZ Pre) \u2264 0)" in text and "0 (Post(FZ In) \u2264 0)" in text
+    for desc, measured in (("1", [3, 2]), ("0", [2, 3])):
+        order = [c for c, _ in rows_of(dom(page, f"?sort=mix&desc={desc}"))]
+        assert order[:6] == measured + [1, 5, 0, 4], order  # the ratios, then the conventions, then the channels without m
+    shown = {c for c, on in rows_of(dom(page, "?mix=0:100")) if on}
+    assert shown == {2, 3}
+
+
+def test_missing_pieces_say_how_long_they_take(atlas):
+    import atlas as atlas_py
+    text = (atlas / "atlas" / "block_2.1.html").read_text()
+    item = re.search(r"<li><code>python fzs.py --layers layer2.0 --channels 4:128[^<]*</code>([^<]*<span[^>]*>[^<]*)</span></li>", text)
+    assert item and "(estimated: under a minute on 2 CPU cores in bf16, longer in fp32; under a minute on one GPU" in item.group(1)
+    # all 4,672 center FZs at 2,560 steps: ~4 days on 2 cores (docs/performance.md), ~2.8 min projected on one H200
+    cpu, gpu = atlas_py.fz_seconds(4672, 2560)
+    assert atlas_py.duration(cpu) == "about 3.6 days" and atlas_py.duration(gpu) == "about 3 min"
+    assert atlas_py.duration(124 * 2560 / 38) == "about 2.3 hours"

@@ -441,10 +441,14 @@ def test_mix_histogram_regions_use_eq2s_bounds(tmp_path):
     ax = figs[0].axes[0]
     counts = [t.get_text() for t in ax.texts if "overwrite:" in t.get_text()][0]
     assert counts.splitlines() == [f"overwrite: {expected[0]}", f"mix: {expected[1]}", f"skip: {expected[2]}", "undefined: 5"]
-    hist = [c for c in ax.containers if len(c) == plot_spectrum.BINS]
+    hist = [c for c in ax.containers if len(c) == len(plot_spectrum.bin_edges(plot_spectrum.MIX_CLIP, plot_spectrum.BINS)) - 1]
     apart = [c for c in ax.containers if len(c) == 2]  # the two hatched 'undefined' bars, right of the histogram
     assert len(hist) == 2 and sum(bar.get_height() for c in hist for bar in c) == len(planted)  # stacked: other + passing
     assert [bar.get_height() for bar in apart[0]] == [2, 3]
+    # the bins hold the regions' channels: m = 2/3 in a bin left of the 2/3 edge, m = 3/2 right of the 3/2 edge
+    region = lambda bar: "overwrite" if bar.get_x() + bar.get_width() <= 2 / 3 + 1e-9 else "mix" if bar.get_x() + bar.get_width() <= 1.5 + 1e-9 else "skip"  # noqa: E731
+    for name, k in zip(("overwrite", "mix", "skip"), expected):
+        assert sum(bar.get_height() for c in hist for bar in c if region(bar) == name) == k, name
     assert all(bar.get_x() > plot_spectrum.MIX_CLIP for bar in apart[0])
 
 
@@ -558,3 +562,178 @@ def test_fig2_refuses_variants_of_another_run(tmp_path):
     results.save_json(d, path)
     r, _ = capture("plot_ratios.py", "--results", res)
     assert r.returncode != 0 and "3.1.unscreened.json was made under another config" in r.stderr and "n_trials" in r.stderr
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout, read on the artists, at 1, 4 and 128 channels (planted inputs)
+
+COUNTS = (1, 4, 128)
+
+
+def boxes(fig, texts):
+    if not hasattr(fig.canvas, "get_renderer"):  # closed by save_figure: give it a canvas again
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    r = fig.canvas.get_renderer()
+    return [t.get_window_extent(r) for t in texts if t.get_visible() and t.get_text().strip()]
+
+
+def watermark(fig):
+    """The large translucent random-weights warning (the stamp's second text)."""
+    marks = [t for t in fig.texts if t.get_text().startswith("RANDOM WEIGHTS") and t.get_alpha() is not None]
+    assert len(marks) == 1
+    return marks[0]
+
+
+def titles(fig):
+    texts = [t for t in fig.texts if not t.get_text().startswith("RANDOM WEIGHTS")]
+    texts += [t for ax in fig.axes for t in (ax.title, ax.xaxis.label)]  # y labels run the panels' height: crossed, not hidden
+    return texts + [t for t in (fig._suptitle, fig._supxlabel) if t is not None]
+
+
+def assert_readable(fig):
+    """No two tick labels of an axis overlap; the watermark hides no title."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            labels = [t for t in axis.get_ticklabels() if t.get_text()]
+            lim = sorted(ax.get_xlim() if axis is ax.xaxis else ax.get_ylim())
+            shown = [t for t, v in zip(labels, axis.get_ticklocs()) if lim[0] - 1e-9 <= v <= lim[1] + 1e-9]
+            bs = boxes(fig, shown)
+            for i in range(len(bs)):
+                for j in range(i + 1, len(bs)):
+                    assert not bs[i].overlaps(bs[j]), (ax.get_title(), shown[i].get_text(), shown[j].get_text())
+    for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]:  # legends inside the page
+        box = legend.get_window_extent(fig.canvas.get_renderer())
+        assert box.x0 >= -2 and box.x1 <= fig.bbox.x1 + 2 and box.y0 >= -2 and box.y1 <= fig.bbox.y1 + 2, box
+    mark = boxes(fig, [watermark(fig)])[0]
+    hidden = [t.get_text() for t, b in zip([t for t in titles(fig) if t.get_visible() and t.get_text().strip()], boxes(fig, titles(fig)))
+              if b.overlaps(mark)]
+    assert not hidden, hidden
+
+
+def planted_spectrum(root, n, conv2=0.0021):
+    """criteria.csv of blocks 2.1 and 3.1 with n channels each: channel 0 dead (Post(FZ of Pre) = 0: m := 10), channel 1 with
+    Post(FZ of In) = 0 (m := 0), the others measured; mean |conv2| within 4% of conv2 (long tick labels: 0.002025,
+    0.002050, ... overlapped under matplotlib's default ticks); stability.json in which no channel of 2.1 passes and some of 3.1 do."""
+    os.makedirs(root, exist_ok=True)
+    g = np.random.default_rng(n)
+    with open(os.path.join(root, "criteria.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["block", "channel", "pre_in", "pre_zoom_in", "post_in", "post_pre", "eq1", "eq2", "passes", "mix",
+                    "bn2_abs", "conv2_abs_mean"])
+        for block in ("2.1", "3.1"):  # two blocks: panels 3.3 inches wide
+            for c in range(n):
+                post_pre, post_in = (0.0, 1.0) if c == 0 else (1.0, 0.0) if c == 1 else (1.0, float(g.uniform(0.1, 4)))
+                m = 10.0 if post_pre <= 0 else 0.0 if post_in <= 0 else post_in / post_pre
+                w.writerow([block, c, 0, 0, post_in, post_pre, 0, 0, 0, m, g.uniform(0.05, 1), conv2 * (1 + g.uniform(-0.04, 0.04))])
+    results.save_json({"config": {"weights": "random:0"}, "fz_files": {}, "blocks": {}}, os.path.join(root, "criteria.json"))
+    results.save_json({"runs": ["a", "b"], "blocks": {"2.1": {"pass_frequency": [0.0] * n, "jaccard": [[1.0, 0.0], [0.0, 1.0]],
+                                                           "always": [], "counts": [0, 0]},
+                                                    "3.1": {"pass_frequency": [1.0, 0.5] + [0.0] * (n - 2) if n > 1 else [0.5],
+                                                            "jaccard": [[1.0, 0.5], [0.5, 1.0]], "always": [0], "counts": [1, 2]}}},
+                      os.path.join(root, "stability.json"))
+    return root
+
+
+@pytest.mark.parametrize("n", COUNTS)
+def test_spectrum_layout(tmp_path, n):
+    res = planted_spectrum(str(tmp_path / "results"), n)
+    r, figs = capture("plot_spectrum.py", "--results", res)
+    assert r.returncode == 0, r.stderr
+    hist, bn2, conv2, freq = figs
+    table = plot_spectrum.read_table(net, os.path.join(res, "criteria.csv"))["2.1"]
+    for fig in figs:
+        assert_readable(fig)
+    # mix_hist: whole counts on y; no bin straddles Eq. 2's bounds
+    ax = hist.axes[0]
+    assert all(float(v).is_integer() for v in ax.get_yticks())
+    bars = [p for c in ax.containers for p in c]
+    for p in bars:
+        for bound in (2 / 3, 3 / 2):
+            assert not (p.get_x() + 1e-9 < bound < p.get_x() + p.get_width() - 1e-9), (p.get_x(), p.get_width())
+    # mix_vs_*: rho over the measured ratios only; the convention values named in the legend
+    for fig, key in ((bn2, "bn2_abs"), (conv2, "conv2_abs_mean")):
+        ok = np.arange(n) >= 2
+        rho = [t.get_text() for t in fig.axes[0].texts if "Spearman" in t.get_text()][0]
+        if ok.sum() >= 2:
+            assert rho.startswith(f"Spearman \u03c1 = {scipy.stats.spearmanr(table[key][ok], table['mix'][ok]).statistic:+.2f}\n")
+        assert f"({int(ok.sum())} measured m)" in rho
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert any(t.startswith("m := 10 by convention where Post(FZ of Pre)") and "not in \u03c1" in t for t in legend), legend
+        assert any(t.startswith("m := 0 by convention where Post(FZ of In)") for t in legend), legend
+    # pass_frequency: whole channel numbers; an empty panel says why
+    empty, full = freq.axes[:2]
+    for ax in (empty, full):
+        lo, hi = ax.get_xlim()
+        ticks = [v for v in ax.get_xticks() if lo <= v <= hi]
+        assert ticks and all(float(v).is_integer() for v in ticks), ticks
+    assert any("no channel passes" in t.get_text() for t in empty.texts)
+    assert not any("no channel passes" in t.get_text() for t in full.texts)
+
+
+@pytest.mark.parametrize("n", COUNTS)
+def test_tuning_curve_pages_fit_their_panels(n):
+    import plot_tuning
+    zoom = [0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.2, 1.4, 1.6, 1.8, 2]
+    curves = np.random.default_rng(n).random((n, 3, len(zoom)))
+    curves[:, 2, :5] = curves[:, 1, :5]  # Post equals Pre on half the zooms
+    pages = plot_tuning.curve_pages("2.1", list(range(n)), list(range(n)), curves, zoom, "FZ-passing channels", "random:0", 16)
+    assert len(pages) == -(-n // 16)
+    for fig in pages:
+        assert_readable(fig)
+        panels = [ax for ax in fig.axes if ax.axison]
+        cols = min(4, len(panels))
+        W, H = fig.get_size_inches()
+        assert W <= max(2.5 * cols + 0.6, 4.5) and H <= 2.2 * -(-len(panels) // 4) + 1.9, (W, H)  # sized to its panels
+        area = sum(ax.get_position().width * ax.get_position().height for ax in panels)
+        assert area > 0.3 * (0.55 if len(panels) == 1 else 1), area  # not a mostly blank canvas
+        boxes(fig, [])
+        r = fig.canvas.get_renderer()
+        lowest = min(ax.get_tightbbox(r).y0 for ax in panels)
+        assert (lowest - fig._supxlabel.get_window_extent(r).y1) / fig.dpi < 0.3  # the x label next to the panels
+        for ax in panels:
+            lines = {line.get_label(): line for line in ax.get_lines()}
+            pre, post = lines["Pre"], lines["Post"]
+            assert pre.get_linestyle() != post.get_linestyle() and pre.get_markersize() > post.get_markersize() + 1
+            assert pre.get_markerfacecolor() == "none"  # Post's dots show inside Pre's open squares
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == ["In", "Pre", "Post"]
+
+
+def test_tuning_zoom_says_it_jitters():
+    import plot_tuning
+    zoom = [0.5, 0.7, 1, 1.4, 2]
+    k = 20
+    pairs = {"2.1": (np.full(k, 1.0), np.full(k, 1.4), np.arange(k) < 3, np.ones(k, bool))}
+    fig = plot_tuning.zoom_figure(["2.1"], pairs, zoom, "random:0")
+    assert_readable(fig)
+    assert "jittered by up to \u00b14%" in fig._suptitle.get_text().replace("\n", " ")
+    xs = np.concatenate([c.get_offsets()[:, 0] for c in fig.axes[0].collections])
+    assert np.ptp(xs) > 0 and np.all(np.abs(np.log(xs)) <= plot_tuning.JITTER + 1e-12)  # jittered, as said, and no more
+
+
+@pytest.mark.parametrize("spread", (0.0, 1e-4, 0.05))  # 0: every ratio 1, as under random weights
+def test_ratio_ticks_have_at_most_three_decimals(spread):
+    import plot_ratios
+    g = np.random.default_rng(7)
+    found = {}
+    for block in ("2.1", "3.1"):
+        ratio = (1.0 + spread * g.random(6)).tolist()
+        found["paper", block] = {"scales": [0, 10, 20, 30, 40, 50], "ratio": ratio, "sem": [0, *[spread / 5] * 5],
+                                 "random_sets": [[1]] * 10, "passing": [1, 2], "n_images": 12}
+    fig = plot_ratios.ratios_figure(found, "random:0")
+    assert_readable(fig)
+    for ax in fig.axes:
+        fig.draw_without_rendering()
+        labels = [t.get_text().replace("\u2212", "-") for t in ax.yaxis.get_ticklabels() if t.get_text()]
+        assert labels and all(len(t.split(".")[1]) <= 3 for t in labels if "." in t), labels
+        assert not ax.yaxis.get_offset_text().get_text()  # no '+9.5e-1' offset to add in one's head
+
+
+@pytest.mark.parametrize("n", (1, 4, 16))  # 16: a full page, as each of a 128-channel block's 8 pages
+def test_grid_pages_watermark_hides_no_title(n):
+    import plot_grids
+    grids = [(f"channel {c}", [[None] * 3 for _ in range(3)]) for c in range(n)]
+    fig = plot_grids.draw_page(grids, f"Block 2.1: the {n} of 128 channels passing Eq. 1 and Eq. 2\nIn = ...", "random:0", 4, 2.1)
+    assert_readable(fig)
+    assert sum(t.get_text().startswith("channel ") for t in fig.texts) == n
