@@ -31,6 +31,7 @@ import arch
 from cli import configure, die, main_guard, pick_device, resolve_batch, use_device
 from results import (
     FZ_MATCH_KEYS,
+    as_weights_id,
     config_mismatch,
     criteria_csv,
     criteria_file,
@@ -152,7 +153,7 @@ def recorded_fz_weights(net, folders, blocks):
                     except Exception:
                         made = load_fz(net, folder, layer)["config"].get("weights")  # its one-line error, if any
                     if made:
-                        found.setdefault("random:0" if made == "random" else made, path)
+                        found.setdefault(as_weights_id(made), path)
     if len(found) > 1:
         die("the FZ files were made with different weights (" + ", ".join(f"{w} in {p}" for w, p in found.items())
             + "): remake them with one --weights, or pass --weights to measure the blocks made with it")

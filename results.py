@@ -154,10 +154,15 @@ def is_random(weights_id):
 
 
 
+def as_weights_id(made):
+    """A recorded weights value as the id it means: 'random' is 'random:0', as stream.load_model reads it."""
+    return "random:0" if made == "random" else made
+
+
 def same_weights(made, weights_id):
-    """Whether a file that recorded the weights `made` ('random' read as 'random:0', as stream.load_model reads it)
-    was made with `weights_id`; a file that recorded none is taken as made with them."""
-    return made is None or ("random:0" if made == "random" else made) == weights_id
+    """Whether a file that recorded the weights `made` (as_weights_id) was made with `weights_id`; a file that
+    recorded none is taken as made with them."""
+    return made is None or as_weights_id(made) == weights_id
 
 
 def recorded_weights(config):
@@ -413,7 +418,7 @@ def weights_of(*configs):
         if isinstance(d, dict):
             for k, v in d.items():
                 if k in ("weights", "weights_id") and isinstance(v, str):
-                    found.add("random:0" if v == "random" else v)
+                    found.add(as_weights_id(v))
                 else:
                     walk(v)
     for config in configs:

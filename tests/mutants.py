@@ -300,8 +300,8 @@ MUTANTS = [
     # --- The house (issue 23): flags above the marked line, one reader of every result file
     ("flags-below-the-line", "cli.py", "        if node.lineno >= end:\n            break\n", "        if False:\n            break\n",
      [f"{S}::test_configure_overrides_constants"]),
-    ("random-not-random0", "results.py", 'return made is None or ("random:0" if made == "random" else made) == weights_id',
-     "return made is None or made == weights_id", [f"{S}::test_shared_readers_refuse_other_weights_and_architectures"]),
+    ("random-not-random0", "results.py", '    return "random:0" if made == "random" else made',
+     "    return made", [f"{S}::test_shared_readers_refuse_other_weights_and_architectures"]),
     ("reader-ignores-weights", "results.py", "    if weights_id is not None and not same_weights(made, weights_id):", "    if False:",
      [f"{S}::test_shared_readers_refuse_other_weights_and_architectures"]),
     # --- What a newcomer meets (issue 24): the command line, the weights from the inputs, nothing to draw, the method page
