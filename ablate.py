@@ -67,6 +67,7 @@ from results import (
     save_json,
     save_pt,
     versions,
+    weights_to_load,
 )
 from stats import bootstrap_differences, sign_flip_p, trial_mean
 from stream import block_forward, head, load_model, normalize, read_center, stem, to_float
@@ -77,7 +78,7 @@ FAKE = 0  # smoke runs without ImageNet: first write this many generated JPEGs i
 LIMIT = 0  # use only this many images, evenly spaced over the sorted file list (0 = all)
 STAGES = ["natural", "sweep"]  # stages to run, in order: natural (activations, top-9, means), sweep (screening + ablation)
 ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its blocks)
-WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path
+WEIGHTS = ""  # torchvision weights of ARCH (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path; empty: the weights that RESULTS' natural summary and criteria.json record (IMAGENET1K_V1 where there are none)
 RESULTS = "results"  # output folder
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
 AMP = "auto"  # sweep precision: auto (fp32; AMP_AUTO=bf16 in the environment makes it bf16), fp32, bf16 or tf32 (GPU) (natural stage: always fp32)
@@ -733,7 +734,9 @@ def main():
     listing = None if FAKE else imagenet_folder(root, LIMIT, LABELS)  # a bad folder or label file stops here, before the model
     lock = lock_results(RESULTS, "ablate.py")  # noqa: F841 (held until the process ends)
     device_name = use_device(device, prec)  # TF32 only for --amp tf32 (the fp32 sweep equals the reference)
-    model, weights_id = load_model(net.name, WEIGHTS, device)
+    inputs = [read_summary(RESULTS, net, required=False)] + ([read_criteria(RESULTS, net)] if "sweep" in STAGES else [])
+    weights = weights_to_load(WEIGHTS, [made["config"] for made in inputs if made])  # disagreeing inputs are refused
+    model, weights_id = load_model(net.name, weights, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU, same fp32 arithmetic
     if FAKE:  # smoke data, labelled with this model's predictions
         write_fake_imagenet(root, FAKE, predict=lambda views: model(normalize(to_float(views.to(device)))).argmax(1).cpu())
@@ -757,7 +760,7 @@ def main():
     if "sweep" in STAGES:
         sweep_stage(net, model, weights_id, dataset, loader_for, device, device_name, prec, **run,
                     suffix_batch=SUFFIX_BATCH or (4096 if device.type == "cuda" else 512),
-                    ablate_blocks=ABLATE_BLOCKS, sets=SETS, weights=WEIGHTS, seed=SEED, crops=CROPS,
+                    ablate_blocks=ABLATE_BLOCKS, sets=SETS, weights=weights, seed=SEED, crops=CROPS,
                     screen_margin=SCREEN_MARGIN, screen_draws=SCREEN_DRAWS, screen_cap=SCREEN_CAP, n_trials=N_TRIALS,
                     variants=VARIANTS, holdout=HOLDOUT,
                     test=dict(replicates=BOOTSTRAP, level=CI, permutations=PERMUTATIONS))

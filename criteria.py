@@ -42,9 +42,9 @@ from results import (
     lock_results,
     read_fz,
     save_json,
-    split_weights_id,
     stability_file,
     versions,
+    weights_flag,
     write_csv,
 )
 from stats import EQ2_HIGH, EQ2_LOW
@@ -158,16 +158,6 @@ def recorded_fz_weights(net, folders, blocks):
         die("the FZ files were made with different weights (" + ", ".join(f"{w} in {p}" for w, p in found.items())
             + "): remake them with one --weights, or pass --weights to measure the blocks made with it")
     return next(iter(found), None)
-
-
-def weights_flag(weights_id):
-    """The --weights value that loads the weights an FZ file records: the id without its architecture; a checkpoint
-    ('file:NAME:sha256=...') cannot be loaded from its id, so the user is asked for the file."""
-    name = split_weights_id(weights_id)[1]
-    if name.startswith("file:"):
-        die(f"the FZ files were made with the checkpoint {name.split(':')[1]} (weights {weights_id}): pass it with "
-            f"--weights /path/to/{name.split(':')[1]}")
-    return name
 
 
 def sha256(path):

@@ -152,8 +152,6 @@ def is_random(weights_id):
     return split_weights_id(weights_id)[1].startswith("random")
 
 
-
-
 def as_weights_id(made):
     """A recorded weights value as the id it means: 'random' is 'random:0', as stream.load_model reads it."""
     return "random:0" if made == "random" else made
@@ -428,3 +426,20 @@ def weights_of(*configs):
     return found.pop() if found else "unknown"
 
 
+def weights_flag(weights_id):
+    """The --weights value that loads the weights an input records: the id without its architecture. A checkpoint
+    ('file:NAME:sha256=...') cannot be loaded from its id, so the user is asked for the file."""
+    name = split_weights_id(weights_id)[1]
+    if name.startswith("file:"):
+        die(f"the inputs were made with the checkpoint {name.split(':')[1]} (weights {weights_id}): pass it with "
+            f"--weights /path/to/{name.split(':')[1]}")
+    return name
+
+
+def weights_to_load(weights, configs, default="IMAGENET1K_V1"):
+    """The --weights value a script loads: `weights` when the user gave one; else the one id its inputs' configs
+    record (weights_of: inputs that disagree are refused); else `default` (no input records any)."""
+    if weights:
+        return weights
+    made = weights_of(*configs)
+    return default if made == "unknown" else weights_flag(made)

@@ -56,6 +56,7 @@ from results import (
     tuning_file,
     tuning_values,
     versions,
+    weights_to_load,
     write_csv,
 )
 from stats import EQ2_HIGH, EQ2_LOW, mann_whitney
@@ -63,7 +64,7 @@ from stream import load_model, normalize, read_center, to_float
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
 ARCH = "resnet18"  # a torchvision ResNet; must be the natural stage's
-WEIGHTS = "IMAGENET1K_V1"  # must be the weights of the natural stage: IMAGENET1K_V1, DEFAULT, random[:SEED] or a state_dict path
+WEIGHTS = ""  # the weights of the natural stage: IMAGENET1K_V1, DEFAULT, random[:SEED] or a state_dict path; empty: those its summary records
 TUNE_BLOCKS = []  # blocks whose channels are measured (empty: every probed block of ARCH, resnet18's seven)
 TOP_K = 16  # each unit's own top-K natural images (the paper shows 9)
 SAMPLE = 200  # a fixed, seeded random sample of the natural stage's images (every unit's curve over it too)
@@ -258,7 +259,7 @@ def main():
     device_name = use_device(device, "fp32")  # true fp32 (no TF32), as the natural stage measured
     batch = resolve_batch(BATCH, device, arch.image_bytes(ARCH), cpu_default=32, cap=256)  # cap: host memory (workers x 11 zooms)
     lock = lock_results(RESULTS, "tuning.py")  # noqa: F841 (held until the process ends)
-    model, weights_id = load_model(net.name, WEIGHTS, device)
+    model, weights_id = load_model(net.name, weights_to_load(WEIGHTS, [summary["config"]]), device)
     check_made(summary["config"], natural_summary(RESULTS), net, weights_id, "ablate.py --stages natural")
     model = model.to(memory_format=torch.channels_last)
     if is_random(weights_id):

@@ -470,8 +470,8 @@ def test_end_to_end_and_resume(swept):
 
 
 def test_refusals_and_the_cap(folder, tmp_path):
-    results = str(tmp_path / "res")
-    common = ["--data", folder, "--weights", "random:3", "--results", results, "--workers", "0", "--batch", "4",
+    out = str(tmp_path / "res")
+    common = ["--data", folder, "--weights", "random:3", "--results", out, "--workers", "0", "--batch", "4",
               "--sets", "2.1:0:6;3.1:0:10", "--n_trials", "2", "--screen_draws", "3", "--crops", "10,50",
               "--screen_margin", "2.1:<=100;3.1:<=100", "--limit", "5"]
     r = run_script(*common)
@@ -489,7 +489,15 @@ def test_refusals_and_the_cap(folder, tmp_path):
                            "--screen_margin", margin, "--limit", "5")
         assert never.returncode == 1 and "Traceback" not in never.stderr
         assert "can never be met" in never.stderr and "--screen_margin '2.1:<=100'" in never.stderr
-    assert not os.path.exists(os.path.join(results, "ablation", "2.1", "draw003.pt"))  # no draw beyond the 3 made
+    assert not os.path.exists(os.path.join(out, "ablation", "2.1", "draw003.pt"))  # no draw beyond the 3 made
+    # No --weights: the weights that the natural summary records (random:3), so the rerun is the same config; a
+    # criteria.json that records other weights than the summary is refused.
+    unnamed = [a for a in common if a not in ("--weights", "random:3")]
+    again = run_script(*unnamed, "--stages", "sweep")
+    assert again.returncode == 0 and "weights random:3" in again.stdout, again.stderr
+    results.save_json({"config": {"arch": "resnet18", "weights_id": "random:4"}, "blocks": {}}, results.criteria_file(out))
+    mixed = run_script(*unnamed, "--stages", "sweep")
+    assert mixed.returncode != 0 and "different weights (random:3, random:4)" in mixed.stderr and "Traceback" not in mixed.stderr
 
 
 def test_old_scales_flag_sets_the_crops_with_a_note():

@@ -182,6 +182,21 @@ def test_atomic_save_leaves_no_temp_files(tmp_path):
     assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)
 
 
+def test_the_weights_to_load_come_from_the_inputs():
+    """results.weights_to_load, for every script that reads result files: an explicit --weights wins; else the one id the
+    inputs record, as a --weights value (without its architecture; 'random' is random:0); none recorded: the default;
+    inputs that disagree, or a checkpoint (which its id cannot load), end in one line."""
+    assert results.weights_to_load("IMAGENET1K_V1", [{"weights": "random:0"}]) == "IMAGENET1K_V1"
+    assert results.weights_to_load("", [{"weights": "random"}, {"weights_id": "random:0"}]) == "random:0"
+    assert results.weights_to_load("", [{"runs": {"a": {"weights": "random:3"}}}]) == "random:3"
+    assert results.weights_to_load("", [{"weights": "resnet50:IMAGENET1K_V2"}]) == "IMAGENET1K_V2"
+    assert results.weights_to_load("", []) == results.weights_to_load("", [{"steps": 16}]) == "IMAGENET1K_V1"
+    with pytest.raises(SystemExit, match="different weights"):
+        results.weights_to_load("", [{"weights": "random:0"}, {"weights_id": "random:1"}])
+    with pytest.raises(SystemExit, match="pass it with --weights /path/to/ckpt.pth$"):
+        results.weights_to_load("", [{"weights": "file:ckpt.pth:sha256=ab12"}])
+
+
 def test_shared_readers_refuse_other_weights_and_architectures(tmp_path):
     """results.read_criteria / read_summary: one check for every script. A file that recorded 'random' was made with
     random:0 (as load_model reads it); other weights or another architecture end in one line naming the file."""

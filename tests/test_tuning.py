@@ -182,5 +182,7 @@ def test_refusals_are_one_line(natural, tmp_path):
     assert p.returncode != 0 and "run python ablate.py --stages natural first" in p.stderr and "Traceback" not in p.stderr
     p = run("--results", natural, "--weights", "random", *ARGS, check=False)
     assert p.returncode != 0 and "was made with weights" in p.stderr and "Traceback" not in p.stderr
+    p = run("--results", natural, *ARGS, check=False)  # no --weights: the summary's, a checkpoint that its id cannot load
+    assert p.returncode != 0 and "pass it with --weights /path/to/" in p.stderr and "Traceback" not in p.stderr
     p = run("--results", natural, "--weights", "random", "--fractions", "1", check=False)
     assert p.returncode != 0 and "--fractions" in p.stderr
