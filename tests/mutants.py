@@ -305,6 +305,10 @@ MUTANTS = [
     ("reader-ignores-weights", "results.py", "    if weights_id is not None and not same_weights(made, weights_id):", "    if False:",
      [f"{S}::test_shared_readers_refuse_other_weights_and_architectures"]),
     # --- What a newcomer meets (issue 24): the command line, the weights from the inputs, nothing to draw, the method page
+    ("weights-ignore-inputs", "results.py", '    return default if made == "unknown" else weights_flag(made)', "    return default",
+     [f"{S}::test_the_weights_to_load_come_from_the_inputs", f"{A}::test_refusals_and_the_cap"]),
+    ("ablate-weights-from-summary-only", "ablate.py", '([read_criteria(RESULTS, net)] if "sweep" in STAGES else [])', "[]",
+     [f"{A}::test_refusals_and_the_cap"]),
     ("help-default-twice", "cli.py", '    return comment if said or str(shown) == "" else f"{comment} (default: {shown})"',
      '    return f"{comment} (default: {shown})"', [f"{NC}::test_help_has_no_duplicated_or_empty_default", f"{NC}::test_the_help_entries_are_read"]),
     ("typo-without-closest-flag", "cli.py", "    return near[0] if near else None", "    return None",
