@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only: no display needed, on a cluster node too
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from results import atomic_write, is_random  # noqa: E402
@@ -36,14 +37,22 @@ def stamp(fig, weights):
 
 
 def title_boxes(fig):
-    """The display-space boxes of every title on the figure: its suptitle, its figure texts (grid names, page
-    titles), each axes' titles and x labels (not the vertical y labels, which span a panel's height: a horizontal
-    band crosses them whatever its height, and leaves them readable)."""
+    """The display-space boxes of every title on the figure: its figure texts (suptitle, grid names, page titles),
+    each axes' titles (its texts that sit above its panel: the three titles) and x labels; not the texts inside a
+    panel (a grid has one per image), nor the vertical y labels, which span a panel's height: a horizontal band
+    crosses them whatever its height, and leaves them readable. Public API only (Figure.texts holds the suptitle)."""
     fig.draw_without_rendering()  # titles take their final places
     renderer = fig.canvas.get_renderer()
-    texts = list(fig.texts) + [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title, ax.xaxis.label)]
-    texts += [t for t in (fig._suptitle, fig._supxlabel) if t is not None]
-    return [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text().strip()]
+    shown = [t for t in fig.texts if t.get_visible() and t.get_text().strip()]
+    boxes = [t.get_window_extent(renderer) for t in shown]
+    for ax in fig.axes:
+        top = ax.get_window_extent(renderer).y1
+        for t in [c for c in ax.get_children() if isinstance(c, Text)] + [ax.xaxis.get_label()]:
+            if t.get_visible() and t.get_text().strip():
+                box = t.get_window_extent(renderer)
+                if t is ax.xaxis.get_label() or box.y0 >= top - 1:
+                    boxes.append(box)
+    return boxes
 
 
 def watermark_spot(fig, mark, titles, step=0.01):
