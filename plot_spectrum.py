@@ -354,7 +354,11 @@ def main():
         if os.path.isfile(stability_path):
             stability = load_json(stability_path, "stability file")
             w = weights_of(criteria.get("config", {}), criteria.get("fz_files", {}), stability)
-            written += save_figure(pass_frequency(stability, w, PANELS_PER_ROW), figure(RESULTS, "pass_frequency"), dpi=DPI)
+            if any(len(s.get("pass_frequency", [])) for s in stability.get("blocks", {}).values()):
+                written += save_figure(pass_frequency(stability, w, PANELS_PER_ROW), figure(RESULTS, "pass_frequency"), dpi=DPI)
+            else:
+                print(f"note: {stability_path} measured no block, so no pass-frequency plot (python criteria.py --runs DIR1,DIR2,... "
+                      "with FZs of the blocks in every run)")
         else:
             print(f"note: no {stability_path}, so no pass-frequency plot (make one with python criteria.py --runs DIR1,DIR2,... over FZ runs of different seeds)")
     if ACROSS:

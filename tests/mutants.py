@@ -307,6 +307,8 @@ MUTANTS = [
     # --- What a newcomer meets (issue 24): the command line, the weights from the inputs, nothing to draw, the method page
     ("weights-ignore-inputs", "results.py", '    return default if made == "unknown" else weights_flag(made)', "    return default",
      [f"{S}::test_the_weights_to_load_come_from_the_inputs", f"{A}::test_refusals_and_the_cap"]),
+    ("pass-frequency-unguarded", "plot_spectrum.py", 'if any(len(s.get("pass_frequency", [])) for s in stability.get("blocks", {}).values()):',
+     "if True:", [f"{P}::test_a_stability_report_without_blocks_is_a_note"]),
     ("ablate-weights-from-summary-only", "ablate.py", '([read_criteria(RESULTS, net)] if "sweep" in STAGES else [])', "[]",
      [f"{A}::test_refusals_and_the_cap"]),
     ("help-default-twice", "cli.py", '    return comment if said or str(shown) == "" else f"{comment} (default: {shown})"',

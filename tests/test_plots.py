@@ -672,6 +672,16 @@ def test_spectrum_layout(tmp_path, n):
     assert not any("no channel passes" in t.get_text() for t in full.texts)
 
 
+def test_a_stability_report_without_blocks_is_a_note(tmp_path):
+    """A stability.json that measured no block (no FZs of them in the runs) draws no empty figure and does not crash."""
+    res = planted_spectrum(str(tmp_path / "results"), 4)
+    results.save_json({"runs": ["a", "b"], "blocks": {}}, os.path.join(res, "stability.json"))
+    r = run_process("plot_spectrum.py", "--results", res)
+    assert r.returncode == 0 and "measured no block, so no pass-frequency plot" in r.stdout, r.stderr
+    assert os.path.isfile(os.path.join(res, "figures", "mix_hist.png"))
+    assert not os.path.exists(os.path.join(res, "figures", "pass_frequency.png"))
+
+
 @pytest.mark.parametrize("n", COUNTS)
 def test_tuning_curve_pages_fit_their_panels(n):
     import plot_tuning
