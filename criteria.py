@@ -32,6 +32,7 @@ from cli import configure, die, main_guard, pick_device, resolve_batch, use_devi
 from results import (
     FZ_MATCH_KEYS,
     as_weights_id,
+    check_named_weights,
     config_mismatch,
     criteria_csv,
     criteria_file,
@@ -139,9 +140,8 @@ def any_fz(net, results):
 
 
 def recorded_fz_weights(net, folders, blocks):
-    """The one weights id that the center FZ files of these blocks' In and Pre layers record across the folders
-    ('random' read as 'random:0'), or None when there are none; dies when they disagree. Only the configs are read
-    (memory-mapped), not the images."""
+    """{weights id: a file recording it} over the center FZ files of these blocks' In and Pre layers in the folders
+    ('random' read as 'random:0'). Only the configs are read (memory-mapped), not the images."""
     found = {}
     for folder in folders:
         for block in blocks:
@@ -154,10 +154,7 @@ def recorded_fz_weights(net, folders, blocks):
                         made = load_fz(net, folder, layer)["config"].get("weights")  # its one-line error, if any
                     if made:
                         found.setdefault(as_weights_id(made), path)
-    if len(found) > 1:
-        die("the FZ files were made with different weights (" + ", ".join(f"{w} in {p}" for w, p in found.items())
-            + "): remake them with one --weights, or pass --weights to measure the blocks made with it")
-    return next(iter(found), None)
+    return found
 
 
 def sha256(path):
@@ -423,9 +420,14 @@ def main():
             die(f"run {folder}: no FZs in {fzs_dir(folder)}")
     single = not RUNS or os.path.isdir(fzs_dir(RESULTS))  # with --runs, RESULTS may be just the output folder
     weights = WEIGHTS  # empty: the weights the inputs were made with; the default weights where there are none
-    if not weights:
-        made = recorded_fz_weights(net, ([RESULTS] if single else []) + list(RUNS), blocks)
-        weights = weights_flag(made) if made else "IMAGENET1K_V1"
+    found = recorded_fz_weights(net, ([RESULTS] if single else []) + list(RUNS), blocks)
+    if weights:  # it measures the blocks made with these weights (others are skipped), so some must be
+        check_named_weights(weights, list(found))
+    else:
+        if len(found) > 1:
+            die("the FZ files were made with different weights (" + ", ".join(f"{w} in {p}" for w, p in found.items())
+                + "): remake them with one --weights, or pass --weights to measure the blocks made with it")
+        weights = weights_flag(next(iter(found))) if found else "IMAGENET1K_V1"
         cfg["WEIGHTS"] = weights  # criteria.json records the weights used, as if they had been passed
     if single and not os.path.isdir(fzs_dir(RESULTS)):
         layers = [layer for b in blocks for layer in net.blocks[b][:2]]
@@ -474,6 +476,14 @@ def main():
             for layer, c in r["fz_files"].items():
                 if c.get("weights") != weights_id:
                     die(f"run {folder}: {layer} FZs were made with weights {c.get('weights')!r}, not {weights_id!r}")
+        first, *_ = RUNS  # the runs differ in their FZ seeds only: steps, lr, precision, ... are one config
+        for folder, r in runs.items():
+            for layer, c in r["fz_files"].items():
+                other = runs[first]["fz_files"].get(layer)
+                diff = other and config_mismatch(other, c, [k for k in FZ_MATCH_KEYS if k != "seed"])
+                if diff:
+                    die(f"runs {first} and {folder}: {layer} FZs were made under other configs ({diff}); the stability "
+                        "report compares FZ seeds of one config")
         stable, skipped = stability(net, runs, blocks)
         if not stable:
             die("no block was measured in every run: nothing to compare")

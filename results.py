@@ -21,6 +21,7 @@ import errno
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import tempfile
@@ -436,10 +437,32 @@ def weights_flag(weights_id):
     return name
 
 
+def weights_name(weights):
+    """The weights a --weights value names, as an id without its architecture, known without loading anything
+    ('random' -> 'random:0', 'IMAGENET1K_V1'); None where only loading tells (a checkpoint path, DEFAULT)."""
+    w = str(weights)
+    if re.fullmatch(r"random(:\d+)?", w):
+        return f"random:{int(w.split(':')[1]) if ':' in w else 0}"
+    if re.fullmatch(r"[A-Z][A-Z0-9_]*", w) and w != "DEFAULT" and not os.path.exists(w):
+        return w
+    return None
+
+
+def check_named_weights(weights, made_ids):
+    """Die, before any model is loaded (or downloaded), when --weights names weights that none of the inputs' ids
+    was made with; a checkpoint path or DEFAULT is checked once loaded."""
+    name = weights_name(weights)
+    if made_ids and name is not None and name not in {split_weights_id(m)[1] for m in made_ids}:
+        die(f"the inputs were made with weights {', '.join(sorted(made_ids))}, not --weights {weights}: leave --weights "
+            f"out to use theirs")
+
+
 def weights_to_load(weights, configs, default="IMAGENET1K_V1"):
-    """The --weights value a script loads: `weights` when the user gave one; else the one id its inputs' configs
-    record (weights_of: inputs that disagree are refused); else `default` (no input records any)."""
-    if weights:
-        return weights
+    """The --weights value a script loads: `weights` when the user gave one (it must name the weights the inputs
+    record: check_named_weights); else the one id its inputs' configs record (weights_of: inputs that disagree are
+    refused); else `default` (no input records any)."""
     made = weights_of(*configs)
+    if weights:
+        check_named_weights(weights, [] if made == "unknown" else [made])
+        return weights
     return default if made == "unknown" else weights_flag(made)

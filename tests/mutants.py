@@ -307,6 +307,10 @@ MUTANTS = [
     # --- What a newcomer meets (issue 24): the command line, the weights from the inputs, nothing to draw, the method page
     ("weights-ignore-inputs", "results.py", '    return default if made == "unknown" else weights_flag(made)', "    return default",
      [f"{S}::test_the_weights_to_load_come_from_the_inputs", f"{A}::test_refusals_and_the_cap"]),
+    ("named-weights-unchecked", "results.py", "    if made_ids and name is not None and name not in {split_weights_id(m)[1] for m in made_ids}:",
+     "    if False:", [f"{S}::test_the_weights_to_load_come_from_the_inputs", f"{C}::test_the_weights_come_from_the_inputs"]),
+    ("runs-of-other-configs-mixed", "criteria.py", '                diff = other and config_mismatch(other, c, [k for k in FZ_MATCH_KEYS if k != "seed"])',
+     "                diff = None", [f"{C}::test_the_weights_come_from_the_inputs"]),
     ("pass-frequency-unguarded", "plot_spectrum.py", 'if any(len(s.get("pass_frequency", [])) for s in stability.get("blocks", {}).values()):',
      "if True:", [f"{P}::test_a_stability_report_without_blocks_is_a_note"]),
     ("ablate-weights-from-summary-only", "ablate.py", '([read_criteria(RESULTS, net)] if "sweep" in STAGES else [])', "[]",

@@ -335,7 +335,7 @@ def test_overlap_with_the_papers_lists_on_planted_sets(capsys):
     assert "no published reference exists for weights random:0" in capsys.readouterr().out
 
 
-def test_the_weights_come_from_the_inputs(tmp_path, monkeypatch, capsys):
+def test_the_weights_come_from_the_inputs(tmp_path, monkeypatch):
     """No --weights: the weights every FZ file of the inputs records (here random:0, as the smoke run's); inputs that
     disagree are refused, and an explicit --weights must agree with the files. (Each call writes to a folder of its
     own: this process holds the lock of every folder it wrote to.)"""
@@ -347,11 +347,19 @@ def test_the_weights_come_from_the_inputs(tmp_path, monkeypatch, capsys):
     made = json.loads(open(results.criteria_file(a)).read())["config"]
     assert made["weights_id"] == "random:0" and made["WEIGHTS"] == "random:0"
     assert set(json.loads(open(results.stability_file(a)).read())["blocks"]) == {"2.1"}
-    with pytest.raises(SystemExit, match="was made with weights 'random:0', not 'random:1'"):
-        run_main(monkeypatch, "--weights", "random:1", "--results", str(tmp_path / "out1"), "--runs", f"{a},{b}", "--blocks", "2.1")
-    with pytest.raises(SystemExit, match="the reason for each block is above"):
-        run_main(monkeypatch, "--weights", "random:1", "--results", c, "--blocks", "2.1")
-    assert "were made with weights 'random:0', the model here is 'random:1'" in capsys.readouterr().err
+    # Weights that no input was made with: refused before any model is loaded (IMAGENET1K_V1 would try to download).
+    with monkeypatch.context() as patched:
+        patched.setattr(criteria, "load_model", lambda *a, **k: pytest.fail("loaded a model before refusing"))
+        for other in ("random:1", "IMAGENET1K_V1"):
+            with pytest.raises(SystemExit, match=f"made with weights random:0, not --weights {other}: leave --weights out"):
+                run_main(patched, "--weights", other, "--results", str(tmp_path / "out1"), "--runs", f"{a},{b}", "--blocks", "2.1")
+            with pytest.raises(SystemExit, match=f"made with weights random:0, not --weights {other}"):
+                run_main(patched, "--weights", other, "--results", c, "--blocks", "2.1")
+    d = str(tmp_path / "d")
+    for layer in net.blocks["2.1"][:2]:
+        make_fz(d, layer, [0, 1], seed=1, steps=7)  # another seed, but also other steps: not a seed's variation
+    with pytest.raises(SystemExit, match=f"runs {a} and {d}: layer2.0 FZs were made under other configs \\(steps: 2 vs 7\\)"):
+        run_main(monkeypatch, "--results", str(tmp_path / "out3"), "--runs", f"{a},{d}", "--blocks", "2.1")
     make_fz(b, net.blocks["2.1"][1], [0, 1], seed=1, weights="random:1")
     with pytest.raises(SystemExit, match=r"different weights \(random:0 in .*, random:1 in .*layer2\.1\.bn2"):
         run_main(monkeypatch, "--results", str(tmp_path / "out2"), "--runs", f"{a},{b}", "--blocks", "2.1")

@@ -186,7 +186,14 @@ def test_the_weights_to_load_come_from_the_inputs():
     """results.weights_to_load, for every script that reads result files: an explicit --weights wins; else the one id the
     inputs record, as a --weights value (without its architecture; 'random' is random:0); none recorded: the default;
     inputs that disagree, or a checkpoint (which its id cannot load), end in one line."""
-    assert results.weights_to_load("IMAGENET1K_V1", [{"weights": "random:0"}]) == "IMAGENET1K_V1"
+    assert results.weights_to_load("random", [{"weights": "random:0"}]) == "random"
+    assert results.weights_to_load("IMAGENET1K_V2", [{"weights": "resnet50:IMAGENET1K_V2"}]) == "IMAGENET1K_V2"
+    assert results.weights_to_load("/no/such/ckpt.pth", [{"weights": "random:0"}]) == "/no/such/ckpt.pth"  # told once loaded
+    with pytest.raises(SystemExit, match="made with weights random:0, not --weights IMAGENET1K_V1: leave --weights out"):
+        results.weights_to_load("IMAGENET1K_V1", [{"weights": "random:0"}])
+    with pytest.raises(SystemExit, match="not --weights random:02"):
+        results.weights_to_load("random:02", [{"weights": "random:0"}])
+    assert results.weights_to_load("random:00", [{"weights": "random:0"}]) == "random:00"
     assert results.weights_to_load("", [{"weights": "random"}, {"weights_id": "random:0"}]) == "random:0"
     assert results.weights_to_load("", [{"runs": {"a": {"weights": "random:3"}}}]) == "random:3"
     assert results.weights_to_load("", [{"weights": "resnet50:IMAGENET1K_V2"}]) == "IMAGENET1K_V2"
