@@ -22,6 +22,7 @@ from figures import montage, save_figure, stamp
 from imagenet import ImageError, decode_rgb, eval_views
 from results import (
     FZ_MATCH_KEYS,
+    command,
     config_mismatch,
     figure,
     figures_dir,
@@ -72,12 +73,13 @@ def eval_view(path):
         die(f"{e}; if the natural images moved, pass their folder with --natural_root")
 
 
-def which_channels(net, criteria, spec, only):
+def which_channels(net, criteria, spec, only, results):
     """[(block, [channels])]: named by hand ('2.1:5,17;3.1:40'), else the passing channels of criteria.json."""
     if spec:
         return list(net.parse_block_channels(spec).items())
     if criteria is None:
-        die("no criteria.json in the results folder: run python criteria.py first, or name channels with --channels 2.1:5,17")
+        die(f"no criteria.json in {results}: run {command('criteria.py', '', net.name, None, results)} first, or name "
+            "channels with --channels 2.1:5,17")
     blocks = [b.strip() for b in only.split(",") if b.strip()] or list(criteria["blocks"])
     for b in blocks:
         if b not in criteria["blocks"]:
@@ -146,7 +148,7 @@ def main():
     configure(globals())
     net = arch.net(ARCH)
     criteria = read_criteria(RESULTS, net)
-    chosen = which_channels(net, criteria, CHANNELS, ONLY_BLOCKS)
+    chosen = which_channels(net, criteria, CHANNELS, ONLY_BLOCKS, RESULTS)
     if not chosen:
         print("no block has passing channels in criteria.json: nothing to plot "
               "(name channels by hand with --channels 2.1:0,1 to see their grids)")

@@ -28,6 +28,7 @@ import arch
 from cli import configure, die, main_guard
 from figures import save_figure, stamp
 from results import (
+    command,
     criteria_csv,
     criteria_file,
     figure,
@@ -81,7 +82,7 @@ def truth(text):
 def read_table(net, path):
     """{block: {'channel', 'mix', 'bn2_abs', 'conv2_abs_mean': float arrays, 'passes': bool array}}, in block order."""
     if not os.path.isfile(path):
-        die(f"no {path}: run python criteria.py first")
+        die(f"no {path}: run {command('criteria.py', '', net.name, None, os.path.dirname(path) or '.')} first")
     try:
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))

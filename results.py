@@ -382,7 +382,7 @@ def read_criteria(results, net, weights_id=None, required=""):
     path = criteria_file(results)
     if not os.path.isfile(path):
         if required:
-            die(f"missing {path}: run python criteria.py first ({required})")
+            die(f"missing {path}: run {command('criteria.py', '', net.name, None, results)} first ({required})")
         return None
     crit = load_json(path, "criteria file")
     check_made(crit.get("config", {}), path, net, weights_id, "criteria.py")
@@ -393,9 +393,11 @@ def read_summary(results, net, weights_id=None, required=True):
     """natural/summary.pt (ablate.py's natural stage), checked (check_made); None when there is none and not
     `required`."""
     path = natural_summary(results)
-    if not required and not os.path.isfile(path):
-        return None
-    summary = load_pt(path, "natural-image summary (run python ablate.py --stages natural first)")
+    if not os.path.isfile(path):
+        if not required:
+            return None
+        die(f"missing {path}: make it with {natural_command(net.name, weights_id, results)}")
+    summary = load_pt(path, "natural-image summary")
     check_made(summary["config"], path, net, weights_id, "ablate.py --stages natural")
     return summary
 

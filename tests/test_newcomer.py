@@ -100,3 +100,18 @@ def test_plot_grids_with_no_fzs_names_the_command_and_draws_nothing(tmp_path):
     assert (f"python fzs.py --layers layer2.0,layer2.1.bn2,layer2.1 --objectives center,channel --channels 0:4 --results "
             f"{tmp_path}; python fzs.py --layers layer3.0,layer3.1.bn2,layer3.1") in p.stderr
     assert "unknown" not in p.stderr and not os.path.exists(results.figures_dir(str(tmp_path)))
+
+
+@pytest.mark.parametrize("script,makes", [("plot_spectrum.py", "python criteria.py"), ("plot_grids.py", "python criteria.py"),
+                                          ("plot_tuning.py", "python tuning.py"), ("tuning.py", "python ablate.py --stages natural"),
+                                          ("criteria.py", "python fzs.py")])
+def test_a_missing_input_names_the_command_for_this_results_folder(tmp_path, script, makes):
+    """Run on an empty folder, each script names the command that makes its input, with --results pointing at that folder
+    (followed as printed, the command must not write into results/)."""
+    empty = str(tmp_path / "empty")
+    os.makedirs(empty)
+    p = subprocess.run([sys.executable, script, "--results", empty], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "MPLBACKEND": "Agg"})
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
+    suggested = p.stderr[p.stderr.index(makes):]
+    assert f"--results {empty}" in suggested, p.stderr

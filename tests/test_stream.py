@@ -209,7 +209,7 @@ def test_shared_readers_refuse_other_weights_and_architectures(tmp_path):
     random:0 (as load_model reads it); other weights or another architecture end in one line naming the file."""
     r18, r50 = arch.net("resnet18"), arch.net("resnet50")
     assert results.read_criteria(str(tmp_path), r18) is None
-    with pytest.raises(SystemExit, match="run python criteria.py first"):
+    with pytest.raises(SystemExit, match=f"run python criteria.py --results {tmp_path} first"):
         results.read_criteria(str(tmp_path), r18, required="the sweep needs passing sets")
     results.save_json({"config": {"arch": "resnet18", "weights_id": "random"}, "blocks": {}}, results.criteria_file(str(tmp_path)))
     assert results.read_criteria(str(tmp_path), r18, "random:0")["blocks"] == {}
