@@ -274,7 +274,7 @@ def configure(g, argv=None, description=None, aliases=None):
     --help), with one line on stderr naming the new flag."""
     consts = flag_names(g["__file__"])
     parser = _Parser(prog=os.path.basename(g["__file__"]), description=description or (g.get("__doc__") or "").strip().split("\n\n")[0],
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)  # --block is not --blocks
     for name, comment in consts.items():
         default = g[name]
         shown = (",".join(map(str, default)) if isinstance(default, (list, tuple)) else

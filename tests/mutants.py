@@ -314,6 +314,8 @@ MUTANTS = [
     ("missing-summary-command-without-results", "results.py", '        die(f"missing {path}: make it with {natural_command(net.name, weights_id, results)}")',
      '        die(f"missing {path}: make it with python ablate.py --stages natural")',
      [f"{NC}::test_a_missing_input_names_the_command_for_this_results_folder", f"{TU}::test_refusals_are_one_line"]),
+    ("flags-abbreviated-silently", "cli.py", "RawDescriptionHelpFormatter, allow_abbrev=False)", "RawDescriptionHelpFormatter, allow_abbrev=True)",
+     [f"{NC}::test_a_mistyped_flag_is_one_line_with_the_closest_flag"]),
     ("pass-frequency-unguarded", "plot_spectrum.py", 'if any(len(s.get("pass_frequency", [])) for s in stability.get("blocks", {}).values()):',
      "if True:", [f"{P}::test_a_stability_report_without_blocks_is_a_note"]),
     ("ablate-weights-from-summary-only", "ablate.py", '([read_criteria(RESULTS, net)] if "sweep" in STAGES else [])', "[]",

@@ -67,6 +67,7 @@ def test_the_help_entries_are_read(capsys, monkeypatch):
     (["--chanels", "0:4"], "error: unknown flag --chanels; did you mean --channels?"),
     (["--stepz=16"], "error: unknown flag --stepz; did you mean --steps?"),
     (["--layers", "2.1", "--qqqqqq", "1"], "error: unknown flag --qqqqqq"),
+    (["--channel", "0:4"], "error: unknown flag --channel; did you mean --channels?"),  # no silent abbreviation
 ])
 def test_a_mistyped_flag_is_one_line_with_the_closest_flag(argv, line, capsys):
     with pytest.raises(SystemExit) as e:
