@@ -62,8 +62,9 @@ ROLES = ("In", "Pre", "Post")
 CRITERIA = [("pre_in", "Pre(FZ In)"), ("pre_zoom_in", "Pre(S(FZ In))"), ("post_in", "Post(FZ In)"), ("post_pre", "Post(FZ Pre)"),
             ("eq1", "Eq. 1"), ("eq2", "Eq. 2"), ("passes", "passes"), ("mix", "mix m")]
 CONVENTIONS = [("post_pre", "Post(FZ Pre) \u2264 0"), ("post_in", "Post(FZ In) \u2264 0")]  # where m is set by convention (criteria.mix_ratio's order)
-# Rates behind each missing piece's estimated time (docs/performance.md): fzs.py ~38 image-steps/s on 2 CPU cores in
-# bf16 (fp32, on a CPU without native bf16, about 1.6x slower); one H100/H200 projected at ~70,000 image-steps/s
+# Rates behind each missing piece's estimated time (docs/performance.md): fzs.py ~38 image-steps/s on 2 quiet CPU cores
+# in fp32, the default (a newcomer's quickest run measured 47-52 at block 2.1; deeper layers cost more; a loaded
+# machine is several times slower); one H100/H200 projected at ~70,000 image-steps/s
 # (65.4 PFLOP for 12 M image-steps at 40% of the bf16 peak; not measured). ablate.py's natural stage: 1,300 images
 # in 27 s on 2 CPU cores (~48 images/s); a GPU projected at ~2,000 images/s (not measured); ImageNet's 50,000 images.
 CPU_FZ_RATE, GPU_FZ_RATE, CPU_NATURAL_RATE, GPU_NATURAL_RATE, NATURAL_IMAGES = 38, 70_000, 48, 2_000, 50_000
@@ -275,7 +276,7 @@ def duration(seconds):
 def estimate(seconds):
     """'(estimated: ... on 2 CPU cores, ... on one GPU)' for a missing piece's command."""
     cpu, gpu = seconds
-    return (f"<span class='estimate'>(estimated: {duration(cpu)} on 2 CPU cores in bf16, longer in fp32; "
+    return (f"<span class='estimate'>(estimated: {duration(cpu)} on 2 quiet CPU cores in fp32, several times that on a loaded machine; "
             f"{duration(gpu)} on one GPU, projected, not measured)</span>")
 
 

@@ -172,7 +172,7 @@ def test_missing_pieces_say_how_long_they_take(atlas):
     import atlas as atlas_py
     text = (atlas / "atlas" / "block_2.1.html").read_text()
     item = re.search(r"<li><code>python fzs.py --layers layer2.0 --channels 4:128[^<]*</code>([^<]*<span[^>]*>[^<]*)</span></li>", text)
-    assert item and "(estimated: under a minute on 2 CPU cores in bf16, longer in fp32; under a minute on one GPU" in item.group(1)
+    assert item and "(estimated: under a minute on 2 quiet CPU cores in fp32, several times that on a loaded machine; under a minute on one GPU" in item.group(1)
     # all 4,672 center FZs at 2,560 steps: ~4 days on 2 cores (docs/performance.md), ~2.8 min projected on one H200
     cpu, gpu = atlas_py.fz_seconds(4672, 2560)
     assert atlas_py.duration(cpu) == "about 3.6 days" and atlas_py.duration(gpu) == "about 3 min"
