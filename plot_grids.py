@@ -91,13 +91,14 @@ def which_channels(net, criteria, spec, only, results):
 # Drawing
 
 def show(ax, image, activation=None):
-    """One panel; under an FZ, the activation it achieved, in red and marked 'dead' when it is not positive (the
-    optimisation never got the unit to fire: the image is the untouched start, not a failed render)."""
+    """One panel; under an FZ, the activation it achieved, in red and marked 'not driven' when it is not positive (the
+    optimisation never got the unit to fire from its start image: the image is that start, not a failed render; the
+    unit may still fire on other images, such as another layer's FZ, so it is not called dead)."""
     ax.set_xticks([])
     ax.set_yticks([])
     if activation is not None:
         dead = activation <= 0
-        ax.text(0.5, 0.015, f"dead ({activation:.2g})" if dead else f"{activation:.3g}", transform=ax.transAxes, ha="center",
+        ax.text(0.5, 0.015, f"not driven ({activation:.2g})" if dead else f"{activation:.3g}", transform=ax.transAxes, ha="center",
                 va="bottom", fontsize=5.5, color="red" if dead else "black", weight="bold" if dead else "normal",
                 bbox=dict(facecolor="white", alpha=0.75, lw=0, pad=0.6))
     if image is None:

@@ -166,7 +166,7 @@ def mix_histogram(table, weights, mix_clip, bins, per_row):
             ax.axvspan(lo, hi, color=color, alpha=0.08, lw=0)
         ok = ~undefined
         ax.hist([m[ok & ~t["passes"]], m[ok & t["passes"]]], bins=edges, stacked=True, color=["0.45", "tab:orange"],
-                label=["other channels", "passing Eq. 1 & 2"])
+                label=["other channels", "passing Eq. 1 & 2"], edgecolor="white", lw=0.5)  # edges: adjacent bins read apart
         # the convention values apart, as bars of their own: they are not measured ratios
         n_undef = [int(t["undefined_in"].sum()), int(t["undefined_pre"].sum())]
         ax.bar(undefined_x, n_undef, width=0.6, color="white", edgecolor="0.35", hatch="///", lw=0.8)
@@ -222,14 +222,13 @@ def mix_scatter(table, key, xlabel, title, weights, mix_clip, per_row):
         undefined = t["undefined_in"] | t["undefined_pre"]
         for name, color, s, where in (("other channels", "0.4", 8, ~t["passes"] & ~undefined),
                                       ("passing Eq. 1 & 2", "tab:orange", 12, t["passes"] & ~undefined)):
-            handles[name] = ax.scatter(x[where], m[where], s=s, color=color, alpha=0.7 if s == 8 else 1, lw=0)
+            handles[name] = ax.scatter(x[where], m[where], s=s, color=color, alpha=0.7 if s == 8 else 1, lw=0, zorder=3)  # over the
+            # hollow convention markers: a measured m next to one shows inside it
         for k, (_, marker) in conventions.items():
             handles[labels[k]] = ax.scatter(x[t[k]], m[t[k]], s=14, marker=marker, facecolors="none", edgecolors="tab:red", lw=0.7)
-        rho, n = measured_spearman(x, t)
-        ax.text(0.97, 0.95, (f"Spearman \u03c1 = {rho:+.2f}" if rho == rho else "Spearman \u03c1 = n/a") + f"\n({n} measured m)",
-                transform=ax.transAxes, ha="right", va="top", fontsize=8, weight="bold",
-                bbox=dict(facecolor="white", alpha=0.8, lw=0, pad=1.5))
-        ax.set_title(f"Block {block} ({len(m)} channels)", fontsize=9)
+        rho, n = measured_spearman(x, t)  # in the title, above the panel: a text inside would hide the points under it
+        ax.set_title(f"Block {block} ({len(m)} channels)\n" + (f"Spearman \u03c1 = {rho:+.2f}" if rho == rho else
+                                                                "Spearman \u03c1 = n/a") + f" ({n} measured m)", fontsize=9)
         ax.set_ylim(-0.15, mix_clip + 0.15)
         ticks = ax.get_yticks()
         ax.set_yticks(ticks, [f"\u2265{t:g}" if t == mix_clip else f"{t:g}" for t in ticks])

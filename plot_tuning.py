@@ -65,7 +65,7 @@ def curve_pages(block, channels, rows, curves, zoom, why, weights, per_page):
         fig.supylabel("mean center response", fontsize=8.5)
         fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 0.22 / H), ncol=3,
                    fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, 0.6 / H, 1, 1 - 0.05 / H), pad=0.4, h_pad=0.6, w_pad=0.6)
+        fig.tight_layout(rect=(0.25 / W, 0.6 / H, 1, 1 - 0.05 / H), pad=0.4, h_pad=0.6, w_pad=0.6)  # left: the y label's strip
         stamp(fig, weights)
         pages.append(fig)
     return pages
@@ -85,20 +85,28 @@ def panels(n):
     return fig, list(axes.flat)[:n]
 
 
+def counted(si):
+    """'(n)' channels in a histogram, or '(n of N; N - n silent)' where some have no SI (Post never positive)."""
+    n, total = int(np.isfinite(si).sum()), len(si)
+    return f"({n})" if n == total else f"({n} of {total}; {total - n} silent, no SI)"
+
+
 def si_figure(blocks, si_of, weights):
     fig, axes = panels(len(blocks))
     for ax, b in zip(axes, blocks):
         fz, other, has_fz = si_of[b]
         bins = np.linspace(min(np.nanmin(np.r_[fz, other, 0]), 0), 1, 21)
-        ax.hist(other[np.isfinite(other)], bins=bins, density=True, color="0.6", alpha=0.8, label=f"{'other FZ-measured' if has_fz else 'all channels'} ({np.isfinite(other).sum()})")
+        tops = [ax.hist(other[np.isfinite(other)], bins=bins, density=True, color="0.6", alpha=0.8,
+                        label=f"{'other FZ-measured' if has_fz else 'all channels'} {counted(other)}")[0]]
         if len(fz):
-            ax.hist(fz[np.isfinite(fz)], bins=bins, density=True, histtype="step", color="tab:orange", lw=2,
-                    label=f"FZ-passing ({np.isfinite(fz).sum()})")
+            tops.append(ax.hist(fz[np.isfinite(fz)], bins=bins, density=True, histtype="step", color="tab:orange", lw=2,
+                                label=f"FZ-passing {counted(fz)}")[0])
+        ax.set_ylim(0, 1.45 * max(np.nan_to_num(np.concatenate(tops)).max(), 1e-9))  # (an empty density is NaN)  # headroom: the legend sits above the bars, not on them
         ax.set_title(f"Block {b}", fontsize=9)
         ax.set_xlabel("Post's scale-invariance index", fontsize=8)
         ax.set_ylabel("density (channels, normalised per group)", fontsize=7.5)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
     fig.suptitle(wrapped("Is Post more scale invariant on natural images where the FZ criteria pass?", fig.get_figwidth(), 10), fontsize=10)
     fig.tight_layout(rect=(0, 0.25 / fig.get_figheight(), 1, 1))
     stamp(fig, weights)

@@ -482,9 +482,9 @@ def test_grids_print_each_fzs_activation_and_mark_dead_units(tmp_path):
     r, figs = capture("plot_grids.py", "--results", res, "--only_blocks", "2.1", "--channels", "2.1:1,2,4")
     assert r.returncode == 0, r.stderr
     labels = [t for ax in figs[0].axes for t in ax.texts]
-    dead = [t.get_text() for t in labels if t.get_text().startswith("dead")]
-    assert sorted(dead) == ["dead (-0.3)", "dead (0)"]
-    assert all(t.get_color() == "red" for t in labels if t.get_text().startswith("dead"))
+    dead = [t.get_text() for t in labels if t.get_text().startswith("not driven")]
+    assert sorted(dead) == ["not driven (-0.3)", "not driven (0)"]
+    assert all(t.get_color() == "red" for t in labels if t.get_text().startswith("not driven"))
     assert "1.25" in [t.get_text() for t in labels]
 
 
@@ -649,16 +649,17 @@ def test_spectrum_layout(tmp_path, n):
     ax = hist.axes[0]
     assert all(float(v).is_integer() for v in ax.get_yticks())
     bars = [p for c in ax.containers for p in c]
+    assert all(p.get_linewidth() > 0 for p in bars[:-2])  # bar edges: two adjacent bins read as two bars
     for p in bars:
         for bound in (2 / 3, 3 / 2):
             assert not (p.get_x() + 1e-9 < bound < p.get_x() + p.get_width() - 1e-9), (p.get_x(), p.get_width())
     # mix_vs_*: rho over the measured ratios only; the convention values named in the legend
     for fig, key in ((bn2, "bn2_abs"), (conv2, "conv2_abs_mean")):
         ok = np.arange(n) >= 2
-        rho = [t.get_text() for t in fig.axes[0].texts if "Spearman" in t.get_text()][0]
+        rho = fig.axes[0].get_title().splitlines()[1]  # above the panel, where it hides no point
         if ok.sum() >= 2:
-            assert rho.startswith(f"Spearman \u03c1 = {scipy.stats.spearmanr(table[key][ok], table['mix'][ok]).statistic:+.2f}\n")
-        assert f"({int(ok.sum())} measured m)" in rho
+            assert rho.startswith(f"Spearman \u03c1 = {scipy.stats.spearmanr(table[key][ok], table['mix'][ok]).statistic:+.2f} ")
+        assert rho.endswith(f"({int(ok.sum())} measured m)") and not fig.axes[0].texts
         legend = [t.get_text() for t in fig.legends[0].get_texts()]
         assert any(t.startswith("m := 10 by convention where Post(FZ of Pre)") and "not in \u03c1" in t for t in legend), legend
         assert any(t.startswith("m := 0 by convention where Post(FZ of In)") for t in legend), legend
@@ -702,12 +703,34 @@ def test_tuning_curve_pages_fit_their_panels(n):
         r = fig.canvas.get_renderer()
         lowest = min(ax.get_tightbbox(r).y0 for ax in panels)
         assert (lowest - fig._supxlabel.get_window_extent(r).y1) / fig.dpi < 0.3  # the x label next to the panels
+        ylabel = fig._supylabel.get_window_extent(r)  # the shared y label clear of every panel's tick labels
+        assert not [t.get_text() for ax in panels for t in ax.get_yticklabels() if t.get_text() and t.get_window_extent(r).overlaps(ylabel)]
         for ax in panels:
             lines = {line.get_label(): line for line in ax.get_lines()}
             pre, post = lines["Pre"], lines["Post"]
             assert pre.get_linestyle() != post.get_linestyle() and pre.get_markersize() > post.get_markersize() + 1
             assert pre.get_markerfacecolor() == "none"  # Post's dots show inside Pre's open squares
         assert [t.get_text() for t in fig.legends[0].get_texts()] == ["In", "Pre", "Post"]
+
+
+@pytest.mark.parametrize("n", COUNTS)
+def test_tuning_si_legend_clear_of_the_bars_and_silent_channels_counted(n):
+    import plot_tuning
+    g = np.random.default_rng(n)
+    blocks = ["2.1", "3.1"]
+    other = g.uniform(0.4, 0.6, n)  # every bar in the middle, where a default legend would sit
+    other[0] = np.nan  # one silent channel: no SI
+    fz = g.uniform(0.45, 0.55, max(n // 4, 1))
+    fig = plot_tuning.si_figure(blocks, {b: (fz, other, True) for b in blocks}, "random:0")
+    assert_readable(fig)
+    r = fig.canvas.get_renderer()
+    for ax in fig.axes[:2]:
+        legend = ax.get_legend()
+        box = legend.get_window_extent(r)
+        bars = [p.get_window_extent(r) for p in ax.patches if not hasattr(p, "get_height") or p.get_height() > 0]  # + the step outline
+        assert bars and not any(box.overlaps(b) for b in bars)
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert texts[0] == f"other FZ-measured ({n - 1} of {n}; 1 silent, no SI)", texts
 
 
 def test_tuning_zoom_says_it_jitters():
