@@ -344,8 +344,9 @@ def main():
         for block, t in table.items():
             rhos = {key: measured_spearman(t[key], t)[0] for key in ("bn2_abs", "conv2_abs_mean")}
             n = measured_spearman(t["mix"], t)[1]
+            shown = {key: f"{rho:+.3f}" if rho == rho else "n/a (below)" for key, rho in rhos.items()}
             print(f"  block {block:>4} ({n} of {len(t['mix'])} channels, without the convention values): "
-                  f"{rhos['bn2_abs']:+18.3f}  {rhos['conv2_abs_mean']:+20.3f}")
+                  f"{shown['bn2_abs']:>18}  {shown['conv2_abs_mean']:>20}")
             for key, rho in rhos.items():
                 if rho != rho:
                     print(f"    no rho with {key} for block {block}: {no_rho(t[key][~(t['undefined_in'] | t['undefined_pre'])])}")

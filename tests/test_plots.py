@@ -513,6 +513,7 @@ def test_spectrum_explains_a_missing_spearman(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "no rho with bn2_abs for block 2.1: every channel has the same value (random weights?)" in r.stdout
     assert "no rho with conv2_abs_mean" not in r.stdout
+    assert "nan" not in r.stdout and "n/a (below)" in r.stdout  # the table says where the reason is
 
 
 def add_variants(res):
