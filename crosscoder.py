@@ -470,7 +470,7 @@ def crosscode_block(name, x, zoom, train_at, held_at, passing, opts, results, co
                "fve_heldout": {role: {f"{z:.3g}": float(v) for z, v in zip(zoom, row)} for role, row in zip(ROLES, fve)},
                "fve_heldout_mean": float(np.nanmean(fve)), "final_epoch": log[-1] if log else None}
     save_pt({"config": cfg, "params": params, "scale": torch.as_tensor(scale), "mean": torch.as_tensor(mean), "log": log,
-             "zooms": list(zoom), "types": types.tolist(), "fires": fires, "fve_heldout": fve,
+             "zooms": list(zoom), "types": types.tolist(), "fires": fires, "frequency": (codes > 0).mean(0), "fve_heldout": fve,
              **{k_: v for k_, v in r.items()}}, path)
     if os.path.isfile(crosscoder_checkpoint(results, name)):
         os.remove(crosscoder_checkpoint(results, name))

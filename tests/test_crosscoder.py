@@ -20,6 +20,7 @@ from PIL import Image
 
 import arch
 import crosscoder as cc
+import plot_crosscoder
 
 net = arch.net("resnet18")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -226,20 +227,26 @@ def run(*args, check=True):
 def user_npz(tmp_path_factory):
     acts, _dec, _kinds = planted(n=1024)
     path = str(tmp_path_factory.mktemp("npz") / "acts.npz")
-    np.savez(path, acts=acts, zooms=np.array(ZOOM), block="planted")
+    np.savez(path, acts=acts, zooms=np.array(ZOOM), block="planted", weights="random:0")
     return path
 
 
-def test_two_runs_give_the_same_bytes_and_a_kill_resumes_to_them(user_npz, tmp_path):
-    a, b, k = str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "k")
-    out = run("--activations", user_npz, "--results", a, *ARGS).stdout
-    assert "planted" in out and "FVE held-out" in out
+@pytest.fixture(scope="module")
+def trained(user_npz, tmp_path_factory):
+    """(results folder, printed output) of one crosscoder.py run on the user's array."""
+    folder = str(tmp_path_factory.mktemp("trained"))
+    return folder, run("--activations", user_npz, "--results", folder, *ARGS).stdout
+
+
+def test_two_runs_give_the_same_bytes_and_a_kill_resumes_to_them(user_npz, trained, tmp_path):
+    (a, out), b, k = trained, str(tmp_path / "b"), str(tmp_path / "k")
+    assert "planted" in out and "FVE held-out" in out and "random weights, not the paper's model" in out
     run("--activations", user_npz, "--results", b, *ARGS)
     pt = lambda r: open(os.path.join(r, "crosscoder", "planted.pt"), "rb").read()  # noqa: E731
     assert pt(a) == pt(b)
     assert open(os.path.join(a, "crosscoder.csv")).read() == open(os.path.join(b, "crosscoder.csv")).read()
     d = json.load(open(os.path.join(a, "crosscoder.json")))
-    assert d["blocks"]["planted"]["latents"] == 32 and d["config"]["encoder"] == "zoom1"
+    assert d["blocks"]["planted"]["latents"] == 32 and d["config"]["encoder"] == "zoom1" and d["config"]["weights"] == "random:0"
     # kill -9 after a checkpoint, then the same command: the same bytes as the uninterrupted run
     p = subprocess.Popen([sys.executable, os.path.join(ROOT, "crosscoder.py"), "--activations", user_npz, "--results", k, *ARGS,
                           "--checkpoint_seconds", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -258,6 +265,33 @@ def test_two_runs_give_the_same_bytes_and_a_kill_resumes_to_them(user_npz, tmp_p
     assert "is trained, read again" in run("--activations", user_npz, "--results", k, *ARGS).stdout and pt(k) == pt(a)
     p = run("--activations", user_npz, "--results", k, *ARGS, "--epochs", "9", check=False)
     assert p.returncode == 1 and "was made under another config (epochs: 8 vs 9)" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_plot_crosscoder_draws_every_figure(trained, tmp_path):
+    folder = str(tmp_path / "r")
+    shutil.copytree(trained[0], folder)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot_crosscoder.py"), "--results", folder], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for name in ("crosscoder_profiles_planted", "crosscoder_norms_planted", "crosscoder_si"):
+        for ext in ("png", "pdf"):
+            path = os.path.join(folder, "figures", f"{name}.{ext}")
+            assert os.path.getsize(path) > 10000, path
+    cc_ = torch.load(os.path.join(folder, "crosscoder", "planted.pt"), weights_only=False)
+    top = plot_crosscoder.most_frequent(cc_["types"], cc_["frequency"], "summation", 4)
+    freq = np.asarray(cc_["frequency"])[top]
+    assert len(top) == 4 and (np.diff(freq) <= 0).all() and all(cc_["types"][f] == "summation" for f in top)
+
+
+def test_bench_crosscoder_prints_its_ratios(tmp_path):
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_crosscoder.py"), "--fake", "2", "--limit", "2",
+                        "--fake_dir", str(tmp_path / "jpegs"), "--n", "512", "--channels", "8", "--steps", "4", "--train_batch", "128"],
+                       capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    diff = float(p.stdout.split("largest difference between the two: ")[1].split()[0])
+    assert diff < 1e-3 and "speed-up" in p.stdout
+    for precision in ("fp32", "bf16", "fp64"):
+        assert f"  {precision}: " in p.stdout and "steps/s" in p.stdout
 
 
 def test_bad_activations_are_one_line(tmp_path, monkeypatch):
