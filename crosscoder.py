@@ -435,9 +435,10 @@ def type_counts(types, preferred_post, zoom):
 
 # ----------------------------------------------------------------------------------------------------
 
-def crosscode_block(name, x, zoom, train_at, held_at, passing, opts, results, config, every, device):
-    """Train and read one block's crosscoder; writes crosscoder/<name>.pt. Returns (the block's summary, the latent
-    rows for the CSV)."""
+def crosscode_block(name, x, zoom, train_at, held_at, passing, opts, results, config, every, device, ids=None):
+    """Train and read one block's crosscoder; writes crosscoder/<name>.pt, with each latent's top-9 images (its
+    largest codes; `ids`: the natural stage's index of each sample, else positions in x). Returns (the block's summary,
+    the latent rows for the CSV)."""
     N, _, Z, C = x.shape
     scale = block_scales(x[train_at])  # (3, Z)
     scaled = x / scale[None, :, :, None]
@@ -457,8 +458,11 @@ def crosscode_block(name, x, zoom, train_at, held_at, passing, opts, results, co
     one = zoom.index(1.0) if opts["train"]["encoder"] == "zoom1" else 0
     cols = encoder_columns(Z, C, one, opts["train"]["encoder"])
     k = min(opts["train"]["top_k"], params["w_dec"].shape[0])
-    _, codes = reconstruct(params, scaled[train_at].reshape(len(train_at), -1), cols, k)
+    _, all_codes = reconstruct(params, scaled.reshape(N, -1), cols, k)  # every image, for the top-9
+    codes = all_codes[train_at]
     fires = (codes > 0).any(0)
+    top9 = np.argsort(-all_codes, axis=0, kind="stable")[:9].T  # (F, 9) positions, ties to the lower one
+    top9_code = np.take_along_axis(all_codes.T, top9, 1)
     hat, _ = reconstruct(params, scaled[held_at].reshape(len(held_at), -1), cols, k)
     fve = fve_blocks(x[held_at], hat.reshape(len(held_at), 3, Z, C) * scale[None, :, :, None], mean)
     dec = params["w_dec"].numpy().reshape(-1, 3, Z, C).astype(np.float64) * scale[None, :, :, None]  # activation units
@@ -470,7 +474,8 @@ def crosscode_block(name, x, zoom, train_at, held_at, passing, opts, results, co
                "fve_heldout": {role: {f"{z:.3g}": float(v) for z, v in zip(zoom, row)} for role, row in zip(ROLES, fve)},
                "fve_heldout_mean": float(np.nanmean(fve)), "final_epoch": log[-1] if log else None}
     save_pt({"config": cfg, "params": params, "scale": torch.as_tensor(scale), "mean": torch.as_tensor(mean), "log": log,
-             "zooms": list(zoom), "types": types.tolist(), "fires": fires, "frequency": (codes > 0).mean(0), "fve_heldout": fve,
+             "zooms": list(zoom), "types": types.tolist(), "fires": fires, "frequency": (codes > 0).mean(0),
+             "top9": np.asarray(ids)[top9] if ids is not None else top9, "top9_code": top9_code, "fve_heldout": fve,
              **{k_: v for k_, v in r.items()}}, path)
     if os.path.isfile(crosscoder_checkpoint(results, name)):
         os.remove(crosscoder_checkpoint(results, name))
@@ -564,7 +569,7 @@ def main():
         fz = (criteria or {}).get("blocks", {}).get(name)
         passing = set(fz["passing"]) if fz else None
         out[name], block_rows = crosscode_block(name, x, zoom, train_at, held_at, passing, opts, RESULTS, config, CHECKPOINT_SECONDS,
-                                                device)
+                                                device, None if ACTIVATIONS else ids)
         rows += block_rows
     run_config = {**config, "device": device_name, "versions": versions()}
     save_json({"config": run_config, "blocks": out}, crosscoder_file(RESULTS))
@@ -574,15 +579,21 @@ def main():
 
 
 def report(blocks, weights_id, seconds):
-    print(f"\nGroup crosscoders (weights {weights_id}{': RANDOM WEIGHTS, not the paper' if is_random(weights_id or '') else ''})")
-    print(f"  {'block':6s} {'latents':>7s} {'summ':>5s} {'inv':>5s} {'equi':>5s} {'other':>5s} {'dead':>5s}   summation aligned with: "
-          f"{'passing':>7s} {'other ch':>8s} {'none':>5s}   FVE held-out (mean; In/Pre/Post at zoom 1)")
+    random = is_random(weights_id or "")
+    print(f"\nGroup crosscoders, weights {weights_id}" + (" (RANDOM WEIGHTS: these counts describe a random network, not the paper's "
+                                                         "model)" if random else ""))
+    print("  latent types: summation (the paper's claim), invariant (Post only), equivariant (Post peaks), other, dead; the summation "
+          "latents by their best channel: criteria-passing / non-passing / none (superposed); FVE on the held-out images")
+    print(f"  {'block':6s} {'latents':>7s} {'summ':>5s} {'inv':>5s} {'equi':>5s} {'other':>5s} {'dead':>5s} | {'passing':>7s} "
+          f"{'non-pass':>8s} {'none':>5s} | FVE mean, In/Pre/Post at zoom 1")
     for b, s in blocks.items():
         c, a, f = s["counts"], s["alignment"], s["fve_heldout"]
         at1 = "/".join(f"{f[r].get('1', float('nan')):.2f}" for r in ROLES)
-        print(f"  {b:6s} {s['latents']:7d} {c['summation']:5d} {c['invariant']:5d} {c['equivariant']:5d} {c['other']:5d} {c['dead']:5d}"
-              f"   {'':23s}{a.get('passing', 'n/a')!s:>7s} {a.get('non_passing', 'n/a')!s:>8s} {a['none']:5d}   "
-              f"{s['fve_heldout_mean']:.3f}; {at1}")
+        print(f"  {b:6s} {s['latents']:7d} {c['summation']:5d} {c['invariant']:5d} {c['equivariant']:5d} {c['other']:5d} {c['dead']:5d} | "
+              f"{a.get('passing', 'n/a')!s:>7s} {a.get('non_passing', 'n/a')!s:>8s} {a['none']:5d} | {s['fve_heldout_mean']:.3f}, {at1}")
+    if any("passing" not in s["alignment"] for s in blocks.values()):
+        print("  n/a: no criteria.json for the block (python criteria.py); 'aligned' in crosscoder.json counts the summation latents "
+              "with a channel")
     print(f"time: {seconds:.1f} s")
 
 

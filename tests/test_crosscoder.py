@@ -128,6 +128,15 @@ def test_planted_latents_are_recovered_and_typed(learned):
     assert summary["alignment"]["aligned"] >= 4 and summary["alignment"]["none"] >= 4
     assert summary["fve_heldout_mean"] > 0.9 and len(rows) == len(types)
     assert summary["counts"]["equivariant_by_zoom"]["0.5"] >= 2 and summary["counts"]["equivariant_by_zoom"]["2"] >= 2
+    # each latent's top-9 samples, against codes recomputed in numpy (encoder on the zoom-1 blocks, TopK per row, ReLU)
+    p = {k: v.numpy().astype(np.float64) for k, v in saved["params"].items()}
+    x = (acts / saved["scale"].numpy()[None, :, :, None]).reshape(len(acts), 3, 5, 16)
+    pre = (x.reshape(len(x), -1) - p["b_dec"]).reshape(len(x), 3, 5, 16)[:, :, 2].reshape(len(x), -1) @ p["w_enc"] + p["b_enc"]
+    kth = np.sort(pre, axis=1)[:, -3][:, None]
+    codes = np.where(pre >= kth, np.maximum(pre, 0), 0)
+    for f in np.flatnonzero(saved["fires"])[:8]:
+        assert np.allclose(np.sort(codes[:, f])[::-1][:9], saved["top9_code"][f], rtol=1e-4, atol=1e-5)
+        assert set(saved["top9"][f][:3]) == set(np.argsort(-codes[:, f], kind="stable")[:3])
 
 
 def test_reading_on_a_hand_made_decoder():
