@@ -181,9 +181,11 @@ def main():
         if tuning is not None:
             rows = [g for g, (bb, _) in enumerate(tuning["units"]) if bb == b]
             si_channels[b] = np.asarray(tuning["si"])[rows, 2] if rows else None
-        for name, fig in ((f"crosscoder_profiles_{b}", profile_figure(b, cc, PER_TYPE, weights)),
-                          (f"crosscoder_norms_{b}", norms_figure(b, cc, CURVES, weights))) + \
-                ((f"crosscoder_top9_{b}", top9_figure(b, cc, images["root"], images["paths"], TOP9, TILE, weights)),) * natural:
+        figs = [(f"crosscoder_profiles_{b}", profile_figure(b, cc, PER_TYPE, weights)),
+                (f"crosscoder_norms_{b}", norms_figure(b, cc, CURVES, weights))]
+        if natural:  # the top-9 images exist only for the natural stage's images
+            figs.append((f"crosscoder_top9_{b}", top9_figure(b, cc, images["root"], images["paths"], TOP9, TILE, weights)))
+        for name, fig in figs:
             for path in save_figure(fig, figure(RESULTS, name), dpi=DPI):
                 print(f"wrote {path}")
     for path in save_figure(si_figure(blocks, si_latents, si_channels, weights), figure(RESULTS, "crosscoder_si"), dpi=DPI):

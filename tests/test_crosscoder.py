@@ -249,7 +249,7 @@ def trained(user_npz, tmp_path_factory):
 
 def test_two_runs_give_the_same_bytes_and_a_kill_resumes_to_them(user_npz, trained, tmp_path):
     (a, out), b, k = trained, str(tmp_path / "b"), str(tmp_path / "k")
-    assert "planted" in out and "FVE held-out" in out and "random weights, not the paper's model" in out
+    assert "planted" in out and "FVE mean" in out and "RANDOM WEIGHTS" in out and "random weights, not the paper" in out
     run("--activations", user_npz, "--results", b, *ARGS)
     pt = lambda r: open(os.path.join(r, "crosscoder", "planted.pt"), "rb").read()  # noqa: E731
     assert pt(a) == pt(b)
@@ -354,4 +354,9 @@ def test_data_stage_equals_torchvision_and_hooks(fixture_folder, fixture_weights
             assert np.allclose(got, expect, rtol=2e-3, atol=2e-3), (i, layer, np.abs(got - expect).max())
     d = json.load(open(os.path.join(folder, "crosscoder.json")))
     assert set(d["blocks"]) == {"2.1"} and d["blocks"]["2.1"]["latents"] == 2 * 128
-    shutil.rmtree(os.path.join(folder, "crosscoder", "data"))
+    saved = torch.load(os.path.join(folder, "crosscoder", "2.1.pt"), weights_only=False)
+    assert saved["top9"].shape == (256, 6) and set(saved["top9"].ravel()) <= set(range(6))
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot_crosscoder.py"), "--results", folder], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert os.path.getsize(os.path.join(folder, "figures", "crosscoder_top9_2.1.png")) > 10000
