@@ -360,3 +360,13 @@ def test_data_stage_equals_torchvision_and_hooks(fixture_folder, fixture_weights
                        cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
     assert os.path.getsize(os.path.join(folder, "figures", "crosscoder_top9_2.1.png")) > 10000
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "atlas.py"), "--results", folder, "--latents", "5"], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    page = open(os.path.join(folder, "atlas", "latents_2.1.html")).read()
+    shown = plot_crosscoder.most_frequent(saved["types"], saved["frequency"], "summation", 5).tolist()
+    shown += plot_crosscoder.most_frequent(saved["types"], saved["frequency"], "invariant", 5).tolist()
+    shown += plot_crosscoder.most_frequent(saved["types"], saved["frequency"], "equivariant", 5).tolist()
+    assert page.count("<tr id='l") == 5 and all(f"id='l{f}'" in page for f in shown[:5])
+    assert all(os.path.isfile(os.path.join(folder, "atlas", "latents", "2.1", f"{f:05d}.jpg")) for f in shown[:5])
+    assert "href='latents_2.1.html'" in open(os.path.join(folder, "atlas", "index.html")).read()
