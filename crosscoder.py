@@ -333,14 +333,16 @@ def train(x, zoom, *, expansion, top_k, auxk, dead_steps, lr, epochs, batch, see
 
 
 @torch.no_grad()
-def reconstruct(p, x, cols, k, chunk=4096):
-    """(x_hat, codes) of x (N, 3 Z C) float32 scaled, in chunks."""
+def reconstruct(p, x, cols, k, device, chunk=4096):
+    """(x_hat, codes) of x (N, 3 Z C) float32 scaled, in chunks on `device`, as float32 host arrays."""
     x = torch.as_tensor(x, dtype=torch.float32)
+    p = {name: v.to(device) for name, v in p.items()}
+    cols = torch.as_tensor(cols, device=device)
     hats, codes = [], []
     for i in range(0, len(x), chunk):
-        c, _ = encode(p, x[i:i + chunk], torch.as_tensor(cols), k)
-        hats.append(decode(p, c))
-        codes.append(c)
+        c, _ = encode(p, x[i:i + chunk].to(device), cols, k)
+        hats.append(decode(p, c).cpu())
+        codes.append(c.cpu())
     return torch.cat(hats).numpy(), torch.cat(codes).numpy()
 
 
@@ -458,12 +460,12 @@ def crosscode_block(name, x, zoom, train_at, held_at, passing, opts, results, co
     one = zoom.index(1.0) if opts["train"]["encoder"] == "zoom1" else 0
     cols = encoder_columns(Z, C, one, opts["train"]["encoder"])
     k = min(opts["train"]["top_k"], params["w_dec"].shape[0])
-    _, all_codes = reconstruct(params, scaled.reshape(N, -1), cols, k)  # every image, for the top-9
+    _, all_codes = reconstruct(params, scaled.reshape(N, -1), cols, k, device)  # every image, for the top-9
     codes = all_codes[train_at]
     fires = (codes > 0).any(0)
     top9 = np.argsort(-all_codes, axis=0, kind="stable")[:9].T  # (F, 9) positions, ties to the lower one
     top9_code = np.take_along_axis(all_codes.T, top9, 1)
-    hat, _ = reconstruct(params, scaled[held_at].reshape(len(held_at), -1), cols, k)
+    hat, _ = reconstruct(params, scaled[held_at].reshape(len(held_at), -1), cols, k, device)
     fve = fve_blocks(x[held_at], hat.reshape(len(held_at), 3, Z, C) * scale[None, :, :, None], mean)
     dec = params["w_dec"].numpy().reshape(-1, 3, Z, C).astype(np.float64) * scale[None, :, :, None]  # activation units
     r = read_dictionary(dec, zoom)

@@ -351,6 +351,18 @@ MUTANTS = [
      [f"{CC}::test_data_stage_equals_torchvision_and_hooks"]),
     ("cc-resume-without-adam-state", "crosscoder.py", '        opt.load_state_dict(state["opt"])\n', "",
      [f"{CC}::test_two_runs_give_the_same_bytes_and_a_kill_resumes_to_them"]),
+    ("cc-alignment-passing-swapped", "crosscoder.py", "hit = np.isin(channel, sorted(passing))", "hit = ~np.isin(channel, sorted(passing))",
+     [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-type-other-never", "crosscoder.py", 'post_small = r["norms"][:, 2].max(-1) < post_min * r["norms"].max((1, 2))',
+     'post_small = r["norms"][:, 2].max(-1) < 0', [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-fve-against-zero", "crosscoder.py", "var = ((x - x_hat) ** 2).sum((0, 3)), ((x - mean) ** 2).sum((0, 3))",
+     "var = ((x - x_hat) ** 2).sum((0, 3)), (x ** 2).sum((0, 3))", [f"{CC}::test_block_scales_make_the_loss_the_mean_of_one_minus_fve"]),
+    ("cc-top9-lowest", "crosscoder.py", "top9 = np.argsort(-all_codes, axis=0", "top9 = np.argsort(all_codes, axis=0",
+     [f"{CC}::test_planted_latents_are_recovered_and_typed"]),
+    ("cc-profile-not-cosine", "crosscoder.py", "    u = unit(np.asarray(dec, dtype=np.float64))\n", "    u = np.asarray(dec, dtype=np.float64)\n",
+     [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-heldout-in-training", "crosscoder.py", "return np.sort(order[held:]), np.sort(order[:held])", "return np.sort(order), np.sort(order[:held])",
+     [f"{CC}::test_the_held_out_split_is_disjoint_seeded_and_its_size"]),
 ]
 
 

@@ -180,6 +180,13 @@ def test_block_scales_make_the_loss_the_mean_of_one_minus_fve():
     assert np.isclose(fve[1, 0], 0.0) and np.allclose(np.delete(fve.ravel(), 2), 1.0)
 
 
+def test_the_held_out_split_is_disjoint_seeded_and_its_size():
+    train, held = cc.split(100, 0.2, 0)
+    assert len(held) == 20 and len(train) == 80 and not set(train) & set(held) and set(train) | set(held) == set(range(100))
+    assert (cc.split(100, 0.2, 0)[1] == held).all() and not (cc.split(100, 0.2, 1)[1] == held).all()
+    assert [len(v) for v in cc.split(2, 0.01, 0)] == [1, 1]  # at least one of each
+
+
 def test_the_encoder_reads_the_blocks_it_says():
     Z, C = 5, 4
     p = cc.init_params(12, Z, C, cc.encoder_columns(Z, C, 2, "zoom1"), np.zeros(3 * Z * C), 0, torch.float32)
