@@ -363,6 +363,10 @@ MUTANTS = [
      [f"{CC}::test_reading_on_a_hand_made_decoder"]),
     ("cc-heldout-in-training", "crosscoder.py", "return np.sort(order[held:]), np.sort(order[:held])", "return np.sort(order), np.sort(order[:held])",
      [f"{CC}::test_the_held_out_split_is_disjoint_seeded_and_its_size"]),
+    ("cc-data-resume-from-the-first-image", "crosscoder.py",
+     "resumable_pass(lambda done: image_loader(dataset, batch, workers, device, start=done), step, state, checkpoint, n, every,",
+     "resumable_pass(lambda done: image_loader(dataset, batch, workers, device, start=0), step, state, checkpoint, n, every,",
+     [f"{CC}::test_data_stage_resumes_after_an_interruption_to_the_same_arrays"]),
 ]
 
 

@@ -377,3 +377,33 @@ def test_data_stage_equals_torchvision_and_hooks(fixture_folder, fixture_weights
     assert page.count("<tr id='l") == 5 and all(f"id='l{f}'" in page for f in shown[:5])
     assert all(os.path.isfile(os.path.join(folder, "atlas", "latents", "2.1", f"{f:05d}.jpg")) for f in shown[:5])
     assert "href='latents_2.1.html'" in open(os.path.join(folder, "atlas", "index.html")).read()
+
+
+def test_data_stage_resumes_after_an_interruption_to_the_same_arrays(fixture_folder, fixture_model, tmp_path, monkeypatch):
+    root, labels = fixture_folder
+    paths, ids, layers = sorted(labels)[:6], np.arange(6), list(net.blocks["2.1"])
+    model = fixture_model.to(memory_format=torch.channels_last)
+    config = {"weights": "fixture", "n": 6}
+    args = (net, model, root, paths, ids, layers, [1.0, 0.5], torch.device("cpu"), 2, 0)
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    cc.data_stage(*args, whole, config, 1e9)
+    real, calls = cc.read_center, []
+
+    def dies_at_the_third_batch(*a):
+        calls.append(1)
+        if len(calls) > 3 * 2:  # 3 zooms a batch: the third batch dies before its arrays are written
+            raise KeyboardInterrupt
+        return real(*a)
+    monkeypatch.setattr(cc, "read_center", dies_at_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        cc.data_stage(*args, broken, config, 0.0)
+    progress = torch.load(os.path.join(broken, "crosscoder", "data", ".progress.pt"), weights_only=False)
+    assert progress["done"] == 4 and not os.path.isfile(os.path.join(broken, "crosscoder", "data", "summary.pt"))
+    monkeypatch.setattr(cc, "read_center", real)
+    cc.data_stage(*args, broken, config, 1e9)
+    for layer in layers:
+        a = np.load(os.path.join(whole, "crosscoder", "data", f"{layer}.npy"))
+        b = np.load(os.path.join(broken, "crosscoder", "data", f"{layer}.npy"))
+        assert a.shape == (6, 3, net.channels(layer)) and np.array_equal(a, b)
+    with pytest.raises(SystemExit, match="another config"):
+        cc.data_stage(*args, broken, {**config, "n": 7}, 1e9)
