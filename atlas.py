@@ -10,6 +10,10 @@
   and Eq. 2, the mix ratio, and the later stages' values (natural-image criteria, pass frequency, ablation).
   Rows sort by any column (click its header) and filter (passing only; a mix-ratio range). Every unit has a
   stable link: block_2.1.html#c13. The view is also set by the address: ?sort=mix&desc=1&passing=1&mix=0.5:2.
+- latents_<L.B>.html (where crosscoder.py has run): one row per latent of the block's group crosscoder, the
+  LATENTS most frequent (summation first, then invariant, equivariant, other): its type, frequency, Post's SI,
+  each role's preferred zoom, the In/Pre cosine, its best-aligned channel (a link to that channel's row) and
+  cosine, and its top-9 natural images.
 - Missing pieces show as "missing"; each block page lists the commands that make them.
 
 Everything is local files: no server, no network, the script inline. FZ images link to the PNGs fzs.py wrote
@@ -35,12 +39,14 @@ from results import (
     atlas_dir,
     atomic_write,
     criteria_csv,
+    crosscoder_model,
     figures_dir,
     fz_file,
     fz_png,
     fzs_command,
     is_random,
     load_json,
+    load_pt,
     natural_command,
     read_criteria,
     read_fz,
@@ -55,6 +61,7 @@ ARCH = "resnet18"  # the torchvision ResNet the results were made with
 THUMB = 56  # pixels per natural image in a top-9 montage (3 x 3)
 FZ_THUMB = 112  # pixels of an FZ shown in a row (PNGs are linked, shown at this size; JPEGs written only where no PNG exists)
 NATURAL_ROOT = ""  # folder of the natural images if it moved since ablate.py recorded it (empty: summary.pt's root)
+LATENTS = 256  # latent pages (crosscoder.py): at most this many latents per block, the most frequent of each type in turn
 
 # ---- end of flags (below: fixed constants, not flags)
 OBJECTIVES = ("center", "channel")
@@ -87,6 +94,15 @@ def index_html(results):
 def top9_jpeg(results, layer, channel):
     """The top-9 montage of a unit, written into the atlas."""
     return os.path.join(atlas_dir(results), "top9", layer, f"{channel:04d}.jpg")
+
+
+def latents_html(results, block):
+    return os.path.join(atlas_dir(results), f"latents_{block}.html")
+
+
+def latent_jpeg(results, block, latent):
+    """The top-9 montage of a crosscoder latent, written into the atlas."""
+    return os.path.join(atlas_dir(results), "latents", block, f"{latent:05d}.jpg")
 
 
 def fz_jpeg(results, layer, objective, channel):
@@ -188,6 +204,58 @@ def write_montages(results, summary, layers, root, thumb):
             continue
         write_jpeg(montage([thumbs[i] for i in ids], thumb, gap=0), path)  # fewer than nine: the rest stays white
     return out, problem
+
+
+def shown_latents(cc, n):
+    """The latents a page shows: by type (summation, invariant, equivariant, other), each the most frequent first; at
+    most n in all. Dead latents are left out."""
+    types, freq = np.asarray(cc["types"]), np.asarray(cc["frequency"])
+    out = []
+    for kind in ("summation", "invariant", "equivariant", "other"):
+        idx = np.flatnonzero(types == kind)
+        out += idx[np.argsort(-freq[idx], kind="stable")].tolist()
+    return out[:n]
+
+
+def latent_montages(results, block, cc, latents, paths, root, thumb):
+    """atlas/latents/<block>/NNNNN.jpg for the latents shown (their top-9 images, each decoded once); {latent: path
+    relative to RESULTS or None}. Montages already written are kept."""
+    out, thumbs = {}, {}
+    for f in latents:
+        path = latent_jpeg(results, block, f)
+        if not os.path.isfile(path):
+            ids = [int(i) for i in cc["top9"][f]]
+            try:
+                for i in ids:
+                    if i not in thumbs:
+                        thumbs[i] = eval_thumb(os.path.join(root, paths[i]), thumb)
+            except (ImageError, OSError):
+                out[f] = None
+                continue
+            write_jpeg(montage([thumbs[i] for i in ids], thumb, gap=0), path)
+        out[f] = os.path.relpath(path, results)
+    return out
+
+
+def latents_page(net, block, cc, latents, montages, weights, thumb):
+    head = ["latent", "type", "frequency", "Post SI", "In / Pre / Post preferred zoom", "cos(In, Pre)", "best channel", "channel cosine",
+            "top-9"]
+    rows = []
+    for f in latents:
+        pref = " / ".join(f"{z:.2g}" for z in cc["preferred"][f])
+        src = montages.get(f)
+        cells = [f"<a href='#l{f}'>{f}</a>", html.escape(str(cc["types"][f])), f"{cc['frequency'][f]:.4f}", number(cc["si"][f][2]), pref,
+                 number(cc["cos_in_pre"][f]), f"<a href='block_{block}.html#c{int(cc['channel'][f])}'>{int(cc['channel'][f])}</a>",
+                 number(cc["channel_cos"][f]), img(src, 3 * thumb, f"latent {f} top-9") if src else "missing"]
+        cls = "pass" if cc["types"][f] == "summation" else ""
+        rows.append(f"<tr id='l{f}' class='{cls}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    counts = {k: int((np.asarray(cc["types"]) == k).sum()) for k in ("summation", "invariant", "equivariant", "other", "dead")}
+    body = (f"<p><a href='index.html'>index</a> &middot; <a href='block_{block}.html'>block {block}'s channels</a></p>"
+            f"<h1>{net.name} block {block}: crosscoder latents</h1><p>{len(cc['types'])} latents: "
+            + ", ".join(f"{v} {k}" for k, v in counts.items()) + f"; the {len(latents)} most frequent shown (summation first, "
+            "highlighted). A summation latent whose channel cosine is low aligns with no single channel (superposition).</p>"
+            f"<table id='latents'><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    return page(f"{net.name} block {block} latents", body, weights)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -349,7 +417,7 @@ def camel(k):
     return first + "".join(w.capitalize() for w in rest)
 
 
-def index_page(net, got, weights, results):
+def index_page(net, got, weights, results, latent_pages=()):
     crit = (got["criteria"] or {}).get("blocks", {})
     tune = (got["tuning"] or {}).get("blocks", {})
     stab = (got["stability"] or {}).get("blocks", {})
@@ -360,13 +428,14 @@ def index_page(net, got, weights, results):
                  f"<td>{len(c['measured'])}</td><td>{c['count']} ({c['percent']:.1f}%)</td>" if c else "<td colspan=2 class='missing'>not measured</td>",
                  f"<td>{t['count_natural']} ({t['percent_natural']:.1f}%)</td>" if t else "<td class='missing'>\u2013</td>",
                  f"<td>{len(s['always'])} of {len(s['channels'])}</td>" if s else "<td class='missing'>\u2013</td>",
-                 f"<td>{len(got['ablation'][b]['passing'])} channels</td>" if b in got["ablation"] else "<td class='missing'>\u2013</td>"]
+                 f"<td>{len(got['ablation'][b]['passing'])} channels</td>" if b in got["ablation"] else "<td class='missing'>\u2013</td>",
+                 f"<td><a href='latents_{b}.html'>latents</a></td>" if b in latent_pages else "<td class='missing'>\u2013</td>"]
         rows.append(f"<tr>{''.join(cells)}</tr>")
     folder = figures_dir(results)
     figures = sorted(f for f in os.listdir(folder) if f.endswith(".png")) if os.path.isdir(folder) else []
     body = (f"<h1>Atlas of {net.name}'s residual stream</h1><p>{html.escape(os.path.abspath(results))}</p>"
             "<table><thead><tr><th>block</th><th>In / Pre / Post</th><th>channels</th><th>measured (FZ)</th><th>pass Eq. 1 and 2 (FZ)</th>"
-            "<th>pass on natural images (tuning.py)</th><th>pass in every FZ seed</th><th>ablated set</th></tr></thead>"
+            "<th>pass on natural images (tuning.py)</th><th>pass in every FZ seed</th><th>ablated set</th><th>crosscoder</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>"
             + ("<h2>Figures</h2><ul>" + "".join(f"<li><a href='../figures/{f}'>{f}</a></li>" for f in figures) + "</ul>" if figures else ""))
     return page(f"Atlas: {net.name}", body, weights)
@@ -405,7 +474,22 @@ def main():
     for b in tqdm(net.blocks, desc="atlas: block pages", unit="block", dynamic_ncols=True):
         text = block_page(net, b, got, fzs, montages, weights, commands, natural, THUMB, FZ_THUMB, (like or {}).get("steps", FZ_STEPS))
         atomic_write(block_html(RESULTS, b), lambda tmp, t=text: open(tmp, "w").write(t))
-    text = index_page(net, got, weights, RESULTS)
+    latent_pages = []
+    for b in net.blocks:  # the crosscoder's latents, where crosscoder.py has run on the natural stage's images
+        path = crosscoder_model(RESULTS, b)
+        if not os.path.isfile(path) or not got["summary"]:
+            continue
+        cc = load_pt(path, "crosscoder")
+        net.check(cc["config"], path)
+        weights_of({"weights": weights}, cc["config"])  # made with other weights than the rest: one line, and stop
+        if "natural" not in cc["config"].get("source", {}):
+            continue
+        latents = shown_latents(cc, LATENTS)
+        shown = latent_montages(RESULTS, b, cc, latents, got["summary"]["paths"], NATURAL_ROOT or got["summary"]["root"], THUMB)
+        text = latents_page(net, b, cc, latents, shown, weights, THUMB)
+        atomic_write(latents_html(RESULTS, b), lambda tmp, t=text: open(tmp, "w").write(t))
+        latent_pages.append(b)
+    text = index_page(net, got, weights, RESULTS, latent_pages)
     atomic_write(index_html(RESULTS), lambda tmp: open(tmp, "w").write(text))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
     pages = [os.path.getsize(block_html(RESULTS, b)) for b in net.blocks]

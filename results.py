@@ -10,6 +10,10 @@ The layout of a results folder (RESULTS, by default results/):
                                      ablate.py --stages sweep: the sweep's results and its finished cells
     tuning/values.pt, tuning/curves.pt, tuning.json, tuning.csv
                                      tuning.py: natural-image zoom tuning
+    crosscoder/data/<layer>.npy, crosscoder/data/summary.pt
+                                     crosscoder.py: center vectors at every zoom (float16, N x Z x C)
+    crosscoder/<block>.pt, crosscoder.json, crosscoder.csv
+                                     crosscoder.py: the group crosscoders, per block and per latent
     figures/<name>.png, .pdf         plot_*.py
     atlas/index.html, block_<b>.html atlas.py
     .<script>.lock                   held by a running script
@@ -109,6 +113,39 @@ def tuning_curves(results):
 
 def tuning_file(results, ext="json"):
     return os.path.join(results, f"tuning.{ext}")
+
+
+def crosscoder_dir(results):
+    return os.path.join(results, "crosscoder")
+
+
+def crosscoder_array(results, layer):
+    """crosscoder.py's data stage: float16 (N, Z, C) center vectors of one layer at every zoom."""
+    return os.path.join(results, "crosscoder", "data", f"{layer}.npy")
+
+
+def crosscoder_data(results):
+    """The data stage's summary (config, image ids, zooms, held-out split); written last, when every array is whole."""
+    return os.path.join(results, "crosscoder", "data", "summary.pt")
+
+
+def crosscoder_progress(results):
+    """The data stage's progress while it runs (resume); its arrays are .<layer>.npy.partial next to it."""
+    return os.path.join(results, "crosscoder", "data", ".progress.pt")
+
+
+def crosscoder_model(results, block):
+    """One block's crosscoder: weights, config, training log and the reading of its dictionary."""
+    return os.path.join(results, "crosscoder", f"{block}.pt")
+
+
+def crosscoder_checkpoint(results, block):
+    """One block's training checkpoint while it trains (resume after kill -9)."""
+    return os.path.join(results, "crosscoder", f".{block}.train.pt")
+
+
+def crosscoder_file(results, ext="json"):
+    return os.path.join(results, f"crosscoder.{ext}")
 
 
 def figures_dir(results):

@@ -18,6 +18,21 @@ def mix_regions(m):
 
 
 # ----------------------------------------------------------------------------------------------------
+# The scale-invariance index of a curve over the zooms (tuning.py's channels, crosscoder.py's latents: one definition).
+
+def invariance_index(curve):
+    """SI = 1 - (max - min) / max over the zooms (last axis): 1 for a flat curve; NaN where max <= 0."""
+    curve = np.asarray(curve, dtype=np.float64)
+    top, low = curve.max(-1), curve.min(-1)
+    return np.where(top > 0, 1 - (top - low) / np.where(top > 0, top, 1.0), np.nan)
+
+
+def preferred_zoom(curve, zoom):
+    """The zoom at each curve's maximum (the first, if tied)."""
+    return np.asarray(zoom)[np.argmax(np.asarray(curve), axis=-1)]
+
+
+# ----------------------------------------------------------------------------------------------------
 # The tests of ablate.py (Fig. 2's claim) and tuning.py (FZ-passing against other channels).
 
 def sign_flip_p(d, permutations, seed):

@@ -59,7 +59,7 @@ from results import (
     weights_to_load,
     write_csv,
 )
-from stats import EQ2_HIGH, EQ2_LOW, mann_whitney
+from stats import EQ2_HIGH, EQ2_LOW, invariance_index, mann_whitney, preferred_zoom
 from stream import load_model, normalize, read_center, to_float
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
@@ -104,18 +104,6 @@ def unit_sets(net, tops, blocks, k):
 
 # ----------------------------------------------------------------------------------------------------
 # The analogues of the criteria and the index (pure functions of measured values).
-
-def invariance_index(curve):
-    """SI = 1 - (max - min) / max over the zooms (last axis): 1 for a flat curve; NaN where max <= 0."""
-    curve = np.asarray(curve, dtype=np.float64)
-    top, low = curve.max(-1), curve.min(-1)
-    return np.where(top > 0, 1 - (top - low) / np.where(top > 0, top, 1.0), np.nan)
-
-
-def preferred_zoom(curve, zoom):
-    """The zoom at each curve's maximum (the first, if tied)."""
-    return np.asarray(zoom)[np.argmax(np.asarray(curve), axis=-1)]
-
 
 def eq1n(pre_zoomed, pre):
     """Over In's top-K images: (fraction with Pre(S(x)) > ReLU(Pre(x)), mean of Pre(S(x)) - ReLU(Pre(x)));

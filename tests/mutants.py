@@ -28,6 +28,7 @@ R, TU, AR = "tests/test_reliability.py", "tests/test_tuning.py", "tests/test_arc
 IM, AT, D = "tests/test_imagenet.py", "tests/test_atlas.py", "tests/test_device.py"
 ST = "tests/test_stats.py"
 NC, DO = "tests/test_newcomer.py", "tests/test_docs.py"
+CC = "tests/test_crosscoder.py"
 
 MUTANTS = [
     # --- ImageNet labels, views and accuracy (docs/method.md sections 4 and 5)
@@ -211,7 +212,7 @@ MUTANTS = [
     ("fig2-variants-not-same-y", "plot_ratios.py", "        for ax in drawn:\n            ax.set_ylim(lo, hi)", "        pass",
      [f"{P}::test_fig2_draws_the_variants_below_the_papers"]),
     # --- Beyond the paper: tuning on natural images (tuning.py)
-    ("si-without-the-minimum", "tuning.py", "1 - (top - low) / np.where(top > 0, top, 1.0)", "1 - top / np.where(top > 0, top, 1.0)",
+    ("si-without-the-minimum", "stats.py", "1 - (top - low) / np.where(top > 0, top, 1.0)", "1 - top / np.where(top > 0, top, 1.0)",
      [f"{TU}::test_analogues_and_index_on_planted_values"]),
     ("eq1n-without-relu", "tuning.py", "diff = np.where(ok, pre_zoomed - np.maximum(pre, 0.0), 0.0)", "diff = np.where(ok, pre_zoomed - pre, 0.0)",
      [f"{TU}::test_analogues_and_index_on_planted_values"]),
@@ -345,6 +346,48 @@ MUTANTS = [
     ("method-section-missing", "docs/method.md", "## 6. Figures", "## Figures", [f"{DO}::test_every_cited_section_of_the_method_exists"]),
     ("smoke-writes-into-results", "README.md", "--objectives center,channel --steps 16 --results results_smoke\n",
      "--objectives center,channel --steps 16\n", [f"{R}::test_readme_smoke_pipeline_makes_every_figure_with_content"]),
+    # --- Beyond channels: group crosscoders (crosscoder.py, issue 25)
+    ("cc-zoom-axis-reversed", "crosscoder.py", '"preferred": preferred_zoom(norms, zoom),', '"preferred": preferred_zoom(norms, zoom[::-1]),',
+     [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-in-pre-swapped", "crosscoder.py", 'is_sum = summation(si_post, r["preferred"][:, 0], r["preferred"][:, 1],',
+     'is_sum = summation(si_post, r["preferred"][:, 1], r["preferred"][:, 0],', [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-encoder-wrong-blocks", "crosscoder.py", "return np.concatenate([r * Z * C + one * C + np.arange(C) for r in range(3)])",
+     "return np.concatenate([r * Z * C + np.arange(C) for r in range(3)])", [f"{CC}::test_the_encoder_reads_the_blocks_it_says"]),
+    ("cc-no-block-normalisation", "crosscoder.py", "return np.where(var > 0, np.sqrt(np.where(var > 0, var, 1.0)), 1.0)",
+     "return np.ones_like(var)", [f"{CC}::test_block_scales_make_the_loss_the_mean_of_one_minus_fve"]),
+    ("cc-alignment-on-in", "crosscoder.py", "post_dir = unit(post_b)", "post_dir = unit(in_b)",
+     [f"{CC}::test_reading_on_a_hand_made_decoder", f"{CC}::test_planted_latents_are_recovered_and_typed"]),
+    ("cc-topk-over-batch", "crosscoder.py",
+     "    top = pre.topk(k, dim=1)\n    return torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values)), pre",
+     "    top = pre.flatten().topk(k * len(pre))\n    return torch.zeros_like(pre).flatten().scatter(0, top.indices, torch.relu(top.values)).view_as(pre), pre",
+     [f"{CC}::test_topk_is_per_sample"]),
+    ("cc-auxk-on-live-latents", "crosscoder.py", "masked = torch.where(dead[None], pre,", "masked = torch.where(~dead[None], pre,",
+     [f"{CC}::test_auxk_trains_the_dead_latents_only"]),
+    ("cc-summation-without-the-cosine", "crosscoder.py", "(np.asarray(cos_in_pre) >= sum_cos)", "(np.asarray(cos_in_pre) >= -1)",
+     [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-summation-without-post-invariance", "crosscoder.py",
+     "return (np.nan_to_num(si_post, nan=-np.inf) >= si_min) & (np.asarray(preferred_in) < np.asarray(preferred_pre)) & \\",
+     "return (np.asarray(preferred_in) < np.asarray(preferred_pre)) & \\", [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-data-zooms-reversed", "crosscoder.py", "arrays[layer][first:first + len(index), z] =", "arrays[layer][first:first + len(index), Z - 1 - z] =",
+     [f"{CC}::test_data_stage_equals_torchvision_and_hooks"]),
+    ("cc-resume-without-adam-state", "crosscoder.py", '        opt.load_state_dict(state["opt"])\n', "",
+     [f"{CC}::test_two_runs_give_the_same_bytes_and_a_kill_resumes_to_them"]),
+    ("cc-alignment-passing-swapped", "crosscoder.py", "hit = np.isin(channel, sorted(passing))", "hit = ~np.isin(channel, sorted(passing))",
+     [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-type-other-never", "crosscoder.py", 'post_small = r["norms"][:, 2].max(-1) < post_min * r["norms"].max((1, 2))',
+     'post_small = r["norms"][:, 2].max(-1) < 0', [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-fve-against-zero", "crosscoder.py", "var = ((x - x_hat) ** 2).sum((0, 3)), ((x - mean) ** 2).sum((0, 3))",
+     "var = ((x - x_hat) ** 2).sum((0, 3)), (x ** 2).sum((0, 3))", [f"{CC}::test_block_scales_make_the_loss_the_mean_of_one_minus_fve"]),
+    ("cc-top9-lowest", "crosscoder.py", "top9 = np.argsort(-all_codes, axis=0", "top9 = np.argsort(all_codes, axis=0",
+     [f"{CC}::test_planted_latents_are_recovered_and_typed"]),
+    ("cc-profile-not-cosine", "crosscoder.py", "    u = unit(np.asarray(dec, dtype=np.float64))\n", "    u = np.asarray(dec, dtype=np.float64)\n",
+     [f"{CC}::test_reading_on_a_hand_made_decoder"]),
+    ("cc-heldout-in-training", "crosscoder.py", "return np.sort(order[held:]), np.sort(order[:held])", "return np.sort(order), np.sort(order[:held])",
+     [f"{CC}::test_the_held_out_split_is_disjoint_seeded_and_its_size"]),
+    ("cc-data-resume-from-the-first-image", "crosscoder.py",
+     "resumable_pass(lambda done: image_loader(dataset, batch, workers, device, start=done), step, state, checkpoint, n, every,",
+     "resumable_pass(lambda done: image_loader(dataset, batch, workers, device, start=0), step, state, checkpoint, n, every,",
+     [f"{CC}::test_data_stage_resumes_after_an_interruption_to_the_same_arrays"]),
 ]
 
 
