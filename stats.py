@@ -28,8 +28,10 @@ def invariance_index(curve):
 
 
 def preferred_zoom(curve, zoom):
-    """The zoom at each curve's maximum (the first, if tied)."""
-    return np.asarray(zoom)[np.argmax(np.asarray(curve), axis=-1)]
+    """The zoom at each curve's maximum (the first, if tied); NaN where the maximum is <= 0 (a silent unit prefers no
+    zoom: argmax would name the first one, as invariance_index is NaN there too)."""
+    curve = np.asarray(curve, dtype=np.float64)
+    return np.where(curve.max(-1) > 0, np.asarray(zoom, dtype=np.float64)[np.argmax(curve, axis=-1)], np.nan)
 
 
 # ----------------------------------------------------------------------------------------------------

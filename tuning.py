@@ -222,10 +222,16 @@ def compare(block, chans, a, rows, fz_block, permutations, seed):
                  "table": {"both": both, "fz_only": fz_only, "natural_only": nat_only, "neither": len(m) - union},
                  "jaccard": both / union if union else None,
                  "post_si": {"median_fz": med(post_si[is_fz]), "median_other": med(post_si[~is_fz]), "auc": auc_si, "p": p_si},
-                 "in_below_pre_zoom": {"share_fz": float((d[is_fz] < 0).mean()) if is_fz.any() else None,
-                                       "share_other": float((d[~is_fz] < 0).mean()) if (~is_fz).any() else None,
+                 "in_below_pre_zoom": {"share_fz": share_below(d[is_fz]), "share_other": share_below(d[~is_fz]),
                                        "auc": auc_z, "p": p_z}}
     return out
+
+
+def share_below(d):
+    """The share of log-zoom differences below 0 among the defined ones (a silent In or Pre prefers no zoom: NaN), or
+    None when there are none."""
+    d = d[np.isfinite(d)]
+    return float((d < 0).mean()) if len(d) else None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -313,7 +319,7 @@ def csv_table(units, a, criteria):
     num = lambda v: "" if not np.isfinite(v) else f"{v:.6g}"  # noqa: E731
     rows = []
     for i, (b, c) in enumerate(units):
-        values = [b, c, *[num(v) for v in a["si"][i]], *[f"{v:.4g}" for v in a["preferred"][i]], *[num(v) for v in a["sample_si"][i]],
+        values = [b, c, *[num(v) for v in a["si"][i]], *[num(v) for v in a["preferred"][i]], *[num(v) for v in a["sample_si"][i]],
                   num(a["eq1n_fraction"][i]), num(a["eq1n_mean_diff"][i]), num(a["eq2n"][i]), int(a["passes"][i]),
                   "" if c not in measured.get(b, ()) else int(c in fz[b])]
         rows.append(dict(zip(columns, values)))

@@ -63,6 +63,9 @@ def test_analogues_and_index_on_planted_values():
     si = tuning.invariance_index(np.array([[1.0, 1.0, 1.0], [0.0, 2.0, 1.0], [-1.0, 0.0, -2.0], [2.0, -2.0, 1.0]]))
     assert si[0] == 1.0 and si[1] == 0.0 and np.isnan(si[2]) and si[3] == -1.0  # flat, peaked, never positive, Pre < 0
     assert tuning.preferred_zoom(np.array([[0, 3, 3, 1]]), [0.5, 1, 1.5, 2]).tolist() == [1]  # ties: the first
+    silent = tuning.preferred_zoom(np.array([[0.0, 0.0, 0.0, 0.0], [-1.0, -2.0, 0.0, -3.0], [0.0, 0.0, 0.1, 0.0]]), [0.5, 1, 1.5, 2])
+    assert np.isnan(silent[:2]).all() and silent[2] == 1.5  # never positive: no preferred zoom, not the first
+    assert tuning.share_below(np.array([-0.7, np.nan, 0.7, np.nan])) == 0.5 and tuning.share_below(np.array([np.nan])) is None
     # Eq. 1n with Pre negative: Pre(S(x)) = -0.5 beats Pre(x) = -1 but not ReLU(Pre(x)) = 0
     frac, diff = tuning.eq1n(np.array([[0.5, -0.5, 2.0, np.nan]]), np.array([[-1.0, -1.0, 1.0, 5.0]]))
     assert frac.tolist() == [2 / 3] and np.allclose(diff, [(0.5 - 0.5 + 1.0) / 3])
