@@ -58,6 +58,7 @@ from results import (
     save_json,
     save_pt,
     versions,
+    weights_to_load,
     write_csv,
 )
 from stats import invariance_index, preferred_zoom
@@ -65,7 +66,7 @@ from stream import load_model, normalize, read_center, to_float
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes crosscoder/, crosscoder.json, crosscoder.csv
 ARCH = "resnet18"  # a torchvision ResNet; must be the natural stage's
-WEIGHTS = "IMAGENET1K_V1"  # must be the weights of the natural stage: IMAGENET1K_V1, DEFAULT, random[:SEED] or a state_dict path
+WEIGHTS = ""  # the weights of the natural stage: IMAGENET1K_V1, DEFAULT, random[:SEED] or a state_dict path; empty: those its summary records
 ACTIVATIONS = ""  # train on a user's .npz instead: acts (N, 3, Z, C) float (roles In, Pre, Post; zooms ascending), zooms (Z,); optional block (a name), weights (an id)
 BLOCKS = []  # blocks to train a crosscoder on (empty: every probed block of ARCH, resnet18's seven)
 IMAGES = 0  # use this many of the natural stage's images, evenly spaced (0 = all)
@@ -540,7 +541,7 @@ def main():
         print(f"crosscoder: {ACTIVATIONS}: {len(acts)} samples x 3 roles x {len(zoom)} zooms x {acts.shape[3]} channels, block {block}")
     else:
         summary = read_summary(RESULTS, net)
-        model, weights_id = load_model(net.name, WEIGHTS, device)
+        model, weights_id = load_model(net.name, weights_to_load(WEIGHTS, [summary["config"]]), device)
         check_made(summary["config"], natural_summary(RESULTS), net, weights_id, "ablate.py --stages natural")
         model = model.to(memory_format=torch.channels_last)
         blocks = BLOCKS or list(net.blocks)
