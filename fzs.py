@@ -230,7 +230,7 @@ def objective(fmap, channels, kind):
 def target_layer(net, layer, pre_as_released):
     """The layer whose output the optimisation reads. The released scripts' lucent hooks held a reference to
     bn2's output, which the block's in-place add and ReLU turn into the block output."""
-    return net.block_of(layer) if pre_as_released and net.where(layer)[1] == "pre" else layer
+    return net.post_of(layer) if pre_as_released and net.where(layer)[1] == "pre" else layer
 
 
 def parse_jitter(net, spec):

@@ -27,6 +27,7 @@ A, C, F, S, P = "tests/test_ablate.py", "tests/test_criteria.py", "tests/test_fz
 R, TU, AR = "tests/test_reliability.py", "tests/test_tuning.py", "tests/test_arch.py"
 IM, AT, D = "tests/test_imagenet.py", "tests/test_atlas.py", "tests/test_device.py"
 ST = "tests/test_stats.py"
+CO = "tests/test_cornet.py"
 NC, DO = "tests/test_newcomer.py", "tests/test_docs.py"
 
 MUTANTS = [
@@ -77,6 +78,13 @@ MUTANTS = [
     ("zoom-nearest", "stream.py", 'return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)',
      'return F.interpolate(crop, size=(size, size), mode="nearest")', [f"{C}::test_zoom_on_hand_made_image"]),
     # --- The network and its layers (docs/method.md section 1)
+    # --- CORnet-S (issue 26): In_t, per-step BatchNorms, the stride switch
+    ("cornet-in-is-previous-pre", "arch.py", 'f"{area}.norm_skip" if t == 0 else f"{area}.output_{t - 1}"',
+     'f"{area}.norm_skip" if t == 0 else f"{area}.norm3_{t - 1}"', [f"{CO}::test_in_pre_post_of_every_step_equal_the_slow_paths"]),
+    ("cornet-one-batchnorm-for-all-steps", "arch.py", 'norm1, norm2, norm3 = (area[f"norm{k}_{t}"] for k in (1, 2, 3))',
+     'norm1, norm2, norm3 = (area[f"norm{k}_0"] for k in (1, 2, 3))', [f"{CO}::test_in_pre_post_of_every_step_equal_the_slow_paths"]),
+    ("cornet-no-stride-switch", "arch.py", "    stride = 2 if t == 0 else 1\n", "    stride = 1\n",
+     [f"{CO}::test_stride_switch_at_step_zero"]),
     ("center-off-by-one", "stream.py", "return fmap[:, :, fmap.shape[2] // 2, fmap.shape[3] // 2]",
      "return fmap[:, :, (fmap.shape[2] - 1) // 2, (fmap.shape[3] - 1) // 2]", [f"{S}::test_center_index_matches_lucent"]),
     ("pre-aliased-to-post", "stream.py", 'out["post"] = torch.relu(out["pre"] + out["in"])', 'out["post"] = torch.relu_(out["pre"].add_(out["in"]))',

@@ -1,0 +1,216 @@
+"""CORnet-S (--arch cornet_s, issue 26): the module names and shapes against the issue's list, the official checkpoint's
+format loading strictly, and every step's In / Pre / Post against two independent slow paths (a forward written out in
+this file from the issue's description, and forward hooks with clone on the full model, counting calls), with the
+stride switch at t = 0 and the truncated forward."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import arch
+import stream
+from conftest import build_cornet_fixture, official_format
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+net = arch.net("cornet_s")
+
+# The issue's description, typed in: (area, in, out, steps); the branch widens out -> 4 out -> out.
+AREAS = [("V2", 64, 128, 2), ("V4", 128, 256, 4), ("IT", 256, 512, 2)]
+
+
+def expected_shapes():
+    """{key: shape} of the official checkpoint (after 'module.'), from the issue's text alone."""
+    def bn(name, n):
+        return {f"{name}.weight": (n,), f"{name}.bias": (n,), f"{name}.running_mean": (n,), f"{name}.running_var": (n,),
+                f"{name}.num_batches_tracked": ()}
+    out = {"V1.conv1.weight": (64, 3, 7, 7), **bn("V1.norm1", 64), "V1.conv2.weight": (64, 64, 3, 3), **bn("V1.norm2", 64)}
+    for area, cin, cout, steps in AREAS:
+        w = 4 * cout
+        out |= {f"{area}.conv_input.weight": (cout, cin, 1, 1), f"{area}.skip.weight": (cout, cout, 1, 1),
+                **bn(f"{area}.norm_skip", cout), f"{area}.conv1.weight": (w, cout, 1, 1),
+                f"{area}.conv2.weight": (w, w, 3, 3), f"{area}.conv3.weight": (cout, w, 1, 1)}
+        for t in range(steps):
+            out |= {**bn(f"{area}.norm1_{t}", w), **bn(f"{area}.norm2_{t}", w), **bn(f"{area}.norm3_{t}", cout)}
+    out |= {"decoder.linear.weight": (1000, 512), "decoder.linear.bias": (1000,)}
+    return out
+
+
+def test_key_names_and_shapes_are_the_issues():
+    sd = arch.build("cornet_s").state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected_shapes()
+    assert "V2.norm1_0.weight" in sd and "V4.norm3_3.running_var" in sd and "V4.norm3_4.weight" not in sd
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_cornet_fixture()
+
+
+def test_fixture_has_teeth(model):
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        assert ((bn.weight - 1).abs() > 1e-2).any() and (bn.running_mean.abs() > 1e-3).any()
+    v4 = model.V4
+    assert not torch.allclose(v4.norm3_0.running_mean, v4.norm3_1.running_mean)  # each step's BatchNorm is its own
+
+
+def test_official_format_loads_strictly_and_a_wrong_one_is_one_line(tmp_path, model):
+    good = tmp_path / "cornet_s-fixture.pth"
+    torch.save(official_format(model.state_dict()), good)
+    loaded, weights_id = stream.load_model("cornet_s", str(good))
+    assert weights_id.startswith("cornet_s:file:cornet_s-fixture.pth:sha256=")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    old = tmp_path / "old.pth"  # saved before num_batches_tracked existed: still loads
+    torch.save(official_format({k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}), old)
+    assert torch.equal(stream.load_model("cornet_s", str(old))[0].V4.norm3_2.weight, model.V4.norm3_2.weight)
+    bad = tmp_path / "bad.pth"  # one BatchNorm for every step: the shared-BatchNorm layout is not CORnet-S's
+    sd = {k.replace("norm1_1", "norm1"): v for k, v in model.state_dict().items()}
+    torch.save(official_format(sd), bad)
+    with pytest.raises(SystemExit, match=r"is not a cornet_s state_dict \(missing \['IT.norm1_1.bias'"):
+        stream.load_model("cornet_s", str(bad))
+    p = subprocess.run([sys.executable, "fzs.py", "--arch", "cornet_s", "--weights", str(bad), "--layers", "V2.0",
+                        "--channels", "0:1", "--steps", "1", "--results", str(tmp_path / "r")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr[-1500:]
+    with pytest.raises(SystemExit, match="is not a torchvision resnet18 state_dict"):
+        stream.load_model("resnet18", str(good))
+
+
+def test_offline_without_the_file_names_it_and_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+
+    def offline(*a, **k):
+        raise OSError("offline")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    for name in ("IMAGENET1K_V1", "DEFAULT"):
+        with pytest.raises(SystemExit) as e:
+            stream.load_model("cornet_s", name)
+        msg = str(e.value)
+        assert "cornet_s-1d3f7974.pth" in msg and os.path.join(str(tmp_path / "hub"), "hub", "checkpoints", "cornet_s-1d3f7974.pth") in msg
+        assert "\n" not in msg
+    with pytest.raises(SystemExit, match="cornet_s has the weights IMAGENET1K_V1"):
+        stream.load_model("cornet_s", "IMAGENET1K_V2")
+    m, weights_id = stream.load_model("cornet_s", "random:3")
+    assert weights_id == "cornet_s:random:3" and not m.training
+    assert torch.equal(m.V4.conv2.weight, stream.load_model("cornet_s", "random:3")[0].V4.conv2.weight)
+
+
+def by_hand(model, x):
+    """CORnet-S written out from the issue's description, with the model's parameters: {(block, role): map}, logits."""
+    def bn(m, h):
+        return F.batch_norm(h, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+    v1 = model.V1
+    h = F.relu(bn(v1.norm1, F.conv2d(x, v1.conv1.weight, stride=2, padding=3)))
+    h = F.max_pool2d(h, 3, 2, 1)
+    h = F.relu(bn(v1.norm2, F.conv2d(h, v1.conv2.weight, padding=1)))
+    out = {}
+    for area, _, _, steps in AREAS:
+        m = getattr(model, area)
+        x_ = F.conv2d(h, m.conv_input.weight)
+        for t in range(steps):
+            skip = bn(m.norm_skip, F.conv2d(x_, m.skip.weight, stride=2)) if t == 0 else x_
+            b = F.relu(bn(getattr(m, f"norm1_{t}"), F.conv2d(x_, m.conv1.weight)))
+            b = F.relu(bn(getattr(m, f"norm2_{t}"), F.conv2d(b, m.conv2.weight, stride=2 if t == 0 else 1, padding=1)))
+            b = bn(getattr(m, f"norm3_{t}"), F.conv2d(b, m.conv3.weight))
+            x_ = F.relu(b + skip)
+            out[f"{area}.{t}", "in"], out[f"{area}.{t}", "pre"], out[f"{area}.{t}", "post"] = skip, b, x_
+        h = x_
+    return out, F.linear(h.mean((2, 3)), model.decoder.linear.weight, model.decoder.linear.bias)
+
+
+def hooked(model, x):
+    """Forward hooks with clone on the full model, counting calls: norm_skip (In_0, called once), norm3_t (Pre_t, once:
+    each step has its own) and nonlin3 (called once per step: call k is Post_k). {(block, role): map}."""
+    out, handles, calls = {}, [], {}
+    for area, _, _, steps in AREAS:
+        m = getattr(model, area)
+        handles.append(m.norm_skip.register_forward_hook(lambda _m, _i, o, a=area: out.__setitem__((f"{a}.0", "in"), o.clone())))
+        for t in range(steps):
+            handles.append(getattr(m, f"norm3_{t}").register_forward_hook(
+                lambda _m, _i, o, a=area, t=t: out.__setitem__((f"{a}.{t}", "pre"), o.clone())))
+
+        def post(_m, _i, o, a=area):
+            k = calls[a] = calls.get(a, -1) + 1
+            out[f"{a}.{k}", "post"] = o.clone()
+            out[f"{a}.{k + 1}", "in"] = o.clone()  # In_t for t >= 1 is Post_{t-1}
+        handles.append(m.nonlin3.register_forward_hook(post))
+    with torch.no_grad():
+        logits = model(x)
+    for h in handles:
+        h.remove()
+    assert calls == {a: s - 1 for a, _, _, s in AREAS}  # nonlin3 ran once per step
+    return out, logits
+
+
+def close(a, b):
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+def test_in_pre_post_of_every_step_equal_the_slow_paths(model):
+    x = stream.normalize(torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        ref, logits = by_hand(model, x)
+        hooks, full = hooked(model, x)
+        got = stream.features(net, model, x, net.layers)
+    assert close(full, logits)
+    assert set(net.blocks) == {b for b, _ in ref} and len(net.layers) == 19
+    for block, names in net.blocks.items():
+        for role, layer in zip(arch.ROLES, names):
+            assert close(got[layer], ref[block, role]), (block, role, layer)
+            assert close(got[layer], hooks[block, role]), (block, role, layer)
+            truncated = stream.truncated(net, model, layer)
+            with torch.no_grad():
+                assert torch.equal(truncated(x), got[layer]), layer
+    assert (got["V4.norm3_2"] < 0).any()  # Pre is the BatchNorm output before the sum and the ReLU
+    assert not close(got["V4.output_1"], got["V4.norm3_1"])  # In_2 (Post_1) is not Pre_1
+
+
+def test_stride_switch_at_step_zero(model):
+    x = stream.normalize(torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(2)))
+    with torch.no_grad():
+        got = stream.features(net, model, x, net.layers)
+        v1 = model.V1(x)
+    assert v1.shape[-1] == 32
+    for area, size in (("V2", 16), ("V4", 8), ("IT", 4)):  # halved at t = 0 (skip and 3x3 at stride 2), kept after
+        assert all(v.shape[-1] == size for k, v in got.items() if k.startswith(area + ".")), area
+    # the 3x3 at t >= 1 is stride 1 with padding 1; at t = 0 stride 2: conv2 stays a stride-1 module (the switch is per call)
+    assert model.V4.conv2.stride == (1, 1)
+    h = model.V4.conv_input(got["V2.output_1"])
+    step0 = arch.cornet_step(model.V4, h, 0)
+    assert step0["pre"].shape[-1] == h.shape[-1] // 2 and torch.equal(step0["post"], got["V4.output_0"])
+
+
+def test_truncated_forward_runs_nothing_after_its_unit(model):
+    calls = {}
+    handles = [m.register_forward_hook(lambda _m, _i, _o, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+               for n, m in model.named_modules() if n and not list(m.children())]
+    x = stream.normalize(torch.rand(1, 3, 64, 64))
+    try:
+        with torch.no_grad():
+            stream.truncated(net, model, "V4.norm3_1")(x)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls["V4.norm3_1"] == 1 and calls["V4.norm3_0"] == 1 and calls["V4.nonlin3"] == 1  # Post_0 only: Pre_1 is before the sum
+    assert not any(n.startswith(("IT.", "decoder.")) or n.endswith(("norm1_2", "norm3_2", "norm1_3")) for n in calls), sorted(calls)
+
+
+def test_names_table_and_list():
+    assert net.blocks["V4.0"] == ("V4.norm_skip", "V4.norm3_0", "V4.output_0")
+    assert net.blocks["V4.2"] == ("V4.output_1", "V4.norm3_2", "V4.output_2")  # In_t = Post_{t-1}
+    assert net.residual == ["V2.0", "V2.1", "V4.0", "V4.1", "V4.2", "V4.3", "IT.0", "IT.1"]
+    assert net.where("V4.norm_skip") == (2, "in") and net.where("V4.output_1") == (3, "post") and net.block_of("V4.norm3_2") == "V4.2"
+    assert net.post_of("V4.norm3_2") == "V4.output_2" and net.pre_modules("IT.norm3_1") == ("IT.norm3_1", "IT.conv3")
+    assert net.parse_layers("V4.2") == ["V4.output_1", "V4.norm3_2", "V4.output_2"]
+    assert net.parse_layers("IT.output_1,V2.norm_skip") == ["V2.norm_skip", "IT.output_1"]
+    assert sum(net.channels(layer) for layer in net.layers) == 5 * 128 + 9 * 256 + 5 * 512
+    assert [arch.jitter(b) for b in net.residual] == [0, 0, 4, 4, 4, 4, 16, 16]
+    with pytest.raises(SystemExit, match="unknown layer 'V4.norm3_4' for cornet_s"):
+        net.where("V4.norm3_4")
+    p = subprocess.run([sys.executable, "arch.py", "--arch", "cornet_s"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0 and "cornet_s: 8 time steps" in p.stdout and "19 layers, 5,504 units" in p.stdout
+    assert "V4.2  V4.output_1              V4.norm3_2       V4.output_2    256   jitter 4" in p.stdout
