@@ -214,3 +214,118 @@ def test_names_table_and_list():
     p = subprocess.run([sys.executable, "arch.py", "--arch", "cornet_s"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0 and "cornet_s: 8 time steps" in p.stdout and "19 layers, 5,504 units" in p.stdout
     assert "V4.2  V4.output_1              V4.norm3_2       V4.output_2    256   jitter 4" in p.stdout
+
+
+# ----------------------------------------------------------------------------------------------------
+# fzs.py and criteria.py with --arch cornet_s: the engine equals lucent's render_vis on the same module, and the
+# fixture (non-trivial BatchNorms, official checkpoint format) goes through both scripts; other architectures refused.
+
+import csv  # noqa: E402
+import json  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import cli  # noqa: E402
+import fzs  # noqa: E402
+
+
+def run(*argv):
+    return subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, OMP_NUM_THREADS="2"), timeout=900)
+
+
+def one_line_error(p, *words):
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-1500:]
+    line = p.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and all(w in line for w in words), line
+
+
+def live_channel(model, layer, seed):
+    _, image = fzs.fft_image([seed], 224, torch.device("cpu"))
+    with torch.no_grad():
+        acts = stream.read_center(net, model, stream.normalize(image()), [layer])[layer][0]
+    return int((acts > 0.05).nonzero()[0])
+
+
+# lucent names a module by its path with '_'; a hook keeps the module's last call, so a Post_t is lucent's nonlin3 only
+# at an area's last step (IT.output_1); Pre_t (norm3_t) and In_0 (norm_skip) are called once per forward
+@pytest.mark.cpu_exact
+@pytest.mark.parametrize("layer,module", [("V4.norm3_1", "V4_norm3_1"), ("V2.norm_skip", "V2_norm_skip"), ("IT.output_1", "IT_nonlin3")])
+def test_engine_equals_lucent_render_vis_on_cornet(model, layer, module):
+    from lucent.optvis import objectives, param, render, transform
+    j, steps, seed = arch.jitter(net.block_of(layer)), 4, 5
+    c = live_channel(model, layer, seed)
+    cfg = dict(steps=steps, lr=0.05, jitter=j, scales=fzs.SCALES, angles=fzs.ANGLES, size=224, pre_as_released=False)
+    cli.use_device(torch.device("cpu"), "fp32")
+    ours = fzs.render(net, model, layer, [c], "center", cfg, [seed], seed, device=torch.device("cpu"), amp=None)
+    start = fzs.render(net, model, layer, [c], "center", {**cfg, "steps": 0}, [seed], seed, device=torch.device("cpu"), amp=None)
+    assert (ours.float() - start.float()).abs().mean() > 1.0  # the image moved
+    full = arch.build("cornet_s")
+    full.load_state_dict(model.state_dict())
+    ts = ([transform.random_scale(fzs.SCALES), transform.random_rotate(fzs.ANGLES)] if j == 0 else
+          [transform.pad(j), transform.jitter(j), transform.random_scale(fzs.SCALES), transform.random_rotate(fzs.ANGLES),
+           transform.jitter(j // 2), __import__("torchvision").transforms.CenterCrop(224)])
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = render.render_vis(full.eval(), objectives.neuron(module, c), param_f=lambda: param.image(224),
+                                optimizer=lambda p: torch.optim.Adam(p, lr=0.05), transforms=ts, thresholds=(steps,),
+                                show_image=False, progress=False)
+    theirs = (torch.from_numpy(out[-1]).permute(0, 3, 1, 2) * 255).to(torch.uint8)
+    assert torch.equal(ours, theirs)
+
+
+def center_of(fmap, c):
+    return float(fmap[0, c, fmap.shape[2] // 2, fmap.shape[3] // 2])
+
+
+def test_fixture_through_fzs_and_criteria_and_other_architectures_refused(tmp_path, cornet_weights):
+    res = tmp_path / "cornet"
+    a = ["--arch", "cornet_s", "--weights", cornet_weights, "--results", res]
+    p = run("fzs.py", *a, "--layers", "V2.0,V4.1", "--channels", "0:3", "--steps", "2", "--batch", "3", "--png", "false")
+    assert p.returncode == 0, p.stderr[-1500:]
+    assert "fold_bn does not apply to cornet_s" in p.stdout
+    fz = {}
+    for layer, jitter in (("V2.norm_skip", 0), ("V2.norm3_0", 0), ("V2.output_0", 0), ("V4.output_0", 4), ("V4.norm3_1", 4),
+                          ("V4.output_1", 4)):
+        fz[layer] = torch.load(res / "fzs" / layer / "center.pt", weights_only=False)
+        cfg = fz[layer]["config"]
+        assert cfg["arch"] == "cornet_s" and cfg["weights"].startswith("cornet_s:file:fixture_cornet_s.pth") and cfg["jitter"] == jitter
+        assert fz[layer]["images"].shape == (3, 3, 224, 224) and cfg["fold_bn"] is False
+    p = run("criteria.py", *a, "--blocks", "V2.0,V4.1", "--batch", "3")
+    assert p.returncode == 0, p.stderr[-1500:]
+    crit = json.load(open(res / "criteria.json"))
+    assert crit["config"]["arch"] == "cornet_s" and crit["blocks"]["V4.1"]["n_channels"] == 256
+    assert crit["blocks"]["V4.1"]["layers"] == ["V4.output_0", "V4.norm3_1", "V4.output_1"]
+    rows = {(r["block"], int(r["channel"])): r for r in csv.DictReader(open(res / "criteria.csv"))}
+    model = build_cornet_fixture()
+    for block, (In, Pre, Post) in (("V2.0", net.blocks["V2.0"]), ("V4.1", net.blocks["V4.1"])):
+        for c in range(3):  # the criteria's activations, recomputed with the forward written out in this file
+            on_in, _ = by_hand(model, stream.normalize(fz[In]["images"][c:c + 1].float() / 255))
+            on_pre, _ = by_hand(model, stream.normalize(fz[Pre]["images"][c:c + 1].float() / 255))
+            r = rows[block, c]
+            for col, want in (("pre_in", center_of(on_in[block, "pre"], c)), ("post_in", center_of(on_in[block, "post"], c)),
+                              ("post_pre", center_of(on_pre[block, "post"], c))):
+                assert abs(float(r[col]) - want) <= 1e-3 * (1 + abs(want)), (block, c, col, r[col], want)
+            assert float(r["bn2_abs"]) == pytest.approx(abs(float(getattr(model, block[:2]).get_submodule(Pre[3:]).weight[c])))
+
+    # random weights work the same way, and nothing is mixed across architectures
+    rnd = tmp_path / "random"
+    p = run("fzs.py", "--arch", "cornet_s", "--weights", "random", "--results", rnd, "--layers", "V2.0", "--channels", "0:2",
+            "--steps", "1", "--batch", "2", "--png", "false")
+    assert p.returncode == 0 and "weights cornet_s:random:0" in p.stdout, p.stderr[-1500:]
+    p = run("criteria.py", "--arch", "cornet_s", "--results", rnd, "--blocks", "V2.0")
+    assert p.returncode == 0 and "RANDOM WEIGHTS" in p.stdout, p.stderr[-1500:]
+    one_line_error(run("fzs.py", "--weights", "random", "--results", res, "--layers", "2.1", "--channels", "0:2", "--steps", "1"),
+                   "was made with --arch cornet_s", "--arch resnet18")
+    one_line_error(run("criteria.py", "--weights", "random", "--results", res, "--blocks", "2.1"), "was made with --arch cornet_s")
+    r18 = tmp_path / "r18"
+    p = run("fzs.py", "--weights", "random", "--results", r18, "--layers", "layer1.1", "--channels", "0:1", "--steps", "1",
+            "--batch", "1", "--png", "false")
+    assert p.returncode == 0, p.stderr[-1500:]
+    one_line_error(run("fzs.py", "--arch", "cornet_s", "--weights", "random", "--results", r18, "--layers", "V2.0",
+                       "--channels", "0:1", "--steps", "1"), "was made with --arch resnet18", "this run is --arch cornet_s")
+    one_line_error(run("fzs.py", "--arch", "cornet_s", "--weights", "random", "--results", rnd, "--layers", "layer2.1"),
+                   "unknown layer 'layer2.1' for cornet_s")
