@@ -703,6 +703,8 @@ def print_block(out):
 def main():
     cfg = configure(globals(), aliases={"scales": "CROPS"})
     net = arch.net(ARCH)
+    if net.name == arch.CORNET:  # issue 26: fzs.py and criteria.py run on CORnet-S so far
+        die("ablate.py does not run on --arch cornet_s yet: fzs.py and criteria.py do (docs/architectures.md, \"CORnet-S\")")
     for stage in STAGES:
         if stage not in ("natural", "sweep"):
             die(f"unknown stage {stage!r}: the stages are natural, sweep")

@@ -85,6 +85,8 @@ MUTANTS = [
      'norm1, norm2, norm3 = (area[f"norm{k}_0"] for k in (1, 2, 3))', [f"{CO}::test_in_pre_post_of_every_step_equal_the_slow_paths"]),
     ("cornet-no-stride-switch", "arch.py", "    stride = 2 if t == 0 else 1\n", "    stride = 1\n",
      [f"{CO}::test_stride_switch_at_step_zero"]),
+    ("cornet-folder-of-another-arch-accepted", "fzs.py", "    check_fz_folder(RESULTS, net)  # no FZs of another architecture in this folder\n",
+     "", [f"{CO}::test_fixture_through_fzs_and_criteria_and_other_architectures_refused"]),
     ("center-off-by-one", "stream.py", "return fmap[:, :, fmap.shape[2] // 2, fmap.shape[3] // 2]",
      "return fmap[:, :, (fmap.shape[2] - 1) // 2, (fmap.shape[3] - 1) // 2]", [f"{S}::test_center_index_matches_lucent"]),
     ("pre-aliased-to-post", "stream.py", 'out["post"] = torch.relu(out["pre"] + out["in"])', 'out["post"] = torch.relu_(out["pre"].add_(out["in"]))',
