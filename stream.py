@@ -125,6 +125,9 @@ def read_state_dict(path, name):
 # true bn2 output (torchvision's BasicBlock adds in place and would overwrite a hooked reference).
 
 def stem(model, x):
+    """What comes before the first residual block: ResNet's conv1 .. max-pool, CORnet-S's V1."""
+    if isinstance(model, arch.CORnetS):
+        return model.V1(x)
     return model.maxpool(model.relu(model.bn1(model.conv1(x))))
 
 
@@ -146,7 +149,21 @@ def block_forward(block, x, part="post"):
 
 
 def head(model, x):
+    """The logits from the last block's output: ResNet's average pool and fc, CORnet-S's decoder."""
+    if isinstance(model, arch.CORnetS):
+        return model.decoder(x)
     return model.fc(torch.flatten(model.avgpool(x), 1))
+
+
+def block_post(net, model, i, h):
+    """The output (Post) of residual block net.residual[i] from the previous block's output h (the stem's before the
+    first). CORnet-S: step t of an area, from the previous step's output, or at t = 0 from the previous area's
+    through the area's conv_input."""
+    if net.name == arch.CORNET:
+        name, t = net.residual[i].split(".")
+        area = getattr(model, name)
+        return arch.cornet_step(area, area.conv_input(h) if t == "0" else h, int(t))["post"]
+    return block_forward(model.get_submodule(net.residual[i]), h)["post"]
 
 
 def cornet_steps(model, x, last, part):

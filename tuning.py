@@ -62,7 +62,7 @@ from stats import EQ2_HIGH, EQ2_LOW, mann_whitney
 from stream import load_model, normalize, read_center, to_float
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
-ARCH = "resnet18"  # a torchvision ResNet; must be the natural stage's
+ARCH = "resnet18"  # a torchvision ResNet or cornet_s; must be the natural stage's
 WEIGHTS = "IMAGENET1K_V1"  # must be the weights of the natural stage: IMAGENET1K_V1, DEFAULT, random[:SEED] or a state_dict path
 TUNE_BLOCKS = []  # blocks whose channels are measured (empty: every probed block of ARCH, resnet18's seven)
 TOP_K = 16  # each unit's own top-K natural images (the paper shows 9)
@@ -244,8 +244,6 @@ def compare(block, chans, a, rows, fz_block, permutations, seed):
 def main():
     cfg = configure(globals())
     net = arch.net(ARCH)
-    if net.name == arch.CORNET:  # issue 26: fzs.py and criteria.py run on CORnet-S so far
-        die("tuning.py does not run on --arch cornet_s yet: fzs.py and criteria.py do (docs/architectures.md, \"CORnet-S\")")
     tune_blocks = TUNE_BLOCKS or list(net.blocks)
     for name, value, least in (("top_k", TOP_K, 1), ("sample", SAMPLE, 0), ("permutations", PERMUTATIONS, 1)):
         if value < least:

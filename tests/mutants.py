@@ -87,6 +87,8 @@ MUTANTS = [
      [f"{CO}::test_stride_switch_at_step_zero"]),
     ("cornet-folder-of-another-arch-accepted", "fzs.py", "    check_fz_folder(RESULTS, net)  # no FZs of another architecture in this folder\n",
      "", [f"{CO}::test_fixture_through_fzs_and_criteria_and_other_architectures_refused"]),
+    ("ablation-suffix-reruns-the-ablated-step", "ablate.py", "rows.append(run_suffix(net, model, xk, idx + 1)",
+     "rows.append(run_suffix(net, model, xk, idx)", [f"{CO}::test_ablation_from_a_step_equals_hooks_on_the_full_model"]),
     ("center-off-by-one", "stream.py", "return fmap[:, :, fmap.shape[2] // 2, fmap.shape[3] // 2]",
      "return fmap[:, :, (fmap.shape[2] - 1) // 2, (fmap.shape[3] - 1) // 2]", [f"{S}::test_center_index_matches_lucent"]),
     ("pre-aliased-to-post", "stream.py", 'out["post"] = torch.relu(out["pre"] + out["in"])', 'out["post"] = torch.relu_(out["pre"].add_(out["in"]))',

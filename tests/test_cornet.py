@@ -329,3 +329,80 @@ def test_fixture_through_fzs_and_criteria_and_other_architectures_refused(tmp_pa
                        "--channels", "0:1", "--steps", "1"), "was made with --arch resnet18", "this run is --arch cornet_s")
     one_line_error(run("fzs.py", "--arch", "cornet_s", "--weights", "random", "--results", rnd, "--layers", "layer2.1"),
                    "unknown layer 'layer2.1' for cornet_s")
+
+
+# ----------------------------------------------------------------------------------------------------
+# ablate.py and tuning.py: the mean ablation of a step's Post, from that step on, equals a hook that overwrites the
+# area's last ReLU at that step's call only, on the full model; then the fixture through both scripts.
+
+def ablated_by_hook(model, x, block, channels, mean):
+    """The full model's logits with Post_t of `block` ('V4.1') overwritten by `mean` on `channels`: a hook on the area's
+    nonlin3 that acts at call t only (call k is step k)."""
+    area, t = block.split(".")
+    calls = [0]
+
+    def hook(_m, _i, out):
+        calls[0] += 1
+        if calls[0] - 1 != int(t) or not channels:
+            return out
+        out = out.clone()
+        out[:, channels] = mean[channels].view(1, -1, 1, 1)
+        return out
+    handle = getattr(model, area).nonlin3.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        handle.remove()
+
+
+def test_ablation_from_a_step_equals_hooks_on_the_full_model(model):
+    import ablate
+    x = stream.normalize(torch.rand(3, 3, 96, 96, generator=torch.Generator().manual_seed(4)))
+    g = torch.Generator().manual_seed(5)
+    for block, sets in (("V4.1", [[0, 3, 7, 9], [], list(range(0, 256, 2))]), ("V2.0", [[1, 2], list(range(64))]),
+                        ("IT.0", [list(range(100))])):
+        idx = net.where(net.blocks[block][2])[0]
+        n = net.channels(net.blocks[block][2])
+        mean = torch.rand(n, generator=g) * 2
+        masks = ablate.masks_for(sets, n)
+        with torch.no_grad():
+            h = stream.stem(model, x)
+            for i in range(idx + 1):
+                h = stream.block_post(net, model, i, h)
+            assert torch.allclose(h, stream.features(net, model, x, [net.blocks[block][2]])[net.blocks[block][2]])
+            logits = ablate.run_suffix(net, model, ablate.overwrite(h, masks, mean), idx + 1).view(len(sets), 3, -1)
+            preds = ablate.predictions(net, model, x, [(idx, mean, masks)], 64)
+        full = ablated_by_hook(model, x, block, [], mean)
+        assert close(ablate.run_suffix(net, model, h, idx + 1), full) and torch.equal(preds[0], full.argmax(1))
+        for k, chans in enumerate(sets):
+            want = ablated_by_hook(model, x, block, chans, mean)
+            assert close(logits[k], want), (block, k)
+            assert torch.equal(preds[1 + k], want.argmax(1)), (block, k)
+            if chans:
+                assert not close(logits[k], full)  # the ablation changes the logits: the comparison has teeth
+
+
+def test_fixture_through_ablate_and_tuning(tmp_path, cornet_weights):
+    res, data = tmp_path / "cornet", tmp_path / "fake"
+    a = ["--arch", "cornet_s", "--weights", cornet_weights, "--results", res]
+    p = run("ablate.py", *a, "--data", data, "--fake", "8", "--workers", "0", "--batch", "8", "--sets", "V4.1:0:3",
+            "--crops", "20", "--n_trials", "2", "--screen_draws", "2", "--screen_cap", "20", "--screen_margin", "*:<=100",
+            "--bootstrap", "10", "--permutations", "4", "--variants", "paper")
+    assert p.returncode == 0, p.stderr[-1500:]
+    assert "sweep: blocks V4.1" in p.stdout
+    natural = torch.load(res / "natural" / "summary.pt", weights_only=False)
+    assert natural["config"]["arch"] == "cornet_s" and set(natural["mean"]) == set(net.layers)
+    assert np.load(res / "natural" / "IT.output_1.npy").shape == (8, 512)
+    ab = json.load(open(res / "ablation" / "V4.1.json"))
+    assert ab["config"]["arch"] == "cornet_s" and ab["config"]["passing"] == [0, 1, 2] and ab["accuracy"]["none"][0] == 1.0
+    p = run("tuning.py", *a, "--tune_blocks", "V4.1", "--top_k", "4", "--sample", "4", "--fractions", "1,0.5", "--workers", "0",
+            "--permutations", "10")
+    assert p.returncode == 0, p.stderr[-1500:]
+    tuning = json.load(open(res / "tuning.json"))
+    assert tuning["config"]["arch"] == "cornet_s" and tuning["blocks"]["V4.1"]["n_channels"] == 256
+    for script in ("plot_ratios.py", "plot_tuning.py"):
+        p = run(script, "--arch", "cornet_s", "--results", res)
+        assert p.returncode == 0, (script, p.stderr[-1500:])
+    one_line_error(run("ablate.py", "--weights", "random", "--results", res, "--stages", "sweep", "--data", data, "--workers", "0",
+                       "--sets", "2.1:0:3"), "was made with --arch cornet_s")
