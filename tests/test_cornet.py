@@ -209,6 +209,8 @@ def test_names_table_and_list():
     assert net.parse_layers("IT.output_1,V2.norm_skip") == ["V2.norm_skip", "IT.output_1"]
     assert sum(net.channels(layer) for layer in net.layers) == 5 * 128 + 9 * 256 + 5 * 512
     assert [arch.jitter(b) for b in net.residual] == [0, 0, 4, 4, 4, 4, 16, 16]
+    import plot_spectrum
+    assert plot_spectrum.relative_depth("cornet_s", "V4.1") == 4 / 8  # the across-architectures figure places its steps
     with pytest.raises(SystemExit, match="unknown layer 'V4.norm3_4' for cornet_s"):
         net.where("V4.norm3_4")
     p = subprocess.run([sys.executable, "arch.py", "--arch", "cornet_s"], capture_output=True, text=True, cwd=ROOT)
