@@ -96,6 +96,13 @@ def test_offline_without_the_file_names_it_and_where_to_put_it(tmp_path, monkeyp
         stream.load_model("cornet_s", "IMAGENET1K_V2")
     m, weights_id = stream.load_model("cornet_s", "random:3")
     assert weights_id == "cornet_s:random:3" and not m.training
+    fake = official_format(m.state_dict())  # online: the file is downloaded into the cache once, then read from there
+    fetched = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, dst, **k: (fetched.append(url), torch.save(fake, dst)))
+    for _ in range(2):
+        got, weights_id = stream.load_model("cornet_s", "DEFAULT")
+        assert weights_id == "cornet_s:IMAGENET1K_V1" and torch.equal(got.IT.norm3_1.running_var, m.IT.norm3_1.running_var)
+    assert fetched == [arch.CORNET_URL]
     assert torch.equal(m.V4.conv2.weight, stream.load_model("cornet_s", "random:3")[0].V4.conv2.weight)
 
 
