@@ -29,6 +29,7 @@ import base64
 import hashlib
 import math
 import os
+import zlib
 
 import numpy as np
 import torch
@@ -70,14 +71,14 @@ from results import (
     weights_to_load,
 )
 from stats import bootstrap_differences, sign_flip_p, trial_mean
-from stream import block_forward, head, load_model, normalize, read_center, stem, to_float
+from stream import block_post, head, load_model, normalize, read_center, stem, to_float
 
 DATA = ""  # ImageNet validation folder (required): root/<wnid>/ folders, a torchvision ImageNet root, or the flat folder with --labels
 LABELS = ""  # labels of a flat folder: ILSVRC2012_validation_ground_truth.txt[,map_clsloc.txt or meta.mat], val.txt or LOC_val_solution.csv
 FAKE = 0  # smoke runs without ImageNet: first write this many generated JPEGs into DATA, labelled with the model's predictions
 LIMIT = 0  # use only this many images, evenly spaced over the sorted file list (0 = all)
 STAGES = ["natural", "sweep"]  # stages to run, in order: natural (activations, top-9, means), sweep (screening + ablation)
-ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its blocks)
+ARCH = "resnet18"  # a torchvision ResNet or cornet_s (python arch.py --arch NAME lists its blocks)
 WEIGHTS = ""  # torchvision weights of ARCH (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path; empty: the weights that RESULTS' natural summary and criteria.json record (IMAGENET1K_V1 where there are none)
 RESULTS = "results"  # output folder
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
@@ -207,6 +208,12 @@ def parse_sets(net, spec):
     return net.parse_block_channels(spec, "--sets")
 
 
+def block_seed(block):
+    """A block's part of the random draws' seeds: its digits for a ResNet block ('2.1' -> 21, as always), a crc32 of
+    its name for a CORnet-S step ('V4.1')."""
+    return int(block.replace(".", "")) if block[0].isdigit() else zlib.crc32(block.encode()) & 0x7FFFFFFF
+
+
 def draw_sets(rng, population, size, count):
     """`count` random sets of `size` channels from `population`, without replacement within a set, sorted."""
     return [sorted(int(c) for c in rng.choice(population, size=size, replace=False)) for _ in range(count)]
@@ -231,8 +238,8 @@ def overwrite(h, masks, mean):
 
 def run_suffix(net, model, h, start):
     """The network from block net.residual[start] on, to the logits."""
-    for name in net.residual[start:]:
-        h = block_forward(model.get_submodule(name), h)["post"]
+    for i in range(start, len(net.residual)):
+        h = block_post(net, model, i, h)
     return head(model, h)
 
 
@@ -243,7 +250,7 @@ def predictions(net, model, x, plan, suffix_batch):
     h, i, rows = stem(model, x), 0, []
     for idx, mean, masks in plan:
         while i <= idx:
-            h = block_forward(model.get_submodule(net.residual[i]), h)["post"]
+            h = block_post(net, model, i, h)
             i += 1
         per = max(1, suffix_batch // h.shape[0])
         for k in range(0, masks.shape[0], per):
@@ -256,10 +263,17 @@ def predictions(net, model, x, plan, suffix_batch):
 def reference_logits(net, model, loader, block, channels, mean, device):
     """The released way: one pass over a DataLoader per condition, the whole network, a forward hook on the
     block that overwrites the channels. Returns the logits (N, 1000) in dataset order."""
-    module = model.get_submodule(net.residual[net.where(net.blocks[block][2])[0]])
+    module = model.get_submodule(net.residual[net.where(net.blocks[block][2])[0]]) if net.name != arch.CORNET else None
+    calls, step = [0], 0
+    if module is None:  # CORnet-S: the area's last ReLU runs once per step; the hook overwrites at this block's step only
+        area, step = block.split(".")
+        module, step, times = getattr(model, area).nonlin3, int(step), next(n for a, _, _, n in arch.CORNET_AREAS if a == area)
     chans = torch.as_tensor(list(channels), dtype=torch.long, device=device)
 
     def hook(_module, _inputs, out):
+        calls[0] += 1
+        if net.name == arch.CORNET and (calls[0] - 1) % times != step:
+            return out
         out = out.clone()
         out[:, chans] = mean.to(device, out.dtype)[chans].view(1, -1, 1, 1)
         return out
@@ -554,7 +568,7 @@ def sweep_stage(net, model, weights_id, dataset, loader_for, device, device_name
                   "labels": digest(dataset.labels),
                   "mean": digest(means[b].numpy()), "precision": prec,
                   "passing": passing[b], "seed": seed, "cells": "per-image hits"}
-        rngs[b] = np.random.default_rng([seed, int(b.replace(".", ""))])
+        rngs[b] = np.random.default_rng([seed, block_seed(b)])
 
     def cells_for(name, scales, wanted):  # one pass (run_pass) for the cells of `wanted` not finished yet
         return compute_cells(net, name, model, loader_for, scales, wanted, means, device, dtype, suffix_batch, key, n, results, every)
@@ -644,7 +658,7 @@ def sweep_stage(net, model, weights_id, dataset, loader_for, device, device_name
             out = {"block": b, "variant": v, "passing": passing[b], "random_sets": [draws[b][j] for j in chosen[v, b]],
                    "scales": scales, "accuracy": {"none": acc("none"), "passing": acc("passing"), "random": acc_random},
                    "ratio": nan_to_none(ratio), "sem": nan_to_none(sem), "ratio_trials": [nan_to_none(t) for t in trials],
-                   "n_images": m, "test": claim_test(trials, hits_p, hits_r, [seed, int(b.replace(".", "")), list(ABLATION_VARIANTS).index(v)], **test),
+                   "n_images": m, "test": claim_test(trials, hits_p, hits_r, [seed, block_seed(b), list(ABLATION_VARIANTS).index(v)], **test),
                    "config": {**key[b], "block": b, "variant": v, "n_trials": n_trials, "screen_margin": screen_margin,
                               "screen_cap": screen_cap, "batch": batch, "bootstrap": test["replicates"], "ci": test["level"],
                               "permutations": test["permutations"], "device": device_name, "versions": versions()}}

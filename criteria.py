@@ -32,6 +32,7 @@ from cli import configure, die, main_guard, pick_device, resolve_batch, use_devi
 from results import (
     FZ_MATCH_KEYS,
     as_weights_id,
+    check_fz_folder,
     check_named_weights,
     config_mismatch,
     criteria_csv,
@@ -51,7 +52,7 @@ from results import (
 from stats import EQ2_HIGH, EQ2_LOW
 from stream import load_model, normalize, read_center, to_float, zoom
 
-ARCH = "resnet18"  # a torchvision ResNet (python arch.py --arch NAME lists its blocks); must be the one the FZs were made with
+ARCH = "resnet18"  # a torchvision ResNet or cornet_s (python arch.py --arch NAME lists its blocks); must be the one the FZs were made with
 WEIGHTS = ""  # model weights: torchvision's (IMAGENET1K_V1, DEFAULT, ...), random[:SEED] (tests and smoke runs only) or a state_dict path; empty: the weights the FZ files record (IMAGENET1K_V1 where there are none)
 RESULTS = "results"  # folder holding fzs/ (from fzs.py); criteria.json and criteria.csv are written here
 BLOCKS = []  # blocks to measure, e.g. 2.1,3.1 (empty: every probed block of ARCH; resnet18's are 1.1,2.0,2.1,3.0,3.1,4.0,4.1)
@@ -196,10 +197,11 @@ def center_activations(net, model, images, channels, layers, device, batch, tran
     return {layer: torch.cat(v).cpu() if v else torch.zeros(0) for layer, v in out.items()}
 
 
-def weight_magnitudes(model, pre, channels):
+def weight_magnitudes(net, model, pre, channels):
     """|bn.weight[c]| and mean |conv.weight[c]| (the output channel's kernel) of Pre's BatchNorm and the convolution
-    before it: bn2 and conv2 of a BasicBlock, bn3 and conv3 of a Bottleneck (the CSV calls them bn2_abs, conv2_abs_mean)."""
-    bn2, conv2 = model.get_submodule(pre), model.get_submodule(pre[:-3] + "conv" + pre[-1])
+    before it: bn2 and conv2 of a BasicBlock, bn3 and conv3 of a Bottleneck, norm3_t and conv3 in CORnet-S (the CSV
+    calls them bn2_abs, conv2_abs_mean)."""
+    bn2, conv2 = (model.get_submodule(name) for name in net.pre_modules(pre))
     c = channels.cpu()
     return bn2.weight.detach().cpu()[c].abs(), conv2.weight.detach().cpu()[c].abs().flatten(1).mean(1)
 
@@ -217,7 +219,7 @@ def measure_block(net, model, block, fz_in, fz_pre, device, batch, mix_if, bar=N
     on_in = center_activations(net, model, x_in, ch, [In, Pre, Post], device, batch, bar=bar)          # X̂_In
     on_zoom = center_activations(net, model, x_in, ch, [Pre], device, batch, transform=zoom, bar=bar)  # S(X̂_In)
     on_pre = center_activations(net, model, x_pre, ch, [Pre, Post], device, batch, bar=bar)            # X̂_Pre
-    bn2_abs, conv2_abs_mean = weight_magnitudes(model, Pre, ch)
+    bn2_abs, conv2_abs_mean = weight_magnitudes(net, model, Pre, ch)
     v = {"channel": ch, "pre_in": on_in[Pre], "pre_zoom_in": on_zoom[Pre], "post_in": on_in[Post], "post_pre": on_pre[Post],
          "bn2_abs": bn2_abs, "conv2_abs_mean": conv2_abs_mean}
     v["eq1"] = torch.from_numpy(eq1(v["pre_in"], v["pre_zoom_in"]))
@@ -429,6 +431,8 @@ def main():
                 + "): remake them with one --weights, or pass --weights to measure the blocks made with it")
         weights = weights_flag(next(iter(found))) if found else "IMAGENET1K_V1"
         cfg["WEIGHTS"] = weights  # criteria.json records the weights used, as if they had been passed
+    for folder in ([RESULTS] if single else []) + list(RUNS):
+        check_fz_folder(folder, net)  # no FZs of another architecture in these folders
     if single and not os.path.isdir(fzs_dir(RESULTS)):
         layers = [layer for b in blocks for layer in net.blocks[b][:2]]
         die(f"no FZs in {fzs_dir(RESULTS)}; make them with: {fzs_command(layers, net.name, weights, RESULTS)}")

@@ -34,6 +34,7 @@ from arch import parse_channels
 from cli import amp_dtype, autocast, configure, die, init_ranks, main_guard, no_tf32, pick_device, precision, use_device
 from results import (
     FZ_KEYS,
+    check_fz_folder,
     config_mismatch,
     criteria_file,
     fz_file,
@@ -49,9 +50,9 @@ from results import (
 )
 from stream import center, features, load_model, normalize, to_float, truncated
 
-ARCH = "resnet18"  # a torchvision ResNet: resnet18, resnet34, resnet50, resnet101, ... (--list prints its blocks and units)
+ARCH = "resnet18"  # a torchvision ResNet (resnet18, resnet34, resnet50, resnet101, ...) or cornet_s (--list prints its blocks and units)
 WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), a state_dict path, or random[:SEED] (smoke runs only)
-LAYERS = "all"  # 'all', layer names (layer2.1.bn2) or blocks (2.1 = its In, Pre and Post), comma-separated
+LAYERS = "all"  # 'all', layer names (layer2.1.bn2; cornet_s: V4.norm3_2) or blocks (2.1, cornet_s: V4.2 = its In, Pre and Post), comma-separated
 CHANNELS = ":"  # Python-style ranges for every layer (0:16 or 3,7,10:20), or 'passing' (from RESULTS/criteria.json)
 OBJECTIVES = ["center"]  # center (the center neuron; all analyses) and/or channel (channel mean; figure grids)
 STEPS = 2560  # optimisation steps per image (the author's setting)
@@ -230,7 +231,7 @@ def objective(fmap, channels, kind):
 def target_layer(net, layer, pre_as_released):
     """The layer whose output the optimisation reads. The released scripts' lucent hooks held a reference to
     bn2's output, which the block's in-place add and ReLU turn into the block output."""
-    return net.block_of(layer) if pre_as_released and net.where(layer)[1] == "pre" else layer
+    return net.post_of(layer) if pre_as_released and net.where(layer)[1] == "pre" else layer
 
 
 def parse_jitter(net, spec):
@@ -261,7 +262,8 @@ def render_groups(net, model, layer, kind, cfg, groups, device, amp, forward=Non
     forward = forward or truncated(net, model, target)
     steps = transforms_for(cfg["jitter"], cfg["scales"], cfg["angles"], cfg["size"])
     # inputs in the model's memory layout (fzs.py runs it channels_last: faster convolutions on CPUs and GPUs)
-    layout = torch.channels_last if model.conv1.weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    first = next(model.parameters())  # the first convolution's weight (conv1, or CORnet-S's V1.conv1)
+    layout = torch.channels_last if first.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     states = []
     for channels, unit_seeds, tseed in groups:
         spectrum, image = fft_image(unit_seeds, cfg["size"], device)
@@ -447,6 +449,7 @@ def main():
             die(f"jitter of {block} must be 0 or at least 2 (lucent's jitter(d) needs d > 1), not {j}")
     if rank == 0:
         lock = lock_results(RESULTS, "fzs.py")  # noqa: F841 (held until the process ends)
+    check_fz_folder(RESULTS, net)  # no FZs of another architecture in this folder
     channels_of = {layer: passing_channels(net, RESULTS, layer) if CHANNELS == "passing" else
                    parse_channels(CHANNELS, net.channels(layer), layer) for layer in layers}
     for layer, channels in channels_of.items():
@@ -456,7 +459,11 @@ def main():
     model, weights_id = load_model(net.name, WEIGHTS, device)
     model = model.to(memory_format=torch.channels_last)  # measures the stored images
     amp = amp_dtype(prec)
-    optimised = fold_batchnorm(model) if FOLD_BN else copy.deepcopy(model)  # runs the optimisation
+    fold = FOLD_BN and net.name != arch.CORNET  # CORnet-S: a convolution shared by steps with their own BatchNorms
+    if FOLD_BN and not fold:
+        print("fzs: --fold_bn does not apply to cornet_s (each step has its own BatchNorms after shared convolutions): "
+              "the optimisation runs the BatchNorms as they are")
+    optimised = fold_batchnorm(model) if fold else copy.deepcopy(model)  # runs the optimisation
     if amp is not None:  # weights cast to bf16 once, not by autocast at every step (the same arithmetic)
         optimised = optimised.to(amp)
 
@@ -466,7 +473,7 @@ def main():
         for kind in kinds:
             cfg = {"arch": ARCH, "layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
                    "batch": BATCH, "size": SIZE, "scales": list(SCALES), "angles": list(ANGLES),
-                   "jitter": jitter[net.block_of(layer)], "pre_as_released": PRE_AS_RELEASED, "fold_bn": FOLD_BN,
+                   "jitter": jitter[net.block_of(layer)], "pre_as_released": PRE_AS_RELEASED, "fold_bn": fold,
                    "amp": prec, "param": "lucent fft, decorrelate, sd 0.01", "device": device.type,
                    "device_name": device_name}
             cfgs[layer, kind] = cfg

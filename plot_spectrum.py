@@ -275,9 +275,9 @@ def pass_frequency(stability, weights, per_row):
 
 def relative_depth(arch_name, block):
     """Where block 'L.B' sits in the network: its position among all residual blocks, 1..n, divided by n (the last
-    block is at 1; resnet18's 1.1 at 2/8, resnet50's 1.0 at 1/16)."""
+    block is at 1; resnet18's 1.1 at 2/8, resnet50's 1.0 at 1/16). CORnet-S's blocks are its 8 steps: V4.1 is at 4/8."""
     residual = arch.net(arch_name).residual
-    return (residual.index(f"layer{block}") + 1) / len(residual)
+    return (residual.index(block if arch_name == arch.CORNET else f"layer{block}") + 1) / len(residual)
 
 
 def passing_by_depth(folders):

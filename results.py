@@ -439,6 +439,22 @@ def read_summary(results, net, weights_id=None, required=True):
     return summary
 
 
+def check_fz_folder(results, net):
+    """Die when results/fzs holds the FZs of a layer `net` does not have, made with another architecture (a ResNet's
+    layers and CORnet-S's never share a name, so a per-file check would not see them), naming the file. Only the
+    configs of those files are read (memory-mapped)."""
+    folder = fzs_dir(results)
+    for layer in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        for objective in ("center", "channel") if layer not in net.place else ():
+            path = fz_file(results, layer, objective)
+            if os.path.isfile(path):
+                try:
+                    config = torch.load(path, map_location="cpu", weights_only=False, mmap=True)["config"]
+                except Exception:
+                    config = load_pt(path, "FZ file")["config"]  # its one-line error, if any
+                net.check(config, path)
+
+
 def read_fz(results, layer, objective, required=True):
     """An FZ file (fzs.py) as saved; None when there is none and not `required`."""
     path = fz_file(results, layer, objective)

@@ -112,3 +112,30 @@ def bootstrap_differences(hits_passing, hits_random, replicates, seed, chunk=200
         ratio = trial_mean(trials)
         out.append(ratio[:, 1:] - ratio[:, :1])
     return np.concatenate(out) if out else np.zeros((0, n_scales - 1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The latency prediction's response measures (issue 26, CORnet-S): a unit's center response r(t, z) over the recurrent
+# steps t of its area and the zooms z, as an array (..., T, Z). Only these definitions exist so far; the stage that
+# measures r on CORnet-S and tests the prediction is not written yet (docs/architectures.md, "CORnet-S").
+
+def onset(r):
+    """L(z): the first step t at which r(t, z) reaches half of the maximum over every (t, z) of the unit; T (one past
+    the last step) where it never does, or where the unit's maximum is not positive. (..., T, Z) -> (..., Z) ints."""
+    r = np.asarray(r, dtype=np.float64)
+    peak = r.max(axis=(-2, -1), keepdims=True)
+    reached = (r >= 0.5 * peak) & (peak > 0)
+    return np.where(reached.any(axis=-2), reached.argmax(axis=-2), r.shape[-2])
+
+
+def time_to_peak(r):
+    """The step at which r(t, z) is largest over t, per zoom (the first such step on ties). (..., T, Z) -> (..., Z)."""
+    return np.asarray(r, dtype=np.float64).argmax(axis=-2)
+
+
+def early_fraction(r):
+    """r(0, z) / max_t r(t, z), per zoom: how much of its largest response a unit gives at the first step; NaN where
+    max_t r(t, z) is not positive. (..., T, Z) -> (..., Z)."""
+    r = np.asarray(r, dtype=np.float64)
+    top = r.max(axis=-2)
+    return np.where(top > 0, r[..., 0, :] / np.where(top > 0, top, 1.0), np.nan)

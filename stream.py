@@ -1,5 +1,5 @@
-"""The model and its residual stream (docs/method.md section 1): the torchvision ResNet with its weights, the forward
-pass written out block by block, and the center-neuron reader.
+"""The model and its residual stream (docs/method.md section 1): the torchvision ResNet (or CORnet-S) with its weights,
+the forward pass written out block by block (step by step), and the center-neuron reader.
 
 Imports cli, arch, results (the weights id) and imagenet (MEAN and STD).
 """
@@ -28,7 +28,8 @@ def load_model(arch_name, weights="IMAGENET1K_V1", device="cpu"):
 
     weights: a weights enum member of that architecture ('IMAGENET1K_V1', 'IMAGENET1K_V2' for resnet50, ...) or
     'DEFAULT' (torchvision's cache, downloading if online), a path to a state_dict checkpoint, or 'random' /
-    'random:SEED' (He-initialised, for tests and smoke runs)."""
+    'random:SEED' (He-initialised, for tests and smoke runs). CORnet-S's named weights (IMAGENET1K_V1 or DEFAULT) are the
+    official checkpoint arch.CORNET_FILE, read from torchvision's cache folder (downloaded there if online)."""
     name, weights = arch_name, str(weights)
     if weights.startswith("random"):
         try:
@@ -39,6 +40,8 @@ def load_model(arch_name, weights="IMAGENET1K_V1", device="cpu"):
             torch.manual_seed(seed)
             model = arch.build(name)
         made = f"random:{seed}"
+    elif name == arch.CORNET and re.fullmatch(r"[A-Z][A-Z0-9_]*", weights) and not os.path.exists(weights):
+        model, made = official_cornet(weights), "IMAGENET1K_V1"
     elif re.fullmatch(r"[A-Z][A-Z0-9_]*", weights) and not os.path.exists(weights):
         enum = torchvision.models.get_model_weights(name)
         if weights not in enum.__members__:
@@ -66,6 +69,31 @@ def load_model(arch_name, weights="IMAGENET1K_V1", device="cpu"):
     return model.to(device), make_weights_id(name, made)
 
 
+def official_cornet(weights):
+    """CORnet-S with the official checkpoint (arch.CORNET_FILE) from torchvision's cache folder, downloading it there once
+    when online; offline with no file, one line naming the file and where to put it."""
+    if weights not in ("IMAGENET1K_V1", "DEFAULT"):
+        die(f"--weights {weights!r}: cornet_s has the weights IMAGENET1K_V1 (= DEFAULT, the official {arch.CORNET_FILE}); "
+            f"or pass a checkpoint path, or random[:SEED]")
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", arch.CORNET_FILE)
+    if not os.path.isfile(cached):
+        timeout = socket.getdefaulttimeout()
+        try:
+            socket.setdefaulttimeout(60)
+            os.makedirs(os.path.dirname(cached), exist_ok=True)
+            # no hash check: the name's suffix is not known to be a sha256 prefix; the file is checked by its keys and shapes
+            torch.hub.download_url_to_file(arch.CORNET_URL, cached, progress=False)
+        except Exception as e:  # offline, or a broken download
+            reason = str(e).splitlines()[0][:150] if str(e) else type(e).__name__
+            die(f"cannot load the cornet_s IMAGENET1K_V1 weights ({reason}). Download {arch.CORNET_URL} and put it at {cached} "
+                f"(torchvision's cache; set TORCH_HOME to move it), or pass the file: --weights /path/to/{arch.CORNET_FILE}")
+        finally:
+            socket.setdefaulttimeout(timeout)
+    model = arch.build(arch.CORNET)
+    model.load_state_dict(read_state_dict(cached, arch.CORNET))
+    return model
+
+
 def read_state_dict(path, name):
     """A checkpoint's state_dict, checked against the keys and shapes of the architecture `name`."""
     if not os.path.isfile(path):
@@ -82,11 +110,14 @@ def read_state_dict(path, name):
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
     with torch.device("meta"):
         expected = arch.build(name).state_dict()
-    missing, extra = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
+    # a checkpoint saved before PyTorch 0.4.1 has no num_batches_tracked: load_state_dict fills it in (unused in eval mode)
+    missing = sorted(k for k in set(expected) - set(sd) if not k.endswith("num_batches_tracked"))
+    extra = sorted(set(sd) - set(expected))
     bad = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
     if missing or extra or bad:
         what = (f"missing {missing[:3]}" if missing else "") + (f" unexpected {extra[:3]}" if extra else "") + (f" wrong shape {bad[:3]}" if bad else "")
-        die(f"weights: {path!r} is not a torchvision {name} state_dict ({what.strip()}); is --arch right?")
+        kind = "torchvision " if name in arch.RESNETS else ""
+        die(f"weights: {path!r} is not a {kind}{name} state_dict ({what.strip()}); is --arch right?")
     return sd
 
 
@@ -95,6 +126,9 @@ def read_state_dict(path, name):
 # true bn2 output (torchvision's BasicBlock adds in place and would overwrite a hooked reference).
 
 def stem(model, x):
+    """What comes before the first residual block: ResNet's conv1 .. max-pool, CORnet-S's V1."""
+    if isinstance(model, arch.CORnetS):
+        return model.V1(x)
     return model.maxpool(model.relu(model.bn1(model.conv1(x))))
 
 
@@ -116,7 +150,37 @@ def block_forward(block, x, part="post"):
 
 
 def head(model, x):
+    """The logits from the last block's output: ResNet's average pool and fc, CORnet-S's decoder."""
+    if isinstance(model, arch.CORnetS):
+        return model.decoder(x)
     return model.fc(torch.flatten(model.avgpool(x), 1))
+
+
+def block_post(net, model, i, h):
+    """The output (Post) of residual block net.residual[i] from the previous block's output h (the stem's before the
+    first). CORnet-S: step t of an area, from the previous step's output, or at t = 0 from the previous area's
+    through the area's conv_input."""
+    if net.name == arch.CORNET:
+        name, t = net.residual[i].split(".")
+        area = getattr(model, name)
+        return arch.cornet_step(area, area.conv_input(h) if t == "0" else h, int(t))["post"]
+    return block_forward(model.get_submodule(net.residual[i]), h)["post"]
+
+
+def cornet_steps(model, x, last, part):
+    """CORnet-S's steps 0..last (their index in net.residual: V2.0, V2.1, V4.0, ...), each as (index, {'in', 'pre',
+    'post'}), the last one only as far as `part`: nothing after it runs. A step's modules are called once per step, so
+    a hook on a module name does not tell the steps apart; this walk does."""
+    h, i = model.V1(x), 0
+    for name, _, _, times in arch.CORNET_AREAS:
+        area = getattr(model, name)
+        h = area.conv_input(h)
+        for t in range(times):
+            parts = arch.cornet_step(area, h, t, part if i == last else "post")
+            yield i, parts
+            if i == last:
+                return
+            h, i = parts["post"], i + 1
 
 
 def features(net, model, x, layers):
@@ -127,11 +191,17 @@ def features(net, model, x, layers):
         i, part = net.where(layer)
         wanted.setdefault(i, []).append((layer, part))
     last = max(wanted)
-    out, h = {}, stem(model, x)
+    deepest = max((p for _, p in wanted[last]), key=arch.ROLES.index)
+    out = {}
+    if net.name == arch.CORNET:
+        for i, parts in cornet_steps(model, x, last, deepest):
+            for layer, part in wanted.get(i, []):
+                out[layer] = parts[part]
+        return out
+    h = stem(model, x)
     for i in range(last + 1):
         block = model.get_submodule(net.residual[i])
-        deepest = "post" if i < last else max((p for _, p in wanted[i]), key=arch.ROLES.index)
-        parts = block_forward(block, h, deepest)
+        parts = block_forward(block, h, "post" if i < last else deepest)
         for layer, part in wanted.get(i, []):
             out[layer] = parts[part]
         h = parts.get("post")
@@ -142,6 +212,12 @@ def truncated(net, model, layer):
     """features(net, model, x, [layer])[layer] as a function of x alone (the same operations), with the layer's place
     looked up once: what torch.compile traces holds tensor operations only."""
     i, part = net.where(layer)
+    if net.name == arch.CORNET:
+        def steps(x):
+            for _, parts in cornet_steps(model, x, i, part):
+                pass
+            return parts[part]
+        return steps
     blocks = [model.get_submodule(name) for name in net.residual[:i + 1]]
 
     def forward(x):

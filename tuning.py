@@ -63,7 +63,7 @@ from stats import EQ2_HIGH, EQ2_LOW, invariance_index, mann_whitney, preferred_z
 from stream import load_model, normalize, read_center, to_float
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
-ARCH = "resnet18"  # a torchvision ResNet; must be the natural stage's
+ARCH = "resnet18"  # a torchvision ResNet or cornet_s; must be the natural stage's
 WEIGHTS = ""  # the weights of the natural stage: IMAGENET1K_V1, DEFAULT, random[:SEED] or a state_dict path; empty: those its summary records
 TUNE_BLOCKS = []  # blocks whose channels are measured (empty: every probed block of ARCH, resnet18's seven)
 TOP_K = 16  # each unit's own top-K natural images (the paper shows 9)

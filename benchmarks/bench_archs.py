@@ -9,6 +9,7 @@ only for the machine they were measured on.
 
     python benchmarks/bench_archs.py                                   # resnet18, resnet34, resnet50 on this machine
     python benchmarks/bench_archs.py --archs resnet18,resnet50,resnet101 --batch 64 --steps 16   # on a GPU
+    python benchmarks/bench_archs.py --archs resnet18,cornet_s         # CORnet-S (by area: V2, V4, IT) against resnet18
 """
 
 import os
@@ -34,10 +35,16 @@ DEVICE = "auto"  # auto, cpu, cuda
 
 
 def stage_layers(name):
-    """{stage: (its deepest probed layer, the probed units of the stage)}."""
+    """{stage: (its deepest probed layer, the probed units of the stage)}; CORnet-S's stages are its areas (V2, V4, IT),
+    whose deepest layer is the last step's Post."""
     net = arch.net(name)
     table, residual, widths = net.blocks, net.residual, net.widths
     out = {}
+    if name == arch.CORNET:
+        for layer in net.layers:
+            area = layer.split(".")[0]
+            out.setdefault(area, [[b for b in residual if b.startswith(area + ".")][-1], 0])[1] += widths[layer]
+        return {a: (table[b][2], units) for a, (b, units) in out.items()}
     for layer in arch.layers_of(table):
         stage = int(layer[5])
         deepest = f"layer{stage}.{max(int(b.split('.')[1]) for b in residual if b.startswith(f'layer{stage}.'))}"
@@ -65,7 +72,7 @@ def main():
     configure(globals())
     for name in ARCHS:
         if name not in arch.ARCHS:
-            die(f"unknown architecture {name!r}; the torchvision ResNets are: {', '.join(arch.ARCHS)}")
+            die(f"unknown architecture {name!r}; the architectures are: {', '.join(arch.ARCHS)}")
     if BATCH < 1 or STEPS < 1:
         die("--batch and --steps must be at least 1")
     device = pick_device(DEVICE)
@@ -78,7 +85,8 @@ def main():
     total = {}
     for name in ARCHS:
         net = arch.net(name)
-        model = fzs.fold_batchnorm(stream.load_model(net.name, "random:0", device)[0])  # random weights: the rate does not depend on them
+        model = stream.load_model(net.name, "random:0", device)[0]  # random weights: the rate does not depend on them
+        model = model if name == arch.CORNET else fzs.fold_batchnorm(model)  # as fzs.py (CORnet-S is not folded)
         if amp is not None:
             model = model.to(amp)
         seconds = 0.0
@@ -87,7 +95,7 @@ def main():
             seconds += units * FULL_STEPS / r
             print(f"{name:<18}{stage:>6}  {layer:<12}{units:>8,}{r:>13.1f}")
         total[name] = seconds
-        print(f"{name:<18}{'all':>6}  {'':<12}{arch.units(arch.build_meta(name)):>8,}{'':>13}   "
+        print(f"{name:<18}{'all':>6}  {'':<12}{sum(net.widths[layer] for layer in net.layers):>8,}{'':>13}   "
               f"{seconds / 3600:,.1f} h" + (f"  ({seconds / total[ARCHS[0]]:.2f}x {ARCHS[0]})" if name != ARCHS[0] else ""))
 
 

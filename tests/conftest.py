@@ -181,3 +181,44 @@ def pytest_collection_modifyitems(config, items):
 def device(pytestconfig):
     """The device of the device-aware tests: cpu, or cuda:0 under --device cuda."""
     return torch.device("cuda", 0) if pytestconfig.getoption("--device") == "cuda" else torch.device("cpu")
+
+
+def build_cornet_fixture(seed=0):
+    """CORnet-S (arch.CORnetS) with non-trivial BatchNorms: each BatchNorm's running statistics measured on generated
+    images (every time step's own, so that the steps' BatchNorms differ), then perturbed, with some negative weights."""
+    torch.manual_seed(seed)
+    model = arch.build(arch.CORNET)
+    rng = np.random.default_rng(seed)
+    calib = torch.stack([EVAL(natural_like(rng, 256, 256)) for _ in range(6)])
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(calib)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in bns:
+            n = bn.num_features
+            sign = torch.where(torch.rand(n, generator=g) < 0.1, -1.0, 1.0)
+            bn.weight.copy_(sign * (0.5 + torch.rand(n, generator=g)))
+            bn.bias.copy_(0.2 * torch.randn(n, generator=g))
+            bn.running_mean.add_(0.2 * torch.randn(n, generator=g) * bn.running_var.sqrt())
+            bn.running_var.mul_(0.6 + torch.rand(n, generator=g))
+            bn.momentum = 0.1
+    return model.eval().requires_grad_(False)
+
+
+def official_format(state_dict):
+    """A state_dict in the official CORnet-S checkpoint's format: {'state_dict': {'module.' + key: tensor}} (saved from
+    a DataParallel model)."""
+    return {"epoch": 43, "state_dict": {"module." + k: v for k, v in state_dict.items()}}
+
+
+@pytest.fixture(scope="session")
+def cornet_weights(tmp_path_factory):
+    """Path of the CORnet-S fixture checkpoint, in the official format (pass it with --arch cornet_s --weights PATH)."""
+    path = str(tmp_path_factory.mktemp("weights") / "fixture_cornet_s.pth")
+    torch.save(official_format(build_cornet_fixture().state_dict()), path)
+    return path

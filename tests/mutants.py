@@ -27,6 +27,7 @@ A, C, F, S, P = "tests/test_ablate.py", "tests/test_criteria.py", "tests/test_fz
 R, TU, AR = "tests/test_reliability.py", "tests/test_tuning.py", "tests/test_arch.py"
 IM, AT, D = "tests/test_imagenet.py", "tests/test_atlas.py", "tests/test_device.py"
 ST = "tests/test_stats.py"
+CO = "tests/test_cornet.py"
 NC, DO = "tests/test_newcomer.py", "tests/test_docs.py"
 CC = "tests/test_crosscoder.py"
 
@@ -78,6 +79,21 @@ MUTANTS = [
     ("zoom-nearest", "stream.py", 'return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)',
      'return F.interpolate(crop, size=(size, size), mode="nearest")', [f"{C}::test_zoom_on_hand_made_image"]),
     # --- The network and its layers (docs/method.md section 1)
+    # --- CORnet-S (issue 26): In_t, per-step BatchNorms, the stride switch
+    ("cornet-in-is-previous-pre", "arch.py", 'f"{area}.norm_skip" if t == 0 else f"{area}.output_{t - 1}"',
+     'f"{area}.norm_skip" if t == 0 else f"{area}.norm3_{t - 1}"', [f"{CO}::test_in_pre_post_of_every_step_equal_the_slow_paths"]),
+    ("cornet-one-batchnorm-for-all-steps", "arch.py", 'norm1, norm2, norm3 = (area[f"norm{k}_{t}"] for k in (1, 2, 3))',
+     'norm1, norm2, norm3 = (area[f"norm{k}_0"] for k in (1, 2, 3))', [f"{CO}::test_in_pre_post_of_every_step_equal_the_slow_paths"]),
+    ("cornet-no-stride-switch", "arch.py", "    stride = 2 if t == 0 else 1\n", "    stride = 1\n",
+     [f"{CO}::test_stride_switch_at_step_zero"]),
+    ("cornet-folder-of-another-arch-accepted", "fzs.py", "    check_fz_folder(RESULTS, net)  # no FZs of another architecture in this folder\n",
+     "", [f"{CO}::test_fixture_through_fzs_and_criteria_and_other_architectures_refused"]),
+    ("onset-on-the-zoom-axis", "stats.py", "return np.where(reached.any(axis=-2), reached.argmax(axis=-2), r.shape[-2])",
+     "return np.where(reached.any(axis=-1), reached.argmax(axis=-1), r.shape[-1])", [f"{ST}::test_latency_measures_on_planted_responses"]),
+    ("onset-half-of-its-own-zoom", "stats.py", "peak = r.max(axis=(-2, -1), keepdims=True)", "peak = r.max(axis=-2, keepdims=True)",
+     [f"{ST}::test_latency_measures_on_planted_responses"]),
+    ("ablation-suffix-reruns-the-ablated-step", "ablate.py", "rows.append(run_suffix(net, model, xk, idx + 1)",
+     "rows.append(run_suffix(net, model, xk, idx)", [f"{CO}::test_ablation_from_a_step_equals_hooks_on_the_full_model"]),
     ("center-off-by-one", "stream.py", "return fmap[:, :, fmap.shape[2] // 2, fmap.shape[3] // 2]",
      "return fmap[:, :, (fmap.shape[2] - 1) // 2, (fmap.shape[3] - 1) // 2]", [f"{S}::test_center_index_matches_lucent"]),
     ("pre-aliased-to-post", "stream.py", 'out["post"] = torch.relu(out["pre"] + out["in"])', 'out["post"] = torch.relu_(out["pre"].add_(out["in"]))',
@@ -243,12 +259,13 @@ MUTANTS = [
      [f"{AR}::test_weights_ids_carry_the_architecture"]),
     ("arch-never-checked", "arch.py", "        if made != self.name:\n", "        if False:\n",
      [f"{AR}::test_tiny_resnet50_end_to_end_and_mixing_refused"]),
-    ("where-accepts-unprobed", "arch.py", "        if m is None or layer not in self.layers:\n", "        if m is None:\n",
+    ("where-accepts-unprobed", "arch.py", "        if layer not in self.place:\n            self.unknown(layer)\n        return self.place[layer]",
+     "        return self.place.get(layer, (0, 'post'))",
      ["tests/test_stream.py::test_unknown_layer_is_one_line_error"]),
     ("bottleneck-fold-skips-bn3", "fzs.py", 'if hasattr(b, "bn3"):  # Bottleneck', "if False:",
      [f"{AR}::test_folding_covers_the_bottleneck"]),
-    ("relative-depth-zero-based", "plot_spectrum.py", 'return (residual.index(f"layer{block}") + 1) / len(residual)',
-     'return residual.index(f"layer{block}") / len(residual)', [f"{AR}::test_passing_percent_by_relative_depth_across_architectures"]),
+    ("relative-depth-zero-based", "plot_spectrum.py", 'return (residual.index(block if arch_name == arch.CORNET else f"layer{block}") + 1) / len(residual)',
+     'return residual.index(block if arch_name == arch.CORNET else f"layer{block}") / len(residual)', [f"{AR}::test_passing_percent_by_relative_depth_across_architectures"]),
     ("sweep-blocks-smallest-fraction", "ablate.py", "key=lambda b: (-fraction[b], list(net.blocks).index(b)))[:2]",
      "key=lambda b: (fraction[b], list(net.blocks).index(b)))[:2]", [f"{AR}::test_sweep_default_blocks"]),
     # --- ImageNet as users have it (imagenet.py) and the atlas (atlas.py)

@@ -35,7 +35,8 @@ def test_bench_trials(tmp_path):
 
 
 @pytest.mark.parametrize("script,args,figures", [
-    ("bench_archs.py", ["--archs", "resnet18", "--batch", "1", "--steps", "1"], ["resnet18", "all", " h"]),
+    ("bench_archs.py", ["--archs", "resnet18,cornet_s", "--batch", "1", "--steps", "1"],
+     ["resnet18", "all", " h", "cornet_s              IT  IT.output_1", "x resnet18)"]),
     ("profile_fzs.py", ["--layers", "layer1.0", "--batch", "1", "--steps", "1", "--warmup", "1", "--top", "3"], ["Self CPU time total"]),
     ("flops_fzs.py", [], ["full center sweep: 65.4 PFLOP", "at 100% of 989 TFLOP/s"]),
 ])

@@ -167,3 +167,25 @@ def test_sign_flips_on_a_known_effect_and_seeded():
     assert stats.sign_flip_p(d, 999, 4) == stats.sign_flip_p(d, 999, 4)  # deterministic for a seed
     assert stats.sign_flip_p(d, 999, [4, 21, 0])[0] == stats.sign_flip_p(d, 999, [4, 21, 0])[0]  # seeds as ablate.py passes them
     assert stats.sign_flip_p(np.concatenate([d, [np.nan]]), 999, 4) == stats.sign_flip_p(d, 999, 4)
+
+
+def test_latency_measures_on_planted_responses():
+    """onset, time_to_peak and early_fraction against loops written from their definitions, on responses whose steps
+    and zooms are told apart (T = 4 steps, Z = 3 zooms: an axis mix-up moves the values)."""
+    r = np.array([[[0.1, 0.0, 0.9],  # unit 0: the small-scale zoom (column 2) is early, the large one (0) late
+                   [0.2, 0.3, 1.0],
+                   [0.6, 0.4, 0.2],
+                   [1.2, 0.5, 0.1]],
+                  [[-1.0, -0.5, -0.2], [-0.3, -0.1, -0.4], [-0.2, -0.9, -0.1], [-0.5, -0.6, -0.3]]])  # unit 1: never positive
+    on, peak, early = stats.onset(r), stats.time_to_peak(r), stats.early_fraction(r)
+    T, Z = r.shape[1:]
+    for u in range(2):
+        top = r[u].max()
+        for z in range(Z):
+            first = next((t for t in range(T) if top > 0 and r[u, t, z] >= 0.5 * top), T)
+            assert on[u, z] == first, (u, z)
+            assert peak[u, z] == max(range(T), key=lambda t: (r[u, t, z], -t))
+            col = max(r[u, t, z] for t in range(T))
+            assert (np.isnan(early[u, z]) and col <= 0) or early[u, z] == r[u, 0, z] / col
+    assert on[0].tolist() == [2, 4, 0] and on[1].tolist() == [4, 4, 4]  # zoom 1 never reaches 0.6 = half of 1.2
+    assert peak[0].tolist() == [3, 3, 1] and np.isnan(early[1]).all()
