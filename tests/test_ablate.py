@@ -481,7 +481,7 @@ def test_refusals_and_the_cap(folder, tmp_path):
     assert other.returncode != 0 and "made under another config" in other.stderr and "Traceback" not in other.stderr
     # A natural summary from other weights is refused.
     bad = run_script(*[a if a != "random:3" else "random:4" for a in common], "--stages", "sweep")
-    assert bad.returncode != 0 and "another config" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode != 0 and "made with weights random:3, not --weights random:4" in bad.stderr and "Traceback" not in bad.stderr
     # Random weights: the passing set scores 0%, so the paper's rule (a random set must score below it) can never be
     # met. Said at once, with what to pass, instead of burning the whole cap of draws.
     for margin in ("2.1:<-100", "2.1:<0"):
