@@ -370,7 +370,7 @@ MUTANTS = [
      [f"{CC}::test_reading_on_a_hand_made_decoder"]),
     ("cc-in-pre-swapped", "crosscoder.py", 'is_sum = summation(si_post, r["preferred"][:, 0], r["preferred"][:, 1],',
      'is_sum = summation(si_post, r["preferred"][:, 1], r["preferred"][:, 0],', [f"{CC}::test_reading_on_a_hand_made_decoder"]),
-    ("cc-encoder-wrong-blocks", "crosscoder.py", "return np.concatenate([r * Z * C + one * C + np.arange(C) for r in range(3)])",
+    ("cc-encoder-wrong-blocks", "stream.py", "return np.concatenate([r * Z * C + one * C + np.arange(C) for r in range(3)])",
      "return np.concatenate([r * Z * C + np.arange(C) for r in range(3)])", [f"{CC}::test_the_encoder_reads_the_blocks_it_says"]),
     ("cc-no-block-normalisation", "crosscoder.py", "return np.where(var > 0, np.sqrt(np.where(var > 0, var, 1.0)), 1.0)",
      "return np.ones_like(var)", [f"{CC}::test_block_scales_make_the_loss_the_mean_of_one_minus_fve"]),
