@@ -407,6 +407,16 @@ MUTANTS = [
      "resumable_pass(lambda done: image_loader(dataset, batch, workers, device, start=done), step, state, checkpoint, n, every,",
      "resumable_pass(lambda done: image_loader(dataset, batch, workers, device, start=0), step, state, checkpoint, n, every,",
      [f"{CC}::test_data_stage_resumes_after_an_interruption_to_the_same_arrays"]),
+    # --- The latent objective (fzs.py --objectives latent, issue 25)
+    ("latent-reads-the-wrong-role", "fzs.py", "v = torch.stack([center(got[layer]).float() for layer in layers], 1)",
+     "v = torch.stack([center(got[layer]).float() for layer in (layers[0], layers[0], layers[2])], 1)",
+     [f"{F}::test_latent_fzs_store_the_encoder_pre_activation_and_raise_it"]),
+    ("latent-without-the-scale", "fzs.py", "for layer in layers], 1) / scale[None, :, None]  # (B, 3, C)", "for layer in layers], 1)  # (B, 3, C)",
+     [f"{F}::test_latent_fzs_store_the_encoder_pre_activation_and_raise_it"]),
+    ("latent-at-another-zoom", "fzs.py", "        sample[:, :, one] = v\n", "        sample[:, :, 0] = v\n",
+     [f"{F}::test_latent_fzs_store_the_encoder_pre_activation_and_raise_it"]),
+    ("latent-fzs-of-another-crosscoder-mixed", "fzs.py", "why = config_mismatch(stored, cfg, FZ_KEYS + LATENT_KEYS)",
+     "why = config_mismatch(stored, cfg, FZ_KEYS)", [f"{F}::test_latent_fzs_resume_and_refuse_another_crosscoder"]),
 ]
 
 
