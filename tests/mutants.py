@@ -415,6 +415,11 @@ MUTANTS = [
      [f"{F}::test_latent_fzs_store_the_encoder_pre_activation_and_raise_it"]),
     ("latent-at-another-zoom", "fzs.py", "        sample[:, :, one] = v\n", "        sample[:, :, 0] = v\n",
      [f"{F}::test_latent_fzs_store_the_encoder_pre_activation_and_raise_it"]),
+    ("atlas-latent-fzs-of-another-crosscoder-shown", "atlas.py",
+     'stale = fz_config is not None and fz_config.get("crosscoder") != crosscoder_id(RESULTS, b)', "stale = False",
+     [f"{CC}::test_data_stage_equals_torchvision_and_hooks"]),
+    ("atlas-latent-fz-not-shown", "atlas.py", 'img(fz[f], fz_thumb, f"latent {f} FZ") if f in fz else', 'img(fz[f], fz_thumb, f"latent {f} FZ") if False else',
+     [f"{CC}::test_data_stage_equals_torchvision_and_hooks"]),
     ("latent-fzs-of-another-crosscoder-mixed", "fzs.py", "why = config_mismatch(stored, cfg, FZ_KEYS + LATENT_KEYS)",
      "why = config_mismatch(stored, cfg, FZ_KEYS)", [f"{F}::test_latent_fzs_resume_and_refuse_another_crosscoder"]),
 ]
