@@ -13,7 +13,8 @@
 - latents_<L.B>.html (where crosscoder.py has run): one row per latent of the block's group crosscoder, the
   LATENTS most frequent (summation first, then invariant, equivariant, other): its type, frequency, Post's SI,
   each role's preferred zoom, the In/Pre cosine, its best-aligned channel (a link to that channel's row) and
-  cosine, and its top-9 natural images.
+  cosine, its FZ (fzs.py --objectives latent: the image that maximises its encoder pre-activation; where not made, the
+  command that makes it) and its top-9 natural images.
 - Missing pieces show as "missing"; each block page lists the commands that make them.
 
 Everything is local files: no server, no network, the script inline. FZ images link to the PNGs fzs.py wrote
@@ -39,6 +40,7 @@ from results import (
     atlas_dir,
     atomic_write,
     criteria_csv,
+    crosscoder_id,
     crosscoder_model,
     figures_dir,
     fz_file,
@@ -237,16 +239,20 @@ def latent_montages(results, block, cc, latents, paths, root, thumb):
     return out
 
 
-def latents_page(net, block, cc, latents, montages, weights, thumb):
+def latents_page(net, block, cc, latents, montages, weights, thumb, fz, make, fz_command, fz_thumb):
+    """fz: {latent: FZ image path relative to RESULTS} of the latent FZs made from this crosscoder file; make: the
+    missing ones' command (HTML), or ''; fz_command(latent): the command that makes one latent's FZ."""
     head = ["latent", "type", "frequency", "Post SI", "In / Pre / Post preferred zoom", "cos(In, Pre)", "best channel", "channel cosine",
-            "top-9"]
+            "FZ (latent)", "top-9"]
     rows = []
     for f in latents:
         pref = " / ".join(f"{z:.2g}" for z in cc["preferred"][f])
         src = montages.get(f)
         cells = [f"<a href='#l{f}'>{f}</a>", html.escape(str(cc["types"][f])), f"{cc['frequency'][f]:.4f}", number(cc["si"][f][2]), pref,
                  number(cc["cos_in_pre"][f]), f"<a href='block_{block}.html#c{int(cc['channel'][f])}'>{int(cc['channel'][f])}</a>",
-                 number(cc["channel_cos"][f]), img(src, 3 * thumb, f"latent {f} top-9") if src else "missing"]
+                 number(cc["channel_cos"][f]), img(fz[f], fz_thumb, f"latent {f} FZ") if f in fz else
+                 f"<span class='missing' title='{html.escape(fz_command(f))}'>missing</span>",
+                 img(src, 3 * thumb, f"latent {f} top-9") if src else "missing"]
         cls = "pass" if cc["types"][f] == "summation" else ""
         rows.append(f"<tr id='l{f}' class='{cls}'>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     counts = {k: int((np.asarray(cc["types"]) == k).sum()) for k in ("summation", "invariant", "equivariant", "other", "dead")}
@@ -254,7 +260,8 @@ def latents_page(net, block, cc, latents, montages, weights, thumb):
             f"<h1>{net.name} block {block}: crosscoder latents</h1><p>{len(cc['types'])} latents: "
             + ", ".join(f"{v} {k}" for k, v in counts.items()) + f"; the {len(latents)} most frequent shown (summation first, "
             "highlighted). A summation latent whose channel cosine is low aligns with no single channel (superposition).</p>"
-            f"<table id='latents'><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            + (f"<p>Missing latent FZs are made by:</p><ul><li>{make}</li></ul>" if make else "")
+            + f"<table id='latents'><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
     return page(f"{net.name} block {block} latents", body, weights)
 
 
@@ -263,7 +270,7 @@ def latents_page(net, block, cc, latents, montages, weights, thumb):
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:12px;color:#222}table{border-collapse:collapse;font-size:12px}
 th,td{border:1px solid #ddd;padding:2px 4px;text-align:center;vertical-align:middle}th{background:#f4f4f4;cursor:pointer;position:sticky;top:0}
-td.missing{color:#999;font-size:10px}tr:target{outline:3px solid #e90}.banner{background:#c00;color:#fff;padding:6px;font-weight:bold}
+td.missing,span.missing{color:#999;font-size:10px}tr:target{outline:3px solid #e90}.banner{background:#c00;color:#fff;padding:6px;font-weight:bold}
 img{display:block;margin:auto}.pass{background:#e6f4e6}code{font-size:11px}.controls{margin:8px 0}
 #units th:first-child,#units td:first-child{position:sticky;left:0;background:#fff;z-index:1}#units th:first-child{background:#f4f4f4;z-index:2}
 #units tr.pass td:first-child{background:#e6f4e6}td.convention{color:#a00;font-size:10px}.estimate{color:#555}""".strip()
@@ -486,7 +493,22 @@ def main():
             continue
         latents = shown_latents(cc, LATENTS)
         shown = latent_montages(RESULTS, b, cc, latents, got["summary"]["paths"], NATURAL_ROOT or got["summary"]["root"], THUMB)
-        text = latents_page(net, b, cc, latents, shown, weights, THUMB)
+        fz, fz_config = fz_channels(net, RESULTS, net.blocks[b][2], "latent", FZ_THUMB)
+        stale = fz_config is not None and fz_config.get("crosscoder") != crosscoder_id(RESULTS, b)
+        make = ""
+        if stale:  # FZs of another crosscoder file: not this one's latents
+            fz = {}
+            make = (f"{html.escape(fz_file(RESULTS, net.blocks[b][2], 'latent'))} was made from another crosscoder file: delete it, "
+                    "then ")
+        else:
+            weights_of({"weights": weights}, fz_config or {})
+        missing = [f for f in latents if f not in fz]
+        fz_command = lambda fs, b=b, c=fz_config or like: fzs_command([b], net.name, weights, RESULTS, c, fs, objective="latent")  # noqa: E731
+        if missing:
+            cmd = fz_command(missing)
+            make += f"<code>{html.escape(cmd)}</code> {estimate(fz_seconds(len(missing), (fz_config or like or {}).get('steps', FZ_STEPS)))}"
+        text = latents_page(net, b, cc, latents, shown, weights, THUMB, fz, make if missing else "", lambda f, c=fz_command: c([f]),
+                            FZ_THUMB)
         atomic_write(latents_html(RESULTS, b), lambda tmp, t=text: open(tmp, "w").write(t))
         latent_pages.append(b)
     text = index_page(net, got, weights, RESULTS, latent_pages)

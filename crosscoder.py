@@ -62,7 +62,7 @@ from results import (
     write_csv,
 )
 from stats import invariance_index, preferred_zoom
-from stream import load_model, normalize, read_center, to_float
+from stream import encoder_columns, encoder_pre, load_model, normalize, read_center, to_float
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes crosscoder/, crosscoder.json, crosscoder.csv
 ARCH = "resnet18"  # a torchvision ResNet; must be the natural stage's
@@ -197,14 +197,6 @@ def block_scales(x):
     return np.where(var > 0, np.sqrt(np.where(var > 0, var, 1.0)), 1.0)
 
 
-def encoder_columns(Z, C, one, encoder):
-    """The positions, in a flattened (3, Z, C) sample, that the encoder reads: the zoom-1 block (zoom index `one`) of
-    each role (zoom1), or every block (all)."""
-    if encoder == "all":
-        return np.arange(3 * Z * C)
-    return np.concatenate([r * Z * C + one * C + np.arange(C) for r in range(3)])
-
-
 def init_params(n_latents, Z, C, cols, mean, seed, dtype):
     """Unit-norm random atoms, the encoder their transpose on the columns it reads (Gao et al.), the decoder bias the
     data's mean (in scaled units)."""
@@ -218,7 +210,7 @@ def init_params(n_latents, Z, C, cols, mean, seed, dtype):
 
 def encode(p, x, cols, k):
     """(codes (B, F): the k largest pre-activations of each sample, ReLU'd, the rest 0; pre-activations (B, F))."""
-    pre = (x - p["b_dec"])[:, cols] @ p["w_enc"] + p["b_enc"]
+    pre = encoder_pre(p, x, cols)
     top = pre.topk(k, dim=1)
     return torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values)), pre
 

@@ -9,10 +9,12 @@ own objective, and the network runs only up to the target layer, without weight 
     python fzs.py                                              # all 4,672 units, center neuron
     python fzs.py --layers 2.1 --channels 0:16 --steps 256 --weights random
     python fzs.py --layers 2.1 --objectives channel --channels passing
+    python fzs.py --layers 2.1 --objectives latent --channels 0:64     # latents of crosscoder.py's block 2.1
     torchrun --nproc_per_node=4 fzs.py                         # units split across GPUs
 
 Output: RESULTS/fzs/<layer>/<objective>.pt with images (uint8 N x 3 x 224 x 224), channels, activation
 (the objective on the stored 8-bit image, float32) and config. Interrupt at any time: a rerun resumes.
+The latent objective's units are a block's crosscoder latents (in `channels`), its file fzs/<the block's Post>/latent.pt.
 """
 
 import contextlib
@@ -34,9 +36,14 @@ from arch import parse_channels
 from cli import amp_dtype, autocast, configure, die, init_ranks, main_guard, no_tf32, pick_device, precision, use_device
 from results import (
     FZ_KEYS,
+    LATENT_KEYS,
     check_fz_folder,
+    check_made,
+    command,
     config_mismatch,
     criteria_file,
+    crosscoder_id,
+    crosscoder_model,
     fz_file,
     fz_parts,
     fz_png,
@@ -48,13 +55,13 @@ from results import (
     save_pt,
     versions,
 )
-from stream import center, features, load_model, normalize, to_float, truncated
+from stream import center, encoder_columns, encoder_pre, features, load_model, normalize, to_float, truncated
 
 ARCH = "resnet18"  # a torchvision ResNet (resnet18, resnet34, resnet50, resnet101, ...) or cornet_s (--list prints its blocks and units)
 WEIGHTS = "IMAGENET1K_V1"  # torchvision weights of ARCH (IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT), a state_dict path, or random[:SEED] (smoke runs only)
 LAYERS = "all"  # 'all', layer names (layer2.1.bn2; cornet_s: V4.norm3_2) or blocks (2.1, cornet_s: V4.2 = its In, Pre and Post), comma-separated
 CHANNELS = ":"  # Python-style ranges for every layer (0:16 or 3,7,10:20), or 'passing' (from RESULTS/criteria.json)
-OBJECTIVES = ["center"]  # center (the center neuron; all analyses) and/or channel (channel mean; figure grids)
+OBJECTIVES = ["center"]  # center (the center neuron; all analyses), channel (channel mean; figure grids), latent (a block's crosscoder latents: --layers names blocks)
 STEPS = 2560  # optimisation steps per image (the author's setting)
 LR = 0.05  # Adam learning rate
 BATCH = 64  # units optimised together, one image each; the transform draw is shared within a batch
@@ -225,7 +232,64 @@ def objective(fmap, channels, kind):
     rows = torch.arange(len(channels), device=fmap.device)
     if kind == "center":
         return center(fmap)[rows, channels]
+    if kind == "latent":  # fmap: the latents' encoder pre-activations (B, F) (latent_forward)
+        return fmap[rows, channels]
     return fmap[rows, channels].mean(dim=(1, 2))
+
+
+def latent_forward(net, model, block, cc, device):
+    """The latent objective's forward pass, x -> (B, F): the encoder pre-activations of block's crosscoder (cc, as
+    crosscoder.py saved it) at the center of x, the unzoomed view. The center vectors of the block's In, Pre and Post,
+    each divided by its (role, zoom 1) scale, fill the zoom-1 blocks of a (3, Z, C) sample, the only blocks a zoom1
+    encoder reads; stream.encoder_pre is crosscoder.py's own encoder."""
+    layers = net.blocks[block]
+    Z, C, one = len(cc["zooms"]), net.channels(layers[2]), list(cc["zooms"]).index(1.0)
+    cols = torch.as_tensor(encoder_columns(Z, C, one, "zoom1"), device=device)
+    scale = torch.as_tensor(cc["scale"], dtype=torch.float32)[:, one].to(device)  # (3,) In, Pre, Post at zoom 1
+    p = {k: torch.as_tensor(cc["params"][k], dtype=torch.float32).to(device) for k in ("w_enc", "b_enc", "b_dec")}
+
+    def forward(x):
+        got = features(net, model, x, layers)
+        v = torch.stack([center(got[layer]).float() for layer in layers], 1) / scale[None, :, None]  # (B, 3, C)
+        sample = torch.zeros(len(x), 3, Z, C, dtype=torch.float32, device=x.device)
+        sample[:, :, one] = v
+        return encoder_pre(p, sample.reshape(len(x), -1), cols)
+    return forward
+
+
+@torch.no_grad()
+def latent_on_images(forward, images, latents, device):
+    """The latent objective of each unit on its stored 8-bit image, untransformed, in float32 (no TF32 on GPUs)."""
+    with no_tf32():
+        x = normalize(to_float(images).to(device))
+        return objective(forward(x), torch.as_tensor(latents, device=device), "latent").cpu()
+
+
+def latent_blocks(net, spec, results):
+    """The blocks whose latents --objectives latent makes: those --layers names (2.1, or its Post layer layer2.1); with
+    'all', every block that has a crosscoder file."""
+    items = [s.strip() for s in (spec if isinstance(spec, (list, tuple)) else str(spec).split(",")) if s.strip()]
+    posts = {roles[2]: b for b, roles in net.blocks.items()}
+    if "all" in items:
+        return [b for b in net.blocks if os.path.isfile(crosscoder_model(results, b))]
+    return list(dict.fromkeys(item if item in net.blocks else posts[item] for item in items if item in net.blocks or item in posts))
+
+
+def read_crosscoder(net, results, block, weights_id):
+    """A block's crosscoder (crosscoder.py) for the latent objective, checked; one-line errors where it cannot be one."""
+    path = crosscoder_model(results, block)
+    if not os.path.isfile(path):
+        die(f"--objectives latent: no crosscoder of block {block} ({path}); make it with "
+            f"{command('crosscoder.py', f'--blocks {block}', net.name, weights_id, results)}")
+    cc = load_pt(path, "crosscoder")
+    check_made(cc["config"], path, net, weights_id, "crosscoder.py")
+    if cc["config"].get("encoder") != "zoom1":
+        die(f"--objectives latent: {path}'s encoder reads every zoom (--encoder {cc['config'].get('encoder')}); the latent "
+            f"objective takes a zoom1 encoder only (docs/crosscoder.md)")
+    if cc["config"].get("channels") != net.channels(net.blocks[block][2]) or 1.0 not in list(cc["zooms"]):
+        die(f"--objectives latent: {path} is not a crosscoder of {net.name} block {block} at zoom 1 "
+            f"({cc['config'].get('channels')} channels, zooms {list(cc['zooms'])})")
+    return cc
 
 
 def target_layer(net, layer, pre_as_released):
@@ -355,7 +419,7 @@ def part_path(results, layer, kind, group, channels):
 
 def check_config(net, path, cfg, stored):
     net.check(stored, path)
-    why = config_mismatch(stored, cfg, FZ_KEYS)
+    why = config_mismatch(stored, cfg, FZ_KEYS + LATENT_KEYS)
     if why:
         die(f"{path} was made under another config ({why}); use another --results folder or remove it")
 
@@ -431,8 +495,10 @@ def main():
     layers = net.parse_layers(LAYERS)
     kinds = OBJECTIVES if isinstance(OBJECTIVES, list) else [OBJECTIVES]
     for k in kinds:
-        if k not in ("center", "channel"):
-            die(f"unknown objective {k!r}: use center and/or channel")
+        if k not in ("center", "channel", "latent"):
+            die(f"unknown objective {k!r}: use center, channel and/or latent")
+    if "latent" in kinds and CHANNELS == "passing":
+        die("--channels passing names channels, not latents: give the latents as ranges, e.g. --channels 0:64")
     if STEPS < 1 or BATCH < 1 or STREAMS < 1:
         die("--steps, --batch and --streams must be at least 1")
     if SIZE < 32:
@@ -450,7 +516,7 @@ def main():
     if rank == 0:
         lock = lock_results(RESULTS, "fzs.py")  # noqa: F841 (held until the process ends)
     check_fz_folder(RESULTS, net)  # no FZs of another architecture in this folder
-    channels_of = {layer: passing_channels(net, RESULTS, layer) if CHANNELS == "passing" else
+    channels_of = {layer: [] if kinds == ["latent"] else passing_channels(net, RESULTS, layer) if CHANNELS == "passing" else
                    parse_channels(CHANNELS, net.channels(layer), layer) for layer in layers}
     for layer, channels in channels_of.items():
         if CHANNELS == "passing" and not channels:
@@ -466,16 +532,27 @@ def main():
     optimised = fold_batchnorm(model) if fold else copy.deepcopy(model)  # runs the optimisation
     if amp is not None:  # weights cast to bf16 once, not by autocast at every step (the same arithmetic)
         optimised = optimised.to(amp)
+    latents = {}  # --objectives latent: {a block's Post layer: (its latents asked for, their count, optimised and measured forwards, id)}
+    for b in latent_blocks(net, LAYERS, RESULTS) if "latent" in kinds else []:
+        cc = read_crosscoder(net, RESULTS, b, weights_id)
+        n = cc["params"]["b_enc"].shape[0]
+        latents[net.blocks[b][2]] = (parse_channels(CHANNELS, n, f"block {b}'s latents"), n, latent_forward(net, optimised, b, cc, device),
+                                     latent_forward(net, model, b, cc, device), crosscoder_id(RESULTS, b))
+    if "latent" in kinds and not latents:
+        die(f"--objectives latent: --layers {LAYERS} names no block with a crosscoder (python crosscoder.py makes them)")
 
     # The plan: per (layer, objective) the channels not made yet (in the final file or a part file), by batch.
     plan, cfgs, made = [], {}, 0
     for layer, channels in channels_of.items():
         for kind in kinds:
+            if kind == "latent" and layer not in latents:
+                continue  # latents belong to a block: its Post layer holds them
+            channels, n_units = (latents[layer][0], latents[layer][1]) if kind == "latent" else (channels_of[layer], net.channels(layer))
             cfg = {"arch": ARCH, "layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
                    "batch": BATCH, "size": SIZE, "scales": list(SCALES), "angles": list(ANGLES),
                    "jitter": jitter[net.block_of(layer)], "pre_as_released": PRE_AS_RELEASED, "fold_bn": fold,
                    "amp": prec, "param": "lucent fft, decorrelate, sd 0.01", "device": device.type,
-                   "device_name": device_name}
+                   "device_name": device_name, **({"crosscoder": latents[layer][4]} if kind == "latent" else {})}
             cfgs[layer, kind] = cfg
             old = existing(net, RESULTS, layer, kind, cfg)
             done = set(old["channels"].tolist()) if old else set()
@@ -485,7 +562,7 @@ def main():
             todo = [c for c in channels if c not in done]
             for group in sorted({c // BATCH for c in todo}):  # whole batches: the units asked for and their batch-mates
                 plan.append((layer, kind, group, [c for c in todo if c // BATCH == group],
-                             batch_members(group, BATCH, net.channels(layer))))
+                             batch_members(group, BATCH, n_units)))
     if world > 1:
         torch.distributed.barrier()  # every rank has planned before any rank writes a part
     mine = plan[rank::world]
@@ -509,15 +586,17 @@ def main():
             layer, kind = chunk[0][:2]
             bar.set_description(f"{layer} {kind} {chunk[0][3][0]}..{chunk[-1][3][-1]}")
             target = target_layer(net, layer, PRE_AS_RELEASED)
-            if COMPILE and target not in compiled:
+            if COMPILE and kind != "latent" and target not in compiled:
                 compiled[target] = compile_forward(net, optimised, target, n_targets)
             cfg = cfgs[layer, kind]
             groups = [(members, [unit_seed(SEED, layer, kind, c) for c in members], transform_seed(SEED, layer, kind, group))
                       for _, _, group, _, members in chunk]
-            images = render_groups(net, optimised, layer, kind, cfg, groups, device, amp, compiled.get(target),
+            forward = latents[layer][2] if kind == "latent" else compiled.get(target)
+            images = render_groups(net, optimised, layer, kind, cfg, groups, device, amp, forward,
                                    on_step=lambda k=sum(len(g[0]) for g in groups): bar.update(k))
             for (_, _, group, channels, members), imgs in zip(chunk, images):
-                activation = objective_on_images(net, model, layer, imgs, members, kind, device)  # the whole batch: the same rounding
+                activation = (latent_on_images(latents[layer][3], imgs, members, device) if kind == "latent" else
+                              objective_on_images(net, model, layer, imgs, members, kind, device))  # the whole batch: the same rounding
                 keep = [members.index(c) for c in channels]  # the units asked for
                 save_pt({"images": imgs[keep], "channels": torch.tensor(channels, dtype=torch.int64), "activation": activation[keep],
                          "config": cfg}, part_path(RESULTS, layer, kind, group, channels))

@@ -3,6 +3,7 @@ the config checks, the results lock, the shared readers, and the commands a mess
 
 The layout of a results folder (RESULTS, by default results/):
     fzs/<layer>/<objective>.pt       fzs.py: the FZs of one layer (objective: center or channel); .parts/ while running
+    fzs/<Post layer>/latent.pt       fzs.py --objectives latent: the FZs of a block's crosscoder latents (units: latents)
     criteria.json, criteria.csv      criteria.py: Eq. 1, Eq. 2 and the mix ratio per block and channel
     stability.json, stability.csv    criteria.py --runs: the passing sets over several FZ runs
     natural/<layer>.npy, summary.pt  ablate.py --stages natural: activations, top-9 images, post-ReLU means
@@ -22,6 +23,7 @@ Imports cli and arch only.
 """
 
 import errno
+import hashlib
 import json
 import os
 import platform
@@ -212,6 +214,16 @@ def recorded_weights(config):
 
 FZ_MATCH_KEYS = ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch")
 FZ_KEYS = ("arch", "layer", "objective") + FZ_MATCH_KEYS + ("size", "scales", "angles", "jitter", "fold_bn", "device")
+LATENT_KEYS = ("crosscoder",)  # a latent FZ file also resumes only from the same crosscoder file (crosscoder_id)
+
+
+def crosscoder_id(results, block):
+    """What a latent FZ file (fzs.py --objectives latent) records of the crosscoder it was made from: its block, file
+    name and sha256. FZs of one crosscoder file are never mixed with another's."""
+    path = crosscoder_model(results, block)
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return {"block": block, "file": os.path.basename(path), "sha256": digest}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The model and its residual stream (docs/method.md section 1): the torchvision ResNet (or CORnet-S) with its weights,
-the forward pass written out block by block (step by step), and the center-neuron reader.
+the forward pass written out block by block (step by step), the center-neuron reader, and a group crosscoder's encoder
+(crosscoder.py trains it; fzs.py --objectives latent maximises its pre-activations).
 
 Imports cli, arch, results (the weights id) and imagenet (MEAN and STD).
 """
@@ -10,6 +11,7 @@ import os
 import re
 import socket
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -265,3 +267,21 @@ def zoom(x, size=224):
     top, left = (h - size // 2) // 2, (w - size // 2) // 2
     crop = x[..., top:top + size // 2, left:left + size // 2]
     return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# A group crosscoder's encoder (docs/crosscoder.md): one definition for crosscoder.py's training and reading and for
+# fzs.py's latent objective. A sample is the flattened (3, Z, C) center vectors of a block's In, Pre and Post at every
+# zoom, each (role, zoom) block divided by its scale.
+
+def encoder_columns(Z, C, one, encoder):
+    """The positions, in a flattened (3, Z, C) sample, that the encoder reads: the zoom-1 block (zoom index `one`) of
+    each role (zoom1), or every block (all)."""
+    if encoder == "all":
+        return np.arange(3 * Z * C)
+    return np.concatenate([r * Z * C + one * C + np.arange(C) for r in range(3)])
+
+
+def encoder_pre(p, x, cols):
+    """(B, F) the latents' encoder pre-activations of scaled samples x (B, 3 Z C): (x - b_dec)[:, cols] @ w_enc + b_enc."""
+    return (x - p["b_dec"])[:, cols] @ p["w_enc"] + p["b_enc"]

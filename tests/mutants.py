@@ -370,7 +370,7 @@ MUTANTS = [
      [f"{CC}::test_reading_on_a_hand_made_decoder"]),
     ("cc-in-pre-swapped", "crosscoder.py", 'is_sum = summation(si_post, r["preferred"][:, 0], r["preferred"][:, 1],',
      'is_sum = summation(si_post, r["preferred"][:, 1], r["preferred"][:, 0],', [f"{CC}::test_reading_on_a_hand_made_decoder"]),
-    ("cc-encoder-wrong-blocks", "crosscoder.py", "return np.concatenate([r * Z * C + one * C + np.arange(C) for r in range(3)])",
+    ("cc-encoder-wrong-blocks", "stream.py", "return np.concatenate([r * Z * C + one * C + np.arange(C) for r in range(3)])",
      "return np.concatenate([r * Z * C + np.arange(C) for r in range(3)])", [f"{CC}::test_the_encoder_reads_the_blocks_it_says"]),
     ("cc-no-block-normalisation", "crosscoder.py", "return np.where(var > 0, np.sqrt(np.where(var > 0, var, 1.0)), 1.0)",
      "return np.ones_like(var)", [f"{CC}::test_block_scales_make_the_loss_the_mean_of_one_minus_fve"]),
@@ -407,6 +407,21 @@ MUTANTS = [
      "resumable_pass(lambda done: image_loader(dataset, batch, workers, device, start=done), step, state, checkpoint, n, every,",
      "resumable_pass(lambda done: image_loader(dataset, batch, workers, device, start=0), step, state, checkpoint, n, every,",
      [f"{CC}::test_data_stage_resumes_after_an_interruption_to_the_same_arrays"]),
+    # --- The latent objective (fzs.py --objectives latent, issue 25)
+    ("latent-reads-the-wrong-role", "fzs.py", "v = torch.stack([center(got[layer]).float() for layer in layers], 1)",
+     "v = torch.stack([center(got[layer]).float() for layer in (layers[0], layers[0], layers[2])], 1)",
+     [f"{F}::test_latent_fzs_store_the_encoder_pre_activation_and_raise_it"]),
+    ("latent-without-the-scale", "fzs.py", "for layer in layers], 1) / scale[None, :, None]  # (B, 3, C)", "for layer in layers], 1)  # (B, 3, C)",
+     [f"{F}::test_latent_fzs_store_the_encoder_pre_activation_and_raise_it"]),
+    ("latent-at-another-zoom", "fzs.py", "        sample[:, :, one] = v\n", "        sample[:, :, 0] = v\n",
+     [f"{F}::test_latent_fzs_store_the_encoder_pre_activation_and_raise_it"]),
+    ("atlas-latent-fzs-of-another-crosscoder-shown", "atlas.py",
+     'stale = fz_config is not None and fz_config.get("crosscoder") != crosscoder_id(RESULTS, b)', "stale = False",
+     [f"{CC}::test_data_stage_equals_torchvision_and_hooks"]),
+    ("atlas-latent-fz-not-shown", "atlas.py", 'img(fz[f], fz_thumb, f"latent {f} FZ") if f in fz else', 'img(fz[f], fz_thumb, f"latent {f} FZ") if False else',
+     [f"{CC}::test_data_stage_equals_torchvision_and_hooks"]),
+    ("latent-fzs-of-another-crosscoder-mixed", "fzs.py", "why = config_mismatch(stored, cfg, FZ_KEYS + LATENT_KEYS)",
+     "why = config_mismatch(stored, cfg, FZ_KEYS)", [f"{F}::test_latent_fzs_resume_and_refuse_another_crosscoder"]),
 ]
 
 

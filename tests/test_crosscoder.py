@@ -377,6 +377,28 @@ def test_data_stage_equals_torchvision_and_hooks(fixture_folder, fixture_weights
     assert page.count("<tr id='l") == 5 and all(f"id='l{f}'" in page for f in shown[:5])
     assert all(os.path.isfile(os.path.join(folder, "atlas", "latents", "2.1", f"{f:05d}.jpg")) for f in shown[:5])
     assert "href='latents_2.1.html'" in open(os.path.join(folder, "atlas", "index.html")).read()
+    # each latent's FZ (fzs.py --objectives latent): the command where none is made, the image where it is
+    assert page.count("class='missing' title='python fzs.py --layers 2.1 --objectives latent --channels ") == 5
+    assert "Missing latent FZs are made by" in page
+    made = shown[:2]
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "fzs.py"), "--layers", "2.1", "--objectives", "latent", "--channels",
+                        ",".join(map(str, made)), "--batch", "2", "--steps", "2", "--weights", fixture_weights, "--results", folder],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "atlas.py"), "--results", folder, "--latents", "5"], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    page = open(os.path.join(folder, "atlas", "latents_2.1.html")).read()
+    for f in made:
+        assert f'src="../fzs/layer2.1/latent/{f:04d}.png"' in page and os.path.isfile(os.path.join(folder, "fzs", "layer2.1", "latent", f"{f:04d}.png"))
+    assert page.count("class='missing' title='python fzs.py --layers 2.1 --objectives latent --channels ") == 3
+    assert "--steps 2" in page and "--batch 2" in page  # the command matches the FZs made, so that fzs.py adds to them
+    torch.save({**saved, "log": saved["log"] + [{"retrained": True}]}, os.path.join(folder, "crosscoder", "2.1.pt"))  # another file
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "atlas.py"), "--results", folder, "--latents", "5"], capture_output=True,
+                       text=True, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    page = open(os.path.join(folder, "atlas", "latents_2.1.html")).read()
+    assert "fzs/layer2.1/latent/" not in page and "was made from another crosscoder file: delete it" in page  # not this file's latents
 
 
 def test_data_stage_resumes_after_an_interruption_to_the_same_arrays(fixture_folder, fixture_model, tmp_path, monkeypatch):

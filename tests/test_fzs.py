@@ -436,3 +436,97 @@ def test_compile_makes_one_graph_per_target_without_breaks(model):
         assert len(graphs) == len(targets)
     finally:
         torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The latent objective (--objectives latent): a block's crosscoder latents (crosscoder.py), each FZ maximising the
+# latent's encoder pre-activation at the center of the unzoomed view.
+
+LATENT_ZOOMS = [0.5, 1.0, 2.0]
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory, fixture_weights):
+    """(results folder, weights id): a crosscoder of block 2.1 made by crosscoder.py from activations whose roles differ
+    in scale and mean (so the per-block scales and the decoder bias matter), then fzs.py's latent FZs of latents 0:2."""
+    folder = str(tmp_path_factory.mktemp("latent"))
+    weights_id = stream.load_model(net.name, fixture_weights)[1]
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(64, 3, 3, 128)) * np.array([0.5, 3.0, 8.0])[None, :, None, None] + np.array([1.0, -2.0, 4.0])[None, :, None, None]
+    npz = os.path.join(folder, "acts.npz")
+    np.savez(npz, acts=acts.astype(np.float32), zooms=np.array(LATENT_ZOOMS), block="2.1", weights=weights_id)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "crosscoder.py"), "--activations", npz, "--results", folder, "--expansion", "1",
+                        "--epochs", "1", "--batch", "32", "--top_k", "4", "--auxk", "0", "--workers", "0"], capture_output=True, text=True,
+                       cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    run("--layers", "2.1", "--objectives", "latent", "--channels", "0:2", "--batch", "2", "--steps", "16", "--weights", fixture_weights,
+        "--results", folder)
+    return folder, weights_id
+
+
+def hooked_latents(model, images, cc):
+    """The independent slow path: the full torchvision model with forward hooks (clone) at the center of layer2.0 (In),
+    layer2.1.bn2 (Pre, before torchvision's in-place add) and layer2.1 (Post), then the encoder written out in numpy:
+    sum over roles of (v_r / scale(r, zoom 1) - b_dec(r, zoom 1)) @ W_enc(r) + b_enc."""
+    full = torchvision.models.resnet18(weights=None)
+    full.load_state_dict(model.state_dict())
+    full.eval()
+    seen = {}
+    names = ("layer2.0", "layer2.1.bn2", "layer2.1")
+    hooks = [full.get_submodule(m).register_forward_hook(
+        lambda _m, _i, out, m=m: seen.__setitem__(m, out[:, :, out.shape[2] // 2, out.shape[3] // 2].clone())) for m in names]
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        full((images.float() / 255 - mean) / std)
+    for h in hooks:
+        h.remove()
+    Z, C, one = len(cc["zooms"]), 128, list(cc["zooms"]).index(1.0)
+    p = {k: v.numpy().astype(np.float64) for k, v in cc["params"].items()}
+    scale, b_dec = cc["scale"].numpy(), p["b_dec"].reshape(3, Z, C)
+    pre = p["b_enc"][None].copy()
+    for r, m in enumerate(names):
+        pre = pre + (seen[m].numpy().astype(np.float64) / scale[r, one] - b_dec[r, one]) @ p["w_enc"][r * C:(r + 1) * C]
+    return pre
+
+
+def test_latent_fzs_store_the_encoder_pre_activation_and_raise_it(latent_run, model):
+    folder, weights_id = latent_run
+    d = torch.load(os.path.join(folder, "fzs", "layer2.1", "latent.pt"), weights_only=False)
+    cc = torch.load(os.path.join(folder, "crosscoder", "2.1.pt"), weights_only=False)
+    assert d["channels"].tolist() == [0, 1] and d["images"].shape == (2, 3, 224, 224)
+    c = d["config"]
+    assert c["objective"] == "latent" and c["layer"] == "layer2.1" and c["weights"] == weights_id and c["jitter"] == 4
+    assert c["crosscoder"] == results.crosscoder_id(folder, "2.1") and len(c["crosscoder"]["sha256"]) == 64
+    assert cc["scale"].numpy()[:, 1].max() / cc["scale"].numpy()[:, 1].min() > 5  # the scales differ by role: leaving one out shows
+    # the stored activation is the encoder's pre-activation on the stored 8-bit image, recomputed independently
+    expect = hooked_latents(model, d["images"], cc)[np.arange(2), [0, 1]]
+    assert np.allclose(d["activation"].numpy(), expect, rtol=1e-4, atol=1e-4), (d["activation"], expect)
+    # the optimisation raises it: each latent's activation after 16 steps against its start image (the same seeds)
+    _, image = fzs.fft_image([fzs.unit_seed(0, "layer2.1", "latent", f) for f in (0, 1)], 224, CPU)
+    with torch.no_grad():
+        start = hooked_latents(model, (image() * 255).to(torch.uint8), cc)[np.arange(2), [0, 1]]
+    assert (d["activation"].numpy() > start + 0.05).all(), (start, d["activation"])
+    assert os.path.exists(os.path.join(folder, "fzs", "layer2.1", "latent", "0001.png"))
+
+
+def test_latent_fzs_resume_and_refuse_another_crosscoder(latent_run, fixture_weights, tmp_path):
+    import shutil
+    folder = str(tmp_path / "copy")
+    shutil.copytree(latent_run[0], folder)
+    args = ["--objectives", "latent", "--batch", "2", "--steps", "16", "--weights", fixture_weights, "--results", folder]
+    assert "0 unit(s) to make in 0 batch(es) of up to 2 (2 already made)" in run("--layers", "layer2.1", "--channels", "0:2", *args).stdout
+    for extra, message in ((["--layers", "3.1"], "no crosscoder of block 3.1"), (["--layers", "2.1", "--channels", "passing"], "not latents"),
+                           (["--layers", "2.1", "--channels", "200"], "out of range")):
+        p = run(*extra, *args, check=False)
+        assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert "python crosscoder.py --blocks 3.1" in p.stderr or message != "no crosscoder of block 3.1"
+    path = os.path.join(folder, "crosscoder", "2.1.pt")
+    cc = torch.load(path, weights_only=False)
+    cc["params"]["b_enc"] = cc["params"]["b_enc"] + 1.0  # another crosscoder file (retrained): its latents are other units
+    torch.save(cc, path)
+    p = run("--layers", "2.1", "--channels", "0:4", *args, check=False)
+    assert p.returncode != 0 and "another config (crosscoder" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    cc["config"]["encoder"] = "all"  # an encoder reading every zoom: refused, not approximated
+    torch.save(cc, path)
+    p = run("--layers", "2.1", "--channels", "0:4", *args, check=False)
+    assert p.returncode != 0 and "zoom1 encoder only" in p.stderr and len(p.stderr.strip().splitlines()) == 1
