@@ -298,7 +298,7 @@ MUTANTS = [
      [f"{D}::test_precision_auto"]),
     ("ranks-over-nccl-default-timeout", "cli.py", 'dist.init_process_group("gloo", timeout=datetime.timedelta(hours=RANK_TIMEOUT_HOURS))',
      'dist.init_process_group("nccl", timeout=datetime.timedelta(minutes=10))', [f"{D}::test_ranks_meet_over_gloo_with_a_long_timeout"]),
-    ("subset-batches-not-whole", "fzs.py", "batch_members(group, BATCH, net.channels(layer))))", "[c for c in todo if c // BATCH == group]))",
+    ("subset-batches-not-whole", "fzs.py", "batch_members(group, BATCH, n_units)))", "[c for c in todo if c // BATCH == group]))",
      [f"{F}::test_subset_equals_full_when_rounding_depends_on_the_batch_size"]),
     ("streams-share-one-draw", "fzs.py", "        states.append((np.random.RandomState(tseed), image,",
      "        states.append((np.random.RandomState(groups[0][2]), image,", [f"{F}::test_several_batches_at_once_equal_one_at_a_time"]),
