@@ -38,8 +38,9 @@ def model(fixture_model):
     return fixture_model
 
 
-def cfg(j, steps=6, pre_as_released=False):
-    return dict(steps=steps, lr=0.05, jitter=j, scales=fzs.SCALES, angles=fzs.ANGLES, size=224, pre_as_released=pre_as_released)
+def cfg(j, steps=6, pre_as_released=False, post_as_released=False):
+    return dict(steps=steps, lr=0.05, jitter=j, scales=fzs.SCALES, angles=fzs.ANGLES, size=224, pre_as_released=pre_as_released,
+                post_as_released=post_as_released)
 
 
 def lucent_render(model, layer, c, j, steps, seed, device=CPU):
@@ -109,6 +110,52 @@ def test_released_pre_option_reproduces_lucents_hooks(model):
     true_pre = render1(model, "layer2.1.bn2", c, 4, 6, 3)
     assert torch.equal(released, theirs)
     assert not torch.equal(true_pre, theirs)
+
+
+def relu_input_forward(model, layer):
+    """The independent slow path of --post_as_released for a block output: the full torchvision model, with a pre-hook
+    on the block's ReLU module that clones its input (the block calls its one self.relu twice: the last call's input
+    is the residual sum). The clone keeps its gradient; the in-place ReLU then changes only the original."""
+    full = torchvision.models.resnet18(weights=None)
+    full.load_state_dict(model.state_dict())
+    full.eval().requires_grad_(False)
+    relu = full.get_submodule(layer).relu
+
+    def forward(x):
+        got = []
+        handle = relu.register_forward_pre_hook(lambda m, inp: got.append(inp[0].clone()))
+        try:
+            full(x)
+        finally:
+            handle.remove()
+        assert len(got) == 2
+        return got[-1]
+    return forward
+
+
+def test_released_post_option_optimises_the_sum_before_the_relu(model):
+    layer, seed = "layer2.0", 5  # the In of block 2.1 and the Post of 2.0
+    _, image = fzs.fft_image([seed], 224, CPU)
+    with torch.no_grad():
+        sums = stream.read_center(net, model, stream.normalize(image()), [layer], post_as_released=True)[layer][0]
+    c = int((sums < -0.05).nonzero()[0])  # negative at the start: its post-ReLU objective has no gradient there
+    released = render1(model, layer, c, 4, 6, seed, post_as_released=True)
+    hooked = fzs.render(net, model, layer, [c], "center", cfg(4, post_as_released=True), [seed], seed, device=CPU, amp=None,
+                        forward=relu_input_forward(model, layer))
+    paper = render1(model, layer, c, 4, 6, seed)
+    assert torch.equal(released, hooked)
+    assert not torch.equal(released, paper) and (released.float() - paper.float()).abs().mean() > 1.0
+    # the stored objective is the sum too, and an aliased Pre (--pre_as_released) stays lucent's post-ReLU tensor
+    x = stream.to_float(released)
+    want = relu_input_forward(model, layer)(stream.normalize(x))[0, c, 14, 14]
+    assert torch.allclose(fzs.objective_on_images(net, model, layer, released, [c], "center", CPU, True)[0], want, atol=1e-5)
+    _, image = fzs.fft_image([3], 224, CPU)
+    with torch.no_grad():
+        sums = stream.read_center(net, model, stream.normalize(image()), ["layer2.1"], post_as_released=True)["layer2.1"][0]
+    c2 = int((sums < -0.05).nonzero()[0])  # the sum is negative: through the sum the image would move, through the ReLU not
+    both = render1(model, "layer2.1.bn2", c2, 4, 2, 3, pre_as_released=True, post_as_released=True)
+    assert torch.equal(both, render1(model, "layer2.1.bn2", c2, 4, 2, 3, pre_as_released=True))
+    assert not torch.equal(both, render1(model, "layer2.1", c2, 4, 2, 3, post_as_released=True))
 
 
 def test_parameterisation_equals_lucents():
@@ -436,3 +483,21 @@ def test_compile_makes_one_graph_per_target_without_breaks(model):
         assert len(graphs) == len(targets)
     finally:
         torch._dynamo.reset()
+
+
+def test_a_file_made_under_one_post_reading_is_refused_under_the_other(tmp_path):
+    """The FZs of a block output differ with --post_as_released: a resume under the other setting is refused, and a file
+    from before the option (no key) is the paper's reading."""
+    base = {"arch": "resnet18", "layer": "layer2.0", "objective": "center", "weights": "random:0", "seed": 0, "steps": 2,
+            "lr": 0.05, "amp": "fp32", "pre_as_released": False, "batch": 4, "size": 224, "scales": fzs.SCALES,
+            "angles": fzs.ANGLES, "jitter": 4, "fold_bn": True, "device": "cpu"}
+    fz = {"images": torch.zeros(1, 3, 224, 224, dtype=torch.uint8), "channels": torch.tensor([0]), "activation": torch.zeros(1)}
+    results.save_pt({**fz, "config": {**base, "post_as_released": True}}, results.fz_file(tmp_path, "layer2.0", "center"))
+    with pytest.raises(SystemExit, match=r"made under another config \(post_as_released: True vs False\)"):
+        fzs.existing(net, str(tmp_path), "layer2.0", "center", {**base, "post_as_released": False})
+    assert fzs.existing(net, str(tmp_path), "layer2.0", "center", {**base, "post_as_released": True}) is not None
+    results.save_pt({**fz, "config": base}, results.fz_file(tmp_path, "layer2.0", "center"))  # made before the option
+    assert fzs.existing(net, str(tmp_path), "layer2.0", "center", {**base, "post_as_released": False}) is not None
+    with pytest.raises(SystemExit, match=r"post_as_released: False vs True"):
+        fzs.existing(net, str(tmp_path), "layer2.0", "center", {**base, "post_as_released": True})
+    assert "post_as_released" in results.FZ_MATCH_KEYS  # In and Pre FZs used together must agree on it
