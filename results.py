@@ -175,9 +175,9 @@ def recorded_weights(config):
 # FZ_MATCH_KEYS; an FZ file resumes only under the same FZ_KEYS.
 
 FZ_MATCH_KEYS = ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch", "post_as_released")
-# what a config that lacks a key was made with: files from before --arch and --post_as_released existed are resnet18's,
-# with the paper's post-ReLU In and Post
-CONFIG_DEFAULTS = {"arch": "resnet18", "post_as_released": False}
+# what a config that lacks a key was made with: files from before --arch, --post_as_released and --crop_as_released
+# existed are resnet18's, with the paper's post-ReLU In and Post and the paper's crops
+CONFIG_DEFAULTS = {"arch": "resnet18", "post_as_released": False, "crop_as_released": False}
 FZ_KEYS = ("arch", "layer", "objective") + FZ_MATCH_KEYS + ("size", "scales", "angles", "jitter", "fold_bn", "device")
 
 
