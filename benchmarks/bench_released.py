@@ -38,7 +38,7 @@ from cli import configure, die, main_guard  # noqa: E402
 WEIGHTS = "fixture"  # fixture (the test suite's ResNet18 with non-trivial BatchNorms), or any fzs.py --weights value (IMAGENET1K_V1, a path)
 BLOCKS = []  # blocks whose FZs are made and compared (empty: all seven)
 CHANNELS = 8  # channels 0..CHANNELS-1 of every In and Pre layer of those blocks (one batch per layer)
-STEPS = 32  # optimisation steps per FZ (the full sweep uses 2,560)
+STEPS = 16  # optimisation steps per FZ (the full sweep uses 2,560)
 DEVICE = "cpu"  # where the scripts run (cuda on a GPU)
 KEEP = ""  # a folder to keep the runs in (empty: a temporary folder, removed)
 # ---- end of flags (below: fixed constants, not flags)

@@ -200,6 +200,8 @@ def test_the_released_top1_is_printed_beside_ours_for_its_weights(capsys):
     same = ablate.released_reference({**out, "config": {**out["config"], "crop_as_released": True}})
     assert "the same crops" in same[1]
     assert ablate.released_reference({**out, "block": "3.1"})[0].split(": ", 1)[1].startswith("0%: 63.75 vs 63.493")
+    some = {**out, "scales": [0, 30], "accuracy": {"passing": [0.6, 0.5]}}  # a run with other crops: each beside its own
+    assert ablate.released_reference(some)[0].endswith("0%: 60.00 vs 63.75; 30%: 50.00 vs 56.222")
     for other in ({**out, "config": {**out["config"], "weights": "random:0"}}, {**out, "variant": "heldout"}, {**out, "block": "1.1"},
                   {**out, "config": {**out["config"], "arch": "resnet50"}}):
         assert ablate.released_reference(other) == []

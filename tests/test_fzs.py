@@ -501,3 +501,16 @@ def test_a_file_made_under_one_post_reading_is_refused_under_the_other(tmp_path)
     with pytest.raises(SystemExit, match=r"post_as_released: False vs True"):
         fzs.existing(net, str(tmp_path), "layer2.0", "center", {**base, "post_as_released": True})
     assert "post_as_released" in results.FZ_MATCH_KEYS  # In and Pre FZs used together must agree on it
+
+
+def test_fzs_py_released_run_records_the_sum(tmp_path, model, fixture_weights):
+    """fzs.py --post_as_released true end to end: the file records the flag, and its stored objective is the block
+    output's sum on the stored image (the ReLU input, hooked on the full model), which can be negative."""
+    run("--layers", "layer2.0", "--channels", "0:4", "--batch", "4", "--steps", "1", "--weights", fixture_weights, "--amp", "fp32",
+        "--post_as_released", "true", "--results", str(tmp_path), "--png", "false")
+    fz = results.read_fz(str(tmp_path), "layer2.0", "center")
+    assert fz["config"]["post_as_released"] is True
+    x = stream.normalize(stream.to_float(fz["images"]))
+    want = relu_input_forward(model, "layer2.0")(x)[torch.arange(4), fz["channels"], 14, 14]
+    assert torch.allclose(fz["activation"], want, atol=1e-4), (fz["activation"], want)
+    assert (want < 0).any()  # so that a post-ReLU objective would not give the same numbers
