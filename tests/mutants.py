@@ -254,6 +254,8 @@ MUTANTS = [
      [f"{A}::test_released_crop_option_equals_the_released_transform"]),
     ("released-crop-default-missing", "results.py", '"post_as_released": False, "crop_as_released": False}', '"post_as_released": False}',
      [f"{A}::test_released_crop_cells_are_never_mixed"]),
+    ("released-crop-not-passed-to-the-loader", "ablate.py", "batch, WORKERS, device, CROP_AS_RELEASED)", "batch, WORKERS, device)",
+     [f"{A}::test_the_crop_flag_reaches_the_loader_and_the_cells"]),
     ("released-top1-misaligned", "ablate.py", "RELEASED_TOP1[b][RELEASED_CROPS.index(s)]", "RELEASED_TOP1[b][k]",
      [f"{A}::test_the_released_top1_is_printed_beside_ours_for_its_weights"]),
     # --- The paper's channel lists as a reference (criteria.py)

@@ -17,6 +17,7 @@ from PIL import Image
 
 import ablate
 import arch
+import cli
 import imagenet
 import results
 import stats
@@ -667,3 +668,19 @@ def test_heldout_cells_are_counted_on_heldout_images_only(swept):
         assert out["screening"]["n_images"] == split["screen"]
         assert all(round(d["accuracy"] * split["screen"], 6) == int(round(d["accuracy"] * split["screen"])) for d in out["screening"]["draws"])
         assert set(out["test"]) >= {"difference", "ci", "p_below", "method"} and len(out["test"]["ci"]) == len(out["scales"]) - 1
+
+
+def test_the_crop_flag_reaches_the_loader_and_the_cells(folder, tmp_path, monkeypatch):
+    """--crop_as_released true in main: the views are made with the released crops (the loader) and every cell records
+    it (the sweep's key); the loader and the sweep are stubbed, so nothing is measured."""
+    for name in cli.flag_names(ablate.__file__):
+        monkeypatch.setattr(ablate, name, getattr(ablate, name))  # main's configure() rewrites them; restored after
+    got = {}
+    monkeypatch.setattr(ablate, "loader_cache", lambda *args: got.setdefault("loader", args) and None)
+    monkeypatch.setattr(ablate, "sweep_stage", lambda *args, **kw: got.setdefault("sweep", kw))
+    for flag in ("true", "false"):
+        got.clear()
+        monkeypatch.setattr(sys, "argv", ["ablate.py", "--data", folder, "--weights", "random", "--results", str(tmp_path / flag),
+                                          "--stages", "sweep", "--workers", "0", "--crop_as_released", flag])
+        ablate.main()
+        assert got["loader"][-1] is (flag == "true") and got["sweep"]["crop_as_released"] is (flag == "true")
