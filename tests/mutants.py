@@ -248,7 +248,7 @@ MUTANTS = [
      "got = read_center(net, model, x, net.layers)", [f"{TU}::test_released_reading_equals_relu_input_hooks_and_is_never_mixed"]),
     ("released-atlas-fzs-not-checked", "atlas.py", "    check_released(data.get(\"config\", {}), fz_file(results, layer, objective), post_as_released)\n",
      "", [f"{AT}::test_released_inputs_are_labelled_and_never_mixed"]),
-    ("released-crop-flag-ignored", "imagenet.py", "crop_size(p, released_crop)", "crop_size(p)",
+    ("released-crop-flag-ignored", "imagenet.py", "TF.center_crop(base, crop_size(p, released_crop))", "TF.center_crop(base, crop_size(p))",
      [f"{A}::test_released_crop_option_equals_the_released_transform"]),
     ("released-crop-rounding", "imagenet.py", "return (224 * (100 - int(percent))) // 100", "return 224 - (224 * int(percent)) // 100",
      [f"{A}::test_released_crop_option_equals_the_released_transform"]),
