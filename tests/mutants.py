@@ -79,7 +79,7 @@ MUTANTS = [
     # --- The network and its layers (docs/method.md section 1)
     ("center-off-by-one", "stream.py", "return fmap[:, :, fmap.shape[2] // 2, fmap.shape[3] // 2]",
      "return fmap[:, :, (fmap.shape[2] - 1) // 2, (fmap.shape[3] - 1) // 2]", [f"{S}::test_center_index_matches_lucent"]),
-    ("pre-aliased-to-post", "stream.py", 'out["post"] = torch.relu(out["pre"] + out["in"])', 'out["post"] = torch.relu_(out["pre"].add_(out["in"]))',
+    ("pre-aliased-to-post", "stream.py", 'out["post"] = torch.relu(out["sum"])', 'out["post"] = torch.relu_(out["pre"].add_(out["in"]))',
      [f"{S}::test_pre_is_bn2_not_the_post_sum"]),
     ("no-normalisation", "stream.py", "    return (x - mean) / std", "    return x + 0 * mean * std",
      [f"{A}::test_counts_equal_independent_recomputation"]),
