@@ -19,6 +19,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 import arch
+import cli
 import imagenet
 import results
 import stats
@@ -208,6 +209,8 @@ def test_released_reading_equals_relu_input_hooks_and_is_never_mixed(natural, fi
     assert p.returncode != 0 and "criteria.json was made with --post_as_released false" in p.stderr and "Traceback" not in p.stderr
     crit = json.load(open(results.criteria_file(folder)))
     results.save_json({**crit, "config": {**crit["config"], "post_as_released": True}}, results.criteria_file(folder))
+    for name in cli.flag_names(tuning.__file__):
+        monkeypatch.setattr(tuning, name, getattr(tuning, name))  # main's configure() rewrites them; restored after
     monkeypatch.setattr(sys, "argv", ["tuning.py", *args, "--post_as_released", "true"])
     with contextlib.redirect_stdout(io.StringIO()):
         tuning.main()
