@@ -398,7 +398,7 @@ def test_subset_equals_full_when_rounding_depends_on_the_batch_size(tmp_path, fi
     whose output depends on how many images share the batch. A subset run still gives the full run's images, because
     every batch is optimised whole."""
     planted = ("import sys, fzs, stream; orig = fzs.truncated\n"
-               "fzs.truncated = lambda net, model, layer: (lambda f: lambda x: f(x * (1 + 0.05 * x.shape[0])))(orig(net, model, layer))\n"
+               "fzs.truncated = lambda net, model, layer, *rest: (lambda f: lambda x: f(x * (1 + 0.05 * x.shape[0])))(orig(net, model, layer, *rest))\n"
                "sys.argv = ['fzs.py'] + sys.argv[1:]; fzs.main()")
     common = ["--layers", "layer1.1.bn2", "--steps", "3", "--batch", "4", "--weights", fixture_weights, "--png", "false",
               "--amp", "fp32"]
