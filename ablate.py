@@ -96,12 +96,18 @@ BOOTSTRAP = 2000  # bootstrap replicates (trials and images resampled) for the i
 CI = 0.95  # level of the bootstrap intervals
 PERMUTATIONS = 10000  # random sign flips for the p-value (every one of the 2^N_TRIALS when that is fewer)
 CROPS = [10, 20, 30, 40, 50]  # crop percentages of the scale transform (docs/method.md section 5; was --scales); no crop (0) is always evaluated too
+CROP_AS_RELEASED = False  # True: the released scale_robust.py's crops, int(224 (1 - p)) of the 256 resize (201 px at 10 %), not the paper's 256 - floor(256 p) (231 px): to match its top-1 numbers
 SCREEN_MARGIN = "2.1:<0;3.1:<=1;*:<=1"  # per block (* = any other): accept a random set if its no-scale top-1 minus the passing set's, in percentage points, is < or <= this
 SCREEN_DRAWS = 20  # random sets drawn per block in the first screening pass
 SCREEN_CAP = 200  # most random sets drawn per block before screening gives up
 CHECKPOINT_SECONDS = 30  # save the partial counts of a pass at most this often (and on Ctrl-C)
 # ---- end of flags (below: fixed constants, not flags)
 PAPER_SCREEN_MARGIN = SCREEN_MARGIN  # the default; its 2.1 and 3.1 rules are for resnet18's blocks only
+# The released scale_robust.py's recorded top-1 (%) with the paper's passing set of the block mean-ablated (post-ReLU
+# means), at no scale and then at its scales np.arange(1.1, 1.6, 0.1): crops 10..50 % in its own crop rule (--crop_as_released)
+RELEASED_TOP1 = {"2.1": [63.75, 61.394, 59.39, 56.222, 51.686, 44.292], "3.1": [63.493, 61.712, 60.194, 57.424, 53.358, 46.704]}
+RELEASED_CROPS = [0, 10, 20, 30, 40, 50]
+RELEASED_WEIGHTS = "IMAGENET1K_V1"  # the weights they were measured with (resnet18's)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -289,7 +295,7 @@ def reference_logits(net, model, loader, block, channels, mean, device):
             handle.remove()
 
 
-def loader_cache(root, paths, labels, batch, workers, device):
+def loader_cache(root, paths, labels, batch, workers, device, released_crop=False):
     """loader_for(scales, start): the DataLoader of these views from image `start` on, one per (views, start), so that
     the natural stage and every screening round (all at no scale, from image 0) share one loader and its workers
     (persistent_workers) instead of starting new ones for every pass. Each has its own dataset: workers hold a copy."""
@@ -298,7 +304,7 @@ def loader_cache(root, paths, labels, batch, workers, device):
     def loader_for(scales, start):
         key = (tuple(scales), start)
         if key not in cache:
-            cache[key] = image_loader(ImageNetFolder(root, paths, labels, scales), batch, workers, device, start=start)
+            cache[key] = image_loader(ImageNetFolder(root, paths, labels, scales, released_crop), batch, workers, device, start=start)
         return cache[key]
     return loader_for
 
@@ -541,7 +547,7 @@ def compute_cells(net, name, model, loader_for, scales, wanted, means, device, d
 
 def sweep_stage(net, model, weights_id, dataset, loader_for, device, device_name, prec, *, results, root, limit, batch,
                 suffix_batch, every, ablate_blocks, sets, weights, seed, crops, screen_margin, screen_draws, screen_cap, n_trials,
-                variants, holdout, test):
+                variants, holdout, test, crop_as_released=False):
     """docs/method.md section 5, and the variants beyond it: screen random sets of non-passing channels at no crop, then
     Eq. 3 at every crop for each variant, with the test of the claim (claim_test's keyword arguments: `test`)."""
     dtype = amp_dtype(prec)
@@ -567,7 +573,7 @@ def sweep_stage(net, model, weights_id, dataset, loader_for, device, device_name
         key[b] = {"arch": net.name, "weights": weights_id, "data": root, "limit": limit, "n_images": n, "paths": digest(dataset.paths),
                   "labels": digest(dataset.labels),
                   "mean": digest(means[b].numpy()), "precision": prec,
-                  "passing": passing[b], "seed": seed, "cells": "per-image hits"}
+                  "passing": passing[b], "seed": seed, "cells": "per-image hits", "crop_as_released": crop_as_released}
         rngs[b] = np.random.default_rng([seed, block_seed(b)])
 
     def cells_for(name, scales, wanted):  # one pass (run_pass) for the cells of `wanted` not finished yet
@@ -711,6 +717,25 @@ def print_block(out):
     p = t["p_below"]
     print(f"the scaled ratios below the no-scale ratio, all scales together: p = {'n/a' if p is None else f'{p:.3g}'} "
           f"({t['n_trials']} trials, {t['permutations']} sign flips)".replace("exact sign flips", "every sign flip"))
+    for line in released_reference(out):
+        print(line)
+
+
+def released_reference(out):
+    """The lines that put a block's passing-set top-1 beside the released scale_robust.py's (RELEASED_TOP1), for
+    resnet18 with RELEASED_WEIGHTS and the paper's protocol only; [] where there is no reference."""
+    cfg, b = out["config"], out["block"]
+    if (out.get("variant", "paper") != "paper" or b not in RELEASED_TOP1 or cfg.get("arch", "resnet18") != "resnet18"
+            or cfg.get("weights") != RELEASED_WEIGHTS):
+        return []
+    cells = [f"{s}%: {100 * out['accuracy']['passing'][k]:.2f} vs {RELEASED_TOP1[b][RELEASED_CROPS.index(s)]:g}"
+             for k, s in enumerate(out["scales"]) if s in RELEASED_CROPS]
+    crops = ("the same crops as ours here (--crop_as_released true)" if cfg.get("crop_as_released") else
+             "other crops: ours are 256 - floor(256 p / 100) px of the 256 resize (231 at 10 %), its int(224 (1 - p)) "
+             "(201 at 10 %), so its scaled numbers are not ours; --crop_as_released true uses its crops")
+    return [f"the released scale_robust.py, block {b}, its passing set ablated (top-1 %, ours vs released): " + "; ".join(cells),
+            f"  (released: the paper's list of {b} (criteria.py prints it; --sets names it), means from its own tuning-curve "
+            f"files, all 50,000 validation images; {crops})"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -758,7 +783,7 @@ def main():
     paths, labels, found = listing
     print(f"data: {root}: {found}")
     dataset = ImageNetFolder(root, paths, labels)
-    loader_for = loader_cache(root, paths, labels, batch, WORKERS, device)
+    loader_for = loader_cache(root, paths, labels, batch, WORKERS, device, CROP_AS_RELEASED)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     print(f"{len(paths)} images from {root} ({len(set(labels.tolist()))} classes), weights {weights_id}, device {device_name}, "
@@ -776,7 +801,7 @@ def main():
                     suffix_batch=SUFFIX_BATCH or (4096 if device.type == "cuda" else 512),
                     ablate_blocks=ABLATE_BLOCKS, sets=SETS, weights=weights, seed=SEED, crops=CROPS,
                     screen_margin=SCREEN_MARGIN, screen_draws=SCREEN_DRAWS, screen_cap=SCREEN_CAP, n_trials=N_TRIALS,
-                    variants=VARIANTS, holdout=HOLDOUT,
+                    variants=VARIANTS, holdout=HOLDOUT, crop_as_released=CROP_AS_RELEASED,
                     test=dict(replicates=BOOTSTRAP, level=CI, permutations=PERMUTATIONS))
     return cfg
 

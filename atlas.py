@@ -39,6 +39,7 @@ from results import (
     ablation_file,
     atlas_dir,
     atomic_write,
+    check_released,
     criteria_csv,
     crosscoder_id,
     crosscoder_model,
@@ -64,6 +65,7 @@ THUMB = 56  # pixels per natural image in a top-9 montage (3 x 3)
 FZ_THUMB = 112  # pixels of an FZ shown in a row (PNGs are linked, shown at this size; JPEGs written only where no PNG exists)
 NATURAL_ROOT = ""  # folder of the natural images if it moved since ablate.py recorded it (empty: summary.pt's root)
 LATENTS = 256  # latent pages (crosscoder.py): at most this many latents per block, the most frequent of each type in turn
+POST_AS_RELEASED = False  # True: the inputs were made with --post_as_released true (In and Post before the final ReLU, as the released scripts); inputs made otherwise are refused
 
 # ---- end of flags (below: fixed constants, not flags)
 OBJECTIVES = ("center", "channel")
@@ -120,12 +122,15 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def optional(net, path, load, what):
-    """The result file at path (load: load_json or load_pt), refused if made with another architecture; None if absent."""
+def optional(net, path, load, what, post_as_released=None):
+    """The result file at path (load: load_json or load_pt), refused if made with another architecture or (unless None)
+    the other --post_as_released; None if absent."""
     if not os.path.isfile(path):
         return None
     data = load(path, what)
     net.check(data.get("config", {}), path)
+    if post_as_released is not None:
+        check_released(data.get("config", {}), path, post_as_released)
     return data
 
 
@@ -134,24 +139,28 @@ def rows_by_unit(path):
     return {(r["block"], int(r["channel"])): r for r in read_csv(path)} if os.path.isfile(path) else {}
 
 
-def read_inputs(net, results):
-    """{'criteria', 'values', 'tuning', 'tuning_rows', 'stability', 'ablation', 'summary'}; None where absent."""
+def read_inputs(net, results, post_as_released=False):
+    """{'criteria', 'values', 'tuning', 'tuning_rows', 'stability', 'ablation', 'summary'}; None where absent. The
+    ones that read In or Post (criteria, tuning, stability) are refused if made with the other post_as_released; the
+    ablation and the natural stage are post-ReLU either way."""
     ablation = {b: optional(net, ablation_file(results, b), load_json, "ablation file") for b in net.blocks}
-    return {"criteria": read_criteria(results, net),
+    return {"criteria": read_criteria(results, net, post_as_released=post_as_released),
             "values": rows_by_unit(criteria_csv(results)),
-            "tuning": optional(net, tuning_file(results), load_json, "tuning summary"),
+            "tuning": optional(net, tuning_file(results), load_json, "tuning summary", post_as_released),
             "tuning_rows": rows_by_unit(tuning_file(results, "csv")),
-            "stability": optional(net, stability_file(results), load_json, "stability file"),
+            "stability": optional(net, stability_file(results), load_json, "stability file", post_as_released),
             "ablation": {b: d for b, d in ablation.items() if d is not None},
             "summary": read_summary(results, net, required=False)}
 
 
-def fz_channels(net, results, layer, objective, fz_thumb):
-    """{channel: image path relative to RESULTS} of the FZs made (PNG if fzs.py wrote one), and the file's config."""
+def fz_channels(net, results, layer, objective, fz_thumb, post_as_released=False):
+    """{channel: image path relative to RESULTS} of the FZs made (PNG if fzs.py wrote one), and the file's config; a
+    file made with the other post_as_released is refused."""
     data = read_fz(results, layer, objective, required=False)
     if data is None:
         return {}, None
     net.check(data.get("config", {}), fz_file(results, layer, objective))
+    check_released(data.get("config", {}), fz_file(results, layer, objective), post_as_released)
     out = {}
     for i, c in enumerate(data["channels"].tolist()):
         png = fz_png(results, layer, objective, c)
@@ -355,7 +364,12 @@ def estimate(seconds):
             f"{duration(gpu)} on one GPU, projected, not measured)</span>")
 
 
-def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb, fz_thumb, steps=FZ_STEPS):
+def role_label(net, layer, post_as_released):
+    """How a page names a layer: a block output read before its ReLU says so."""
+    return f"{layer} (sum, before ReLU)" if post_as_released and net.where(layer)[1] == "post" else layer
+
+
+def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb, fz_thumb, steps=FZ_STEPS, post_as_released=False):
     In, Pre, Post = net.blocks[block]
     layers = dict(zip(ROLES, (In, Pre, Post)))
     n = net.channels(Post)
@@ -369,7 +383,7 @@ def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb
 
     head = columns(["<th data-col='channel'>channel</th>"],
                    [f"<th data-col='{camel(k)}'>{t}</th>" for k, t in CRITERIA + LATER],  # dataset names: data-post-si is postSi
-                   [f"<th>{r} {o} FZ<br><small>{layers[r]}</small></th>" for o in OBJECTIVES for r in ROLES] +
+                   [f"<th>{r} {o} FZ<br><small>{role_label(net, layers[r], post_as_released)}</small></th>" for o in OBJECTIVES for r in ROLES] +
                    [f"<th>{r} top-9</th>" for r in ROLES])
     rows = []
     for c in range(n):
@@ -410,6 +424,9 @@ def block_page(net, block, got, fzs, montages, weights, commands, natural, thumb
         make += f"<li><code>{html.escape(natural)}</code> {estimate(natural_seconds())}</li>"
     body = (f"<p><a href='index.html'>index</a></p><h1>{net.name} block {block}</h1>"
             f"<p>In = {In}, Pre = {Pre}, Post = {Post}; {n} channels, {measured} measured, {len(passing)} pass Eq. 1 and Eq. 2.</p>"
+            + (f"<p class='released'>In and Post are read before their block's final ReLU (--post_as_released true, as the "
+               f"released scripts): {role_label(net, In, True)}, {role_label(net, Post, True)}. The top-9 natural images and "
+               f"the ablation are post-ReLU.</p>" if post_as_released else "")
             + (f"<p>Missing pieces are made by:</p><ul>{make}</ul>" if make else "")
             + "<div class='controls'><label><input type='checkbox' id='passing'> passing only</label> &nbsp; mix ratio from "
               "<input id='mlo' size='4'> to <input id='mhi' size='4'> &nbsp; <span id='shown'></span>"
@@ -458,17 +475,17 @@ def main():
     if not os.path.isdir(RESULTS):
         die(f"results folder {RESULTS!r} does not exist")
     t0 = time.time()
-    got = read_inputs(net, RESULTS)
+    got = read_inputs(net, RESULTS, POST_AS_RELEASED)
     fzs, configs = {}, []
     for layer in dict.fromkeys(lay for roles in net.blocks.values() for lay in roles):
         for o in OBJECTIVES:
-            fzs[layer, o], config = fz_channels(net, RESULTS, layer, o, FZ_THUMB)
+            fzs[layer, o], config = fz_channels(net, RESULTS, layer, o, FZ_THUMB, POST_AS_RELEASED)
             configs += [config] if config else []
     configs += [d.get("config", {}) for d in (got["criteria"], got["tuning"], got["summary"]) if d]
     if not configs:
         die(f"{RESULTS} holds no results of fzs.py, criteria.py or ablate.py to browse")
     weights = weights_of(*configs)
-    like = next((c for c in configs if "steps" in c), None)
+    like = next((c for c in configs if "steps" in c), None) or {"post_as_released": POST_AS_RELEASED}  # what new FZs must match
     commands = lambda layer, o, channels: fzs_command([layer], net.name, weights, RESULTS, like, channels, objective=o)  # noqa: E731
     natural = natural_command(net.name, weights, RESULTS)
     montages, problem = {}, None
@@ -479,7 +496,8 @@ def main():
     folder = atlas_dir(RESULTS)
     os.makedirs(folder, exist_ok=True)
     for b in tqdm(net.blocks, desc="atlas: block pages", unit="block", dynamic_ncols=True):
-        text = block_page(net, b, got, fzs, montages, weights, commands, natural, THUMB, FZ_THUMB, (like or {}).get("steps", FZ_STEPS))
+        text = block_page(net, b, got, fzs, montages, weights, commands, natural, THUMB, FZ_THUMB, (like or {}).get("steps", FZ_STEPS),
+                          POST_AS_RELEASED)
         atomic_write(block_html(RESULTS, b), lambda tmp, t=text: open(tmp, "w").write(t))
     latent_pages = []
     for b in net.blocks:  # the crosscoder's latents, where crosscoder.py has run on the natural stage's images

@@ -43,6 +43,7 @@ from results import (
     is_random,
     lock_results,
     read_fz,
+    released_problem,
     save_json,
     stability_file,
     versions,
@@ -61,6 +62,7 @@ DEVICE = "auto"  # auto, cpu, cuda or cuda:N
 BATCH = "auto"  # images per forward pass: a number, or auto (64 on the CPU; on a GPU, from its free memory)
 MIX_IF_PRE_NONPOS = 10.0  # m_c when Post_c(X̂_Pre) <= 0 (released code; its rule comes first, so also when both are <= 0)
 MIX_IF_IN_NONPOS = 0.0  # m_c when Post_c(X̂_In) <= 0 < Post_c(X̂_Pre) (released code)
+POST_AS_RELEASED = False  # True: In (where it is a block output) and Post are read before their block's final ReLU, as the released stream_inspect.py; the FZs must be made with it too (docs/differences.md)
 
 # ---- end of flags (below: fixed constants, not flags)
 # The paper's passing channels (zero-indexed, its Figs. 1, 3 and 4): the reference for resnet18 with IMAGENET1K_V1.
@@ -166,11 +168,14 @@ def sha256(path):
     return h.hexdigest()
 
 
-def pair_problem(cfg_in, cfg_pre, weights_id):
-    """Why the In and Pre FZs of a block cannot be used together with this model, or None."""
+def pair_problem(cfg_in, cfg_pre, weights_id, post_as_released=False):
+    """Why the In and Pre FZs of a block cannot be used together with this model and --post_as_released, or None."""
     for cfg in (cfg_in, cfg_pre):
         if cfg.get("weights") != weights_id:
             return f"{cfg.get('layer')} FZs were made with weights {cfg.get('weights')!r}, the model here is {weights_id!r}"
+        why = released_problem(cfg, post_as_released)
+        if why:
+            return f"{cfg.get('layer')} FZs were {why}"
     why = config_mismatch(cfg_in, cfg_pre, FZ_MATCH_KEYS)
     return f"its In and Pre FZs were made under different configs ({why})" if why else None
 
@@ -180,14 +185,15 @@ def pair_problem(cfg_in, cfg_pre, weights_id):
 # activation of each layer is entry (i, channels[i]).
 
 @torch.no_grad()
-def center_activations(net, model, images, channels, layers, device, batch, transform=None, bar=None):
-    """{layer: (N,) float32} center activation of channel channels[i] on image i (uint8), optionally transformed."""
+def center_activations(net, model, images, channels, layers, device, batch, transform=None, bar=None, post_as_released=False):
+    """{layer: (N,) float32} center activation of channel channels[i] on image i (uint8), optionally transformed;
+    block outputs before their final ReLU under post_as_released."""
     out = {layer: [] for layer in layers}
     for i in range(0, len(images), batch):
         x = to_float(images[i:i + batch].to(device))
         if transform is not None:
             x = transform(x)
-        acts = read_center(net, model, normalize(x).contiguous(memory_format=torch.channels_last), layers)
+        acts = read_center(net, model, normalize(x).contiguous(memory_format=torch.channels_last), layers, post_as_released)
         rows, cols = torch.arange(len(x), device=device), channels[i:i + batch].to(device)
         for layer in layers:
             out[layer].append(acts[layer][rows, cols])
@@ -206,9 +212,10 @@ def weight_magnitudes(net, model, pre, channels):
     return bn2.weight.detach().cpu()[c].abs(), conv2.weight.detach().cpu()[c].abs().flatten(1).mean(1)
 
 
-def measure_block(net, model, block, fz_in, fz_pre, device, batch, mix_if, bar=None):
+def measure_block(net, model, block, fz_in, fz_pre, device, batch, mix_if, bar=None, post_as_released=False):
     """All per-channel values of a block, for the channels that have both an In and a Pre FZ; mix_if: the mix ratio's
-    conventions (if_pre_nonpos, if_in_nonpos), see mix_ratio."""
+    conventions (if_pre_nonpos, if_in_nonpos), see mix_ratio; post_as_released: In (a block output) and Post are read
+    before their final ReLU (Pre is bn2 either way)."""
     In, Pre, Post = net.blocks[block]
     channels = sorted(set(fz_in["channels"].tolist()) & set(fz_pre["channels"].tolist()))
     pos_in = {c: i for i, c in enumerate(fz_in["channels"].tolist())}
@@ -216,9 +223,10 @@ def measure_block(net, model, block, fz_in, fz_pre, device, batch, mix_if, bar=N
     ch = torch.tensor(channels, dtype=torch.long)
     x_in = fz_in["images"][[pos_in[c] for c in channels]]
     x_pre = fz_pre["images"][[pos_pre[c] for c in channels]]
-    on_in = center_activations(net, model, x_in, ch, [In, Pre, Post], device, batch, bar=bar)          # X̂_In
-    on_zoom = center_activations(net, model, x_in, ch, [Pre], device, batch, transform=zoom, bar=bar)  # S(X̂_In)
-    on_pre = center_activations(net, model, x_pre, ch, [Pre, Post], device, batch, bar=bar)            # X̂_Pre
+    read = dict(bar=bar, post_as_released=post_as_released)
+    on_in = center_activations(net, model, x_in, ch, [In, Pre, Post], device, batch, **read)          # X̂_In
+    on_zoom = center_activations(net, model, x_in, ch, [Pre], device, batch, transform=zoom, **read)  # S(X̂_In)
+    on_pre = center_activations(net, model, x_pre, ch, [Pre, Post], device, batch, **read)            # X̂_Pre
     bn2_abs, conv2_abs_mean = weight_magnitudes(net, model, Pre, ch)
     v = {"channel": ch, "pre_in": on_in[Pre], "pre_zoom_in": on_zoom[Pre], "post_in": on_in[Post], "post_pre": on_pre[Post],
          "bn2_abs": bn2_abs, "conv2_abs_mean": conv2_abs_mean}
@@ -252,10 +260,12 @@ def objective_warning(block, layer, measured, stored):
 # ----------------------------------------------------------------------------------------------------
 # One run: every asked block of one results folder.
 
-def run_criteria(net, model, weights_id, results, blocks, weights, device, batch, mix_if, strict_weights=False):
+def run_criteria(net, model, weights_id, results, blocks, weights, device, batch, mix_if, strict_weights=False,
+                 post_as_released=False):
     """{"blocks": {block: summary}, "values": {block: per-channel values}, "fz_files": {layer: config},
     "fz_sha256": {layer: hash}, "skipped": {block: reason}} for the FZs under results/fzs; blocks: the blocks to
-    measure (--blocks), mix_if: the mix ratio's conventions (measure_block)."""
+    measure (--blocks), mix_if: the mix ratio's conventions, post_as_released: In and Post before the ReLU
+    (measure_block); FZs made with the other post_as_released are refused."""
     out = {"blocks": {}, "values": {}, "fz_files": {}, "fz_sha256": {}, "skipped": {}}
     ready = {}
     first_fz = functools.lru_cache(maxsize=None)(lambda: any_fz(net, results))  # read once, whichever blocks need it
@@ -268,7 +278,8 @@ def run_criteria(net, model, weights_id, results, blocks, weights, device, batch
             made = like["channels"].tolist() if like else []
             some = like is not None and len(made) < net.channels(like["config"].get("layer", Pre))  # not all its channels
             channels = ([c for c in made if c < net.channels(Pre)] or None) if some else None
-            command = fzs_command(missing, net.name, weights, results, like and like["config"], channels)
+            settings = {**(like["config"] if like else {}), "post_as_released": post_as_released}  # this run's reading
+            command = fzs_command(missing, net.name, weights, results, settings, channels)
             out["skipped"][block] = f"no center FZs for {', '.join(missing)}; make them with: {command}"
             continue
         fz_in, fz_pre = load_fz(net, results, In), load_fz(net, results, Pre)
@@ -277,7 +288,7 @@ def run_criteria(net, model, weights_id, results, blocks, weights, device, batch
                 if fz["config"].get("weights") != weights_id:
                     die(f"{fz_file(results, fz['config'].get('layer', '?'), 'center')} was made with weights "
                         f"{fz['config'].get('weights')!r}, not {weights_id!r}: the stability report compares runs of one model only")
-        problem = pair_problem(fz_in["config"], fz_pre["config"], weights_id)
+        problem = pair_problem(fz_in["config"], fz_pre["config"], weights_id, post_as_released)
         if problem:
             out["skipped"][block] = f"refused: {problem}"
             continue
@@ -292,7 +303,7 @@ def run_criteria(net, model, weights_id, results, blocks, weights, device, batch
             for layer, fz in ((In, fz_in), (Pre, fz_pre)):
                 out["fz_files"][layer] = fz["config"]
                 out["fz_sha256"][layer] = sha256(fz_file(results, layer, "center"))
-            v = measure_block(net, model, block, fz_in, fz_pre, device, batch, mix_if, bar=bar)
+            v = measure_block(net, model, block, fz_in, fz_pre, device, batch, mix_if, bar=bar, post_as_released=post_as_released)
             for layer, measured, stored in ((In, v["objective_in"], v["stored_in"]), (Pre, v["objective_pre"], v["stored_pre"])):
                 warning = objective_warning(block, layer, measured, stored)
                 if warning:
@@ -331,10 +342,13 @@ def paper_overlap(block, passing, measured):
             "ours_only": sorted(ours - paper), "paper_only": sorted(seen - ours), "paper_unmeasured": sorted(paper - measured)}
 
 
-def print_summary(result, weights_id, blocks):
+def print_summary(result, weights_id, blocks, post_as_released=False):
     """The summary of one run, block by block (blocks: the blocks asked for, --blocks)."""
     print(f"\nScale-invariance criteria (Eq. 1 and Eq. 2 of docs/method.md section 3), weights {weights_id}"
           + ("  ** RANDOM WEIGHTS: not the paper's model **" if is_random(weights_id) else ""))
+    if post_as_released:
+        print("  In (where it is a block output) and Post read before the block's final ReLU, as the released "
+              "stream_inspect.py (--post_as_released true); the paper defines them after it")
     for block in blocks:
         if block in result["skipped"]:
             print(f"  block {block}: not measured: {result['skipped'][block]}")
@@ -435,7 +449,8 @@ def main():
         check_fz_folder(folder, net)  # no FZs of another architecture in these folders
     if single and not os.path.isdir(fzs_dir(RESULTS)):
         layers = [layer for b in blocks for layer in net.blocks[b][:2]]
-        die(f"no FZs in {fzs_dir(RESULTS)}; make them with: {fzs_command(layers, net.name, weights, RESULTS)}")
+        like = {"post_as_released": POST_AS_RELEASED}
+        die(f"no FZs in {fzs_dir(RESULTS)}; make them with: {fzs_command(layers, net.name, weights, RESULTS, like)}")
     mix_if = (MIX_IF_PRE_NONPOS, MIX_IF_IN_NONPOS)  # the mix ratio's conventions, in mix_ratio's order
     device = pick_device(DEVICE)
     device_name = use_device(device, "fp32")  # these are measurements: true float32 convolutions on a GPU too (no TF32)
@@ -443,7 +458,7 @@ def main():
     t0 = time.time()
     model, weights_id = load_model(net.name, weights, device)
     model = model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs and GPUs alike, still float32
-    config = {**cfg, "arch": ARCH, "weights_id": weights_id, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": device_name,
+    config = {**cfg, "arch": ARCH, "weights_id": weights_id, "post_as_released": POST_AS_RELEASED, "eq2_low": EQ2_LOW, "eq2_high": EQ2_HIGH, "device": device_name,
               "batch": batch, "versions": versions()}
     if is_random(weights_id):
         print(f"** weights {weights_id}: random weights, not the paper's model **")
@@ -451,7 +466,8 @@ def main():
     results = {}
     lock = lock_results(RESULTS, "criteria.py")  # noqa: F841 (held until the process ends)
     if single:
-        result = run_criteria(net, model, weights_id, RESULTS, blocks, weights, device, batch, mix_if)
+        result = run_criteria(net, model, weights_id, RESULTS, blocks, weights, device, batch, mix_if,
+                              post_as_released=POST_AS_RELEASED)
         if not result["blocks"]:
             for block, reason in result["skipped"].items():
                 print(f"block {block}: not measured: {reason}", file=sys.stderr)
@@ -463,7 +479,7 @@ def main():
         save_json({"config": config, "fz_files": result["fz_files"], "fz_sha256": result["fz_sha256"],
                    "blocks": result["blocks"], "skipped": result["skipped"]}, criteria_file(RESULTS))
         write_csv(csv_rows(result["values"]), CSV_COLUMNS, criteria_csv(RESULTS))
-        print_summary(result, weights_id, blocks)
+        print_summary(result, weights_id, blocks, POST_AS_RELEASED)
         print(f"wrote {criteria_file(RESULTS)} and criteria.csv")
 
     if RUNS:
@@ -472,7 +488,7 @@ def main():
             key = os.path.abspath(folder)
             if key not in results:
                 results[key] = run_criteria(net, model, weights_id, folder, blocks, weights, device, batch, mix_if,
-                                            strict_weights=True)
+                                            strict_weights=True, post_as_released=POST_AS_RELEASED)
                 for block, reason in results[key]["skipped"].items():
                     print(f"run {folder}, block {block}: not measured: {reason}")
             runs[folder] = results[key]

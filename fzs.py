@@ -71,6 +71,7 @@ SCALES = [1.0, 0.975, 1.025, 0.95, 1.05]  # lucent random_scale choices
 ANGLES = [-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5]  # lucent random_rotate choices (degrees)
 JITTER = ""  # pad/jitter overrides by residual block, e.g. layer2.1:16,layer3.0:8 (default: arch.jitter's rule, ResNet18's table of docs/method.md section 2)
 PRE_AS_RELEASED = False  # True: Pre (bn2) units are optimised through the block output, as lucent's hooks did in the released scripts
+POST_AS_RELEASED = False  # True: block outputs (every Post, and the In of x.1 blocks) are optimised before their final ReLU, as the released stream_inspect.py read them (docs/differences.md)
 AMP = "auto"  # optimisation precision: auto (fp32, the measured default; AMP_AUTO=bf16 in the environment makes it bf16), fp32, bf16 or tf32 (GPU)
 FOLD_BN = True  # fold eval-mode BatchNorm into the convolutions for the optimisation (the same function, faster)
 COMPILE = False  # torch.compile the truncated network, one compiled function per target layer (for long sweeps on CUDA)
@@ -298,6 +299,14 @@ def target_layer(net, layer, pre_as_released):
     return net.post_of(layer) if pre_as_released and net.where(layer)[1] == "pre" else layer
 
 
+def target_of(net, layer, cfg):
+    """(target layer, post_as_released): what the optimisation of a unit of `layer` reads (stream.truncated's
+    arguments). A block output is read before its ReLU under post_as_released; an aliased Pre (pre_as_released) is
+    lucent's tensor, the post-ReLU block output, whatever post_as_released says."""
+    target = target_layer(net, layer, cfg["pre_as_released"])
+    return target, bool(cfg.get("post_as_released", False)) and target == layer
+
+
 def parse_jitter(net, spec):
     """'layer2.1:16,layer3.0:8' -> {residual block: pad}, the overrides of arch.jitter's rule."""
     out, blocks = {}, net.residual
@@ -322,8 +331,7 @@ def render_groups(net, model, layer, kind, cfg, groups, device, amp, forward=Non
     batch size, so its images are the ones render(net) gives it alone (bit for bit on the CPU). On a GPU each group runs
     on its own CUDA stream, so that small batches of deep layers fill the card together. Returns one uint8 tensor a
     group; on_step() is called once per step (all groups)."""
-    target = target_layer(net, layer, cfg["pre_as_released"])
-    forward = forward or truncated(net, model, target)
+    forward = forward or truncated(net, model, *target_of(net, layer, cfg))
     steps = transforms_for(cfg["jitter"], cfg["scales"], cfg["angles"], cfg["size"])
     # inputs in the model's memory layout (fzs.py runs it channels_last: faster convolutions on CPUs and GPUs)
     first = next(model.parameters())  # the first convolution's weight (conv1, or CORnet-S's V1.conv1)
@@ -363,7 +371,7 @@ def side_streams(device, n):
     return [torch.cuda.Stream(device) for _ in range(n)]
 
 
-def compile_forward(net, model, target, n_targets, backend="inductor"):
+def compile_forward(net, model, target, n_targets, backend="inductor", post_as_released=False):
     """torch.compile of the truncated network up to `target` (one compiled function per target layer). Every target
     shares truncated(net)'s code, so dynamo's recompile limit (8 by default, after which it runs the rest in eager mode,
     silently) is raised to one graph per target, input size and batch size: jitter-0 layers see 4 sizes (224, 225, 230,
@@ -373,15 +381,16 @@ def compile_forward(net, model, target, n_targets, backend="inductor"):
     for name in ("recompile_limit", "cache_size_limit"):  # the name since torch 2.6, and the older one
         if hasattr(dynamo, name) and getattr(dynamo, name) < limit:
             setattr(dynamo, name, limit)
-    return torch.compile(truncated(net, model, target), backend=backend, dynamic=False)
+    return torch.compile(truncated(net, model, target, post_as_released), backend=backend, dynamic=False)
 
 
 @torch.no_grad()
-def objective_on_images(net, model, layer, images, channels, kind, device):
-    """The objective of each unit on its stored 8-bit image, untransformed, in float32 (no TF32 on GPUs)."""
+def objective_on_images(net, model, layer, images, channels, kind, device, post_as_released=False):
+    """The objective of each unit on its stored 8-bit image, untransformed, in float32 (no TF32 on GPUs); a block output
+    before its ReLU under post_as_released."""
     with no_tf32():
         x = normalize(to_float(images).to(device))
-        fmap = features(net, model, x, [layer])[layer].float()
+        fmap = features(net, model, x, [layer], post_as_released)[layer].float()
         return objective(fmap, torch.as_tensor(channels, device=device), kind).cpu()
 
 
@@ -497,6 +506,9 @@ def main():
     for k in kinds:
         if k not in ("center", "channel", "latent"):
             die(f"unknown objective {k!r}: use center, channel and/or latent")
+    for flag, on in (("--pre_as_released", PRE_AS_RELEASED), ("--post_as_released", POST_AS_RELEASED)):
+        if "latent" in kinds and on:  # crosscoder.py's data stage reads the paper's Pre and Post
+            die(f"{flag} does not apply to --objectives latent: the crosscoder was trained on the paper's Pre and Post")
     if "latent" in kinds and CHANNELS == "passing":
         die("--channels passing names channels, not latents: give the latents as ranges, e.g. --channels 0:64")
     if STEPS < 1 or BATCH < 1 or STREAMS < 1:
@@ -550,7 +562,8 @@ def main():
             channels, n_units = (latents[layer][0], latents[layer][1]) if kind == "latent" else (channels_of[layer], net.channels(layer))
             cfg = {"arch": ARCH, "layer": layer, "objective": kind, "weights": weights_id, "seed": SEED, "steps": STEPS, "lr": LR,
                    "batch": BATCH, "size": SIZE, "scales": list(SCALES), "angles": list(ANGLES),
-                   "jitter": jitter[net.block_of(layer)], "pre_as_released": PRE_AS_RELEASED, "fold_bn": fold,
+                   "jitter": jitter[net.block_of(layer)], "pre_as_released": PRE_AS_RELEASED,
+                   "post_as_released": POST_AS_RELEASED, "fold_bn": fold,
                    "amp": prec, "param": "lucent fft, decorrelate, sd 0.01", "device": device.type,
                    "device_name": device_name, **({"crosscoder": latents[layer][4]} if kind == "latent" else {})}
             cfgs[layer, kind] = cfg
@@ -579,16 +592,16 @@ def main():
             chunks[-1].append(entry)
         else:
             chunks.append([entry])
-    compiled, n_targets = {}, len({target_layer(net, p[0], PRE_AS_RELEASED) for p in mine})
+    compiled, n_targets = {}, len({target_of(net, p[0], cfgs[p[:2]]) for p in mine})
     t0 = time.time()
     with tqdm(total=optimised_units * STEPS, unit="img-step", unit_scale=True, smoothing=0.05, disable=units == 0) as bar:
         for n, chunk in enumerate(chunks):
             layer, kind = chunk[0][:2]
             bar.set_description(f"{layer} {kind} {chunk[0][3][0]}..{chunk[-1][3][-1]}")
-            target = target_layer(net, layer, PRE_AS_RELEASED)
-            if COMPILE and kind != "latent" and target not in compiled:
-                compiled[target] = compile_forward(net, optimised, target, n_targets)
             cfg = cfgs[layer, kind]
+            target = target_of(net, layer, cfg)  # (layer, post_as_released): one compiled function each
+            if COMPILE and kind != "latent" and target not in compiled:
+                compiled[target] = compile_forward(net, optimised, target[0], n_targets, post_as_released=target[1])
             groups = [(members, [unit_seed(SEED, layer, kind, c) for c in members], transform_seed(SEED, layer, kind, group))
                       for _, _, group, _, members in chunk]
             forward = latents[layer][2] if kind == "latent" else compiled.get(target)
@@ -596,7 +609,7 @@ def main():
                                    on_step=lambda k=sum(len(g[0]) for g in groups): bar.update(k))
             for (_, _, group, channels, members), imgs in zip(chunk, images):
                 activation = (latent_on_images(latents[layer][3], imgs, members, device) if kind == "latent" else
-                              objective_on_images(net, model, layer, imgs, members, kind, device))  # the whole batch: the same rounding
+                              objective_on_images(net, model, layer, imgs, members, kind, device, POST_AS_RELEASED))  # the whole batch: the same rounding
                 keep = [members.index(c) for c in channels]  # the units asked for
                 save_pt({"images": imgs[keep], "channels": torch.tensor(channels, dtype=torch.int64), "activation": activation[keep],
                          "config": cfg}, part_path(RESULTS, layer, kind, group, channels))

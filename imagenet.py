@@ -453,14 +453,19 @@ def decode_rgb(path):
         raise ImageError(f"cannot read image {path} ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})") from None
 
 
-def crop_size(percent):
-    """docs/method.md section 5's scale transform crops 256 - floor(256 p / 100) px (231 at 10 %, 128 at 50 %)."""
+def crop_size(percent, released=False):
+    """docs/method.md section 5's scale transform crops 256 - floor(256 p / 100) px (231 at 10 %, 128 at 50 %);
+    released: the released scale_robust.py's crop at its scale 1 + p / 100, CenterCrop(int(224 (2 - scale))), i.e.
+    floor(224 (100 - p) / 100) px (201 at 10 %, 112 at 50 %), in integers (the same sizes at 10..50 %)."""
+    if released:
+        return (224 * (100 - int(percent))) // 100
     return 256 - (256 * int(percent)) // 100
 
 
-def eval_views(image, scales):
+def eval_views(image, scales, released_crop=False):
     """uint8 (len(scales), 3, 224, 224) views of one decoded PIL image: resize the shorter side to 256, then
-    scale 0 = center-crop 224 (the standard eval transform), scale p = center-crop crop_size(p), resize to 224.
+    scale 0 = center-crop 224 (the standard eval transform), scale p = center-crop crop_size(p, released_crop), resize
+    to 224.
 
     All resizing is torchvision.transforms.functional on PIL images, bilinear (PIL's, antialiased: the same
     as torchvision's standard ImageNet eval transform Resize(256) + CenterCrop(224))."""
@@ -469,7 +474,8 @@ def eval_views(image, scales):
     base = TF.resize(image, 256, interpolation=bilinear)
     views = []
     for p in scales:
-        view = TF.center_crop(base, 224) if p == 0 else TF.resize(TF.center_crop(base, crop_size(p)), [224, 224], interpolation=bilinear)
+        view = (TF.center_crop(base, 224) if p == 0 else
+                TF.resize(TF.center_crop(base, crop_size(p, released_crop)), [224, 224], interpolation=bilinear))
         views.append(TF.pil_to_tensor(view))
     return torch.stack(views)
 
@@ -517,17 +523,19 @@ class ZoomFolder(torch.utils.data.Dataset):
 
 
 class ImageNetFolder(torch.utils.data.Dataset):
-    """Item i: (uint8 views (len(scales), 3, 224, 224) from ONE decode of image i, its label, i)."""
+    """Item i: (uint8 views (len(scales), 3, 224, 224) from ONE decode of image i, its label, i); released_crop: the
+    released scripts' crop sizes (crop_size)."""
 
-    def __init__(self, root, paths, labels, scales=(0,)):
+    def __init__(self, root, paths, labels, scales=(0,), released_crop=False):
         self.root, self.paths, self.labels, self.scales = root, list(paths), np.asarray(labels), list(scales)
+        self.released_crop = released_crop
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         image = decode_rgb(os.path.join(self.root, self.paths[i]))
-        return eval_views(image, self.scales), int(self.labels[i]), i
+        return eval_views(image, self.scales, self.released_crop), int(self.labels[i]), i
 
 
 def image_loader(dataset, batch, workers=-1, device="cpu", start=0):

@@ -212,7 +212,10 @@ def recorded_weights(config):
 # The FZ config: FZ files used together (the In and Pre of a block, the layers of a figure) agree on
 # FZ_MATCH_KEYS; an FZ file resumes only under the same FZ_KEYS.
 
-FZ_MATCH_KEYS = ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch")
+FZ_MATCH_KEYS = ("weights", "seed", "steps", "lr", "amp", "pre_as_released", "batch", "post_as_released")
+# what a config that lacks a key was made with: files from before --arch, --post_as_released and --crop_as_released
+# existed are resnet18's, with the paper's post-ReLU In and Post and the paper's crops
+CONFIG_DEFAULTS = {"arch": "resnet18", "post_as_released": False, "crop_as_released": False}
 FZ_KEYS = ("arch", "layer", "objective") + FZ_MATCH_KEYS + ("size", "scales", "angles", "jitter", "fold_bn", "device")
 LATENT_KEYS = ("crosscoder",)  # a latent FZ file also resumes only from the same crosscoder file (crosscoder_id)
 
@@ -249,15 +252,15 @@ def command(script, flags, arch_name, weights, results="results", always_weights
 
 def fzs_command(layers, arch_name, weights, results="results", like=None, channels=None, objective="center"):
     """The fzs.py command that makes the FZs of these layers (and channels) with these weights (an id or a flag value);
-    `like`: the config of FZs the new ones must match (their seed, steps, lr, amp, pre_as_released and batch are
-    copied)."""
+    `like`: the config of FZs the new ones must match (their seed, steps, lr, amp, pre_as_released, batch and, where
+    true, post_as_released are copied)."""
     flags = f"--layers {','.join(layers)}"
     if objective != "center":
         flags += f" --objectives {objective}"
     if channels is not None:
         flags += f" --channels {arch.channel_ranges(channels)}"
     for key in FZ_MATCH_KEYS[1:]:
-        if like and key in like:
+        if like and key in like and not (key in CONFIG_DEFAULTS and like[key] == CONFIG_DEFAULTS[key]):  # a default: left out
             flags += f" --{key} {like[key]}"
     return command("fzs.py", flags, arch_name, weights, results)
 
@@ -405,7 +408,7 @@ def load_json(path, what="result file"):
 
 def config_mismatch(a, b, keys):
     """The first key on which two configs differ, as 'key: a vs b', or None."""
-    defaults = {"arch": "resnet18"}  # files from before --arch existed are resnet18's
+    defaults = CONFIG_DEFAULTS
     for k in keys:
         if a.get(k, defaults.get(k)) != b.get(k, defaults.get(k)):
             return f"{k}: {a.get(k, defaults.get(k))!r} vs {b.get(k, defaults.get(k))!r}"
@@ -415,17 +418,38 @@ def config_mismatch(a, b, keys):
 # ----------------------------------------------------------------------------------------------------
 # The shared readers: a result file, checked against this run's architecture and weights.
 
-def check_made(config, path, net, weights_id, remake):
-    """Die when the result file at `path` (its config) was made with another architecture than `net`'s, or with other
-    weights than `weights_id` (None: any); `remake` names the command that makes it again."""
+def released_problem(config, post_as_released):
+    """Why a result file (its config) cannot be read by a run with this --post_as_released (In and Post before the
+    final ReLU, as the released scripts, or after it, as the paper), or None. A config without the key is the paper's."""
+    made = bool(config.get("post_as_released", CONFIG_DEFAULTS["post_as_released"]))
+    if made == bool(post_as_released):
+        return None
+    return (f"made with --post_as_released {str(made).lower()}, this run is --post_as_released {str(bool(post_as_released)).lower()}"
+            f" (In and Post {'before' if made else 'after'} the ReLU): pass --post_as_released {str(made).lower()}, or use "
+            f"another --results folder (the two are never mixed)")
+
+
+def check_released(config, path, post_as_released):
+    """Die when the result file at `path` was made with the other --post_as_released (released_problem)."""
+    why = released_problem(config, post_as_released)
+    if why:
+        die(f"{path} was {why}")
+
+
+def check_made(config, path, net, weights_id, remake, post_as_released=None):
+    """Die when the result file at `path` (its config) was made with another architecture than `net`'s, with other
+    weights than `weights_id` (None: any), or with the other --post_as_released (None: either); `remake` names the
+    command that makes it again."""
     net.check(config, path)
     made = recorded_weights(config)
     if weights_id is not None and not same_weights(made, weights_id):
         die(f"{path} was made with weights {made!r}, this run uses {weights_id!r}: pass the same --weights, or run "
             f"python {remake} again")
+    if post_as_released is not None:
+        check_released(config, path, post_as_released)
 
 
-def read_criteria(results, net, weights_id=None, required=""):
+def read_criteria(results, net, weights_id=None, required="", post_as_released=None):
     """criteria.json of a results folder, checked (check_made); None when there is none, unless `required` says why
     this run needs it."""
     path = criteria_file(results)
@@ -434,7 +458,7 @@ def read_criteria(results, net, weights_id=None, required=""):
             die(f"missing {path}: run {command('criteria.py', '', net.name, None, results)} first ({required})")
         return None
     crit = load_json(path, "criteria file")
-    check_made(crit.get("config", {}), path, net, weights_id, "criteria.py")
+    check_made(crit.get("config", {}), path, net, weights_id, "criteria.py", post_as_released)
     return crit
 
 

@@ -134,10 +134,14 @@ def stem(model, x):
     return model.maxpool(model.relu(model.bn1(model.conv1(x))))
 
 
+PARTS = ("in", "pre", "sum", "post")  # a block's values in forward order: 'sum' is in + pre, before the final ReLU
+
+
 def block_forward(block, x, part="post"):
     """One residual block: {'in': skip summand, 'pre': the last BatchNorm's output before the sum (bn2 of a
-    BasicBlock, bn3 of a Bottleneck), 'post': ReLU(in + pre)}, as far as `part`. Nothing is done in place, so
-    Pre stays the true BatchNorm output (torchvision's own forward adds and applies the ReLU in place)."""
+    BasicBlock, bn3 of a Bottleneck), 'sum': in + pre (the released scripts' prerelu_out), 'post': ReLU(sum)}, as
+    far as `part`. Nothing is done in place, so Pre stays the true BatchNorm output (torchvision's own forward adds
+    and applies the ReLU in place)."""
     out = {"in": block.downsample(x) if block.downsample is not None else x}
     if part == "in":
         return out
@@ -146,9 +150,21 @@ def block_forward(block, x, part="post"):
         out["pre"] = block.bn3(block.conv3(torch.relu(block.bn2(block.conv2(h)))))
     else:
         out["pre"] = block.bn2(block.conv2(h))
+    if part in ("sum", "post"):
+        out["sum"] = out["pre"] + out["in"]
     if part == "post":
-        out["post"] = torch.relu(out["pre"] + out["in"])
+        out["post"] = torch.relu(out["sum"])
     return out
+
+
+def part_of(net, layer, post_as_released=False):
+    """(index of the layer's residual block, the block_forward part that is its value): a block output (the Post of
+    its block, the In of the next) is 'post', or with post_as_released its pre-ReLU 'sum', as the released
+    stream_inspect.py read it (docs/differences.md); a downsample BatchNorm is 'in', a bn2 'pre', either way."""
+    i, role = net.where(layer)
+    if post_as_released and net.name == arch.CORNET:
+        die("--post_as_released is the released ResNet scripts' reading; CORnet-S has no released scripts (leave it false)")
+    return i, "sum" if post_as_released and role == "post" else role
 
 
 def head(model, x):
@@ -185,15 +201,15 @@ def cornet_steps(model, x, last, part):
             h, i = parts["post"], i + 1
 
 
-def features(net, model, x, layers):
+def features(net, model, x, layers, post_as_released=False):
     """{layer: feature map} for the named layers of `net` (an arch.Net), running the network only up to the deepest
-    of them."""
+    of them; post_as_released: block outputs before their final ReLU (part_of)."""
     wanted = {}
     for layer in layers:
-        i, part = net.where(layer)
+        i, part = part_of(net, layer, post_as_released)
         wanted.setdefault(i, []).append((layer, part))
     last = max(wanted)
-    deepest = max((p for _, p in wanted[last]), key=arch.ROLES.index)
+    deepest = max((p for _, p in wanted[last]), key=PARTS.index)
     out = {}
     if net.name == arch.CORNET:
         for i, parts in cornet_steps(model, x, last, deepest):
@@ -210,10 +226,10 @@ def features(net, model, x, layers):
     return out
 
 
-def truncated(net, model, layer):
-    """features(net, model, x, [layer])[layer] as a function of x alone (the same operations), with the layer's place
-    looked up once: what torch.compile traces holds tensor operations only."""
-    i, part = net.where(layer)
+def truncated(net, model, layer, post_as_released=False):
+    """features(net, model, x, [layer], post_as_released)[layer] as a function of x alone (the same operations), with
+    the layer's place looked up once: what torch.compile traces holds tensor operations only."""
+    i, part = part_of(net, layer, post_as_released)
     if net.name == arch.CORNET:
         def steps(x):
             for _, parts in cornet_steps(model, x, i, part):
@@ -236,9 +252,10 @@ def center(fmap):
 
 
 @torch.no_grad()
-def read_center(net, model, x, layers):
-    """{layer: (B, C) float32 center-neuron activations} for a normalised batch x, in one truncated pass."""
-    return {k: center(v).float() for k, v in features(net, model, x, layers).items()}
+def read_center(net, model, x, layers, post_as_released=False):
+    """{layer: (B, C) float32 center-neuron activations} for a normalised batch x, in one truncated pass
+    (post_as_released: block outputs before their final ReLU)."""
+    return {k: center(v).float() for k, v in features(net, model, x, layers, post_as_released).items()}
 
 
 @functools.lru_cache(maxsize=None)

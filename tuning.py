@@ -76,6 +76,7 @@ WORKERS = -1  # DataLoader worker processes decoding JPEGs (-1 = one per CPU cor
 DEVICE = "auto"  # auto, cpu, cuda or cuda:N
 PERMUTATIONS = 10000  # label permutations for the Mann-Whitney p-values
 CHECKPOINT_SECONDS = 30.0  # save the values measured so far at most this often (and on Ctrl-C)
+POST_AS_RELEASED = False  # True: In (where it is a block output) and Post are read before their block's final ReLU, as the released scripts; criteria.json must be made with it too (docs/differences.md)
 # ---- end of flags (below: fixed constants, not flags)
 
 
@@ -125,10 +126,11 @@ def eq2n(post_on_in_top, post_on_pre_top):
 # The measurement: every distinct image once, all zooms, all probed layers per pass; resumable.
 
 def measure_zoom_responses(net, model, root, paths, ids, sets, columns, sample_pos, fractions, device, batch, workers, state_path,
-                           config, every):
+                           config, every, post_as_released=False):
     """The center-neuron responses of every probed layer to every zoom view of the images `ids` (each decoded once):
     values (G, 3k, 3, Z), each unit's three roles on each image of its set at each zoom; sample (S, Z, sum C), every
-    channel on the random sample. Resumable: the values so far go to state_path every `every` seconds and on Ctrl-C."""
+    channel on the random sample; block outputs before their final ReLU under post_as_released. Resumable: the values
+    so far go to state_path every `every` seconds and on Ctrl-C."""
     G, slots = sets.shape
     Z = len(zooms(fractions))
     total = sum(net.channels(layer) for layer in net.layers)
@@ -155,7 +157,7 @@ def measure_zoom_responses(net, model, root, paths, ids, sets, columns, sample_p
         out = []
         for z in range(Z):
             x = normalize(to_float(views[:, z])).contiguous(memory_format=torch.channels_last)
-            got = read_center(net, model, x, net.layers)
+            got = read_center(net, model, x, net.layers, post_as_released)
             out.append(torch.cat([got[layer].float() for layer in net.layers], 1))
         acts = torch.stack(out, 1).cpu().numpy()  # (n, Z, total): one copy to the host per batch
         lo, hi = np.searchsorted(e_pos, [first, first + n])
@@ -255,6 +257,7 @@ def main():
     lock = lock_results(RESULTS, "tuning.py")  # noqa: F841 (held until the process ends)
     model, weights_id = load_model(net.name, weights_to_load(WEIGHTS, [summary["config"]]), device)
     check_made(summary["config"], natural_summary(RESULTS), net, weights_id, "ablate.py --stages natural")
+    criteria = read_criteria(RESULTS, net, weights_id, post_as_released=POST_AS_RELEASED)  # checked before the measurement
     model = model.to(memory_format=torch.channels_last)
     if is_random(weights_id):
         print(f"** weights {weights_id}: random weights, not the paper's model **")
@@ -282,15 +285,16 @@ def main():
 
     # The measurement: every distinct image once, all its zooms, all probed layers in one pass.
     config = {"arch": ARCH, "weights": weights_id, "natural": {k_: summary["config"].get(k_) for k_ in ("data", "limit", "count", "paths")},
-              "blocks": list(tune_blocks), "top_k": k, "sample": len(sample), "fractions": list(FRACTIONS), "seed": SEED}
+              "blocks": list(tune_blocks), "top_k": k, "sample": len(sample), "fractions": list(FRACTIONS), "seed": SEED,
+              "post_as_released": POST_AS_RELEASED}
     state = measure_zoom_responses(net, model, summary["root"], summary["paths"], ids, sets, columns, np.searchsorted(ids, sample),
-                                   FRACTIONS, device, batch, WORKERS, tuning_values(RESULTS), config, CHECKPOINT_SECONDS)
+                                   FRACTIONS, device, batch, WORKERS, tuning_values(RESULTS), config, CHECKPOINT_SECONDS,
+                                   POST_AS_RELEASED)
 
     # 2 and 3. The tuning curves, the invariance index and the natural-image analogues of the criteria.
     a = analyse(units, sets, member, state["values"], state["sample"], columns, zoom, EQ1N_MIN)
 
     # 4. Per block, and against the FZ criteria.
-    criteria = read_criteria(RESULTS, net, weights_id)
     if criteria is None:
         print(f"note: no {criteria_file(RESULTS)}: the comparison with the FZ criteria is left out (run python criteria.py)")
     blocks = {}

@@ -17,6 +17,7 @@ from PIL import Image
 
 import ablate
 import arch
+import cli
 import imagenet
 import results
 import stats
@@ -156,6 +157,55 @@ def test_scale_transform_crop_sizes():
     for p in (10, 30, 50):
         ref = T.Compose([T.Resize(256), T.CenterCrop(imagenet.crop_size(p)), T.Resize((224, 224))])(photo)
         assert torch.equal(imagenet.eval_views(photo, [p])[0], to_u8(ref))
+
+
+def test_released_crop_option_equals_the_released_transform():
+    """--crop_as_released: the released scale_robust.py's views at its scales np.arange(1.1, 1.6, 0.1), written as its
+    torchvision transforms on PIL: Resize(256), CenterCrop(int(224 (2 - scale))), Resize(224)."""
+    rng = np.random.default_rng(3)
+    photo = smooth_rgb(rng, 333, 290)
+    to_u8 = T.PILToTensor()
+    for scale in np.arange(1.1, 1.6, 0.1):
+        scale = np.round(scale, 1)
+        p = int(round(100 * (scale - 1)))
+        assert imagenet.crop_size(p, released=True) == int(224 * (2 - scale))
+        ref = T.Compose([T.Resize(256), T.CenterCrop(int(224 * (2 - scale))), T.Resize(224)])(photo)
+        assert torch.equal(imagenet.eval_views(photo, [p], released_crop=True)[0], to_u8(ref))
+    assert [imagenet.crop_size(p, released=True) for p in (10, 50)] == [201, 112]
+    assert torch.equal(imagenet.eval_views(photo, [0], released_crop=True), imagenet.eval_views(photo, [0]))  # no crop: the same
+    ds = imagenet.ImageNetFolder("", [], [], [10], released_crop=True)
+    assert ds.released_crop is True
+
+
+def test_released_crop_cells_are_never_mixed(tmp_path):
+    key = {"arch": "resnet18", "weights": "random:0", "seed": 0, "crop_as_released": True}
+    results.save_json({"run": key, "channels": [1, 2], "hits": ablate.pack_hits([True, False, True]), "total": 3},
+                      results.ablation_cell(tmp_path, "2.1", "passing", 10))
+    assert ablate.read_cell(str(tmp_path), "2.1", "passing", 10, [1, 2], key).tolist() == [True, False, True]
+    with pytest.raises(SystemExit, match=r"made under another config \(crop_as_released: True vs False\)"):
+        ablate.read_cell(str(tmp_path), "2.1", "passing", 10, [1, 2], {**key, "crop_as_released": False})
+    old = {k: v for k, v in key.items() if k != "crop_as_released"}  # a cell from before the option: the paper's crops
+    results.save_json({"run": old, "channels": [1, 2], "hits": ablate.pack_hits([True, False, True]), "total": 3},
+                      results.ablation_cell(tmp_path, "2.1", "passing", 10))
+    assert ablate.read_cell(str(tmp_path), "2.1", "passing", 10, [1, 2], {**key, "crop_as_released": False}) is not None
+
+
+def test_the_released_top1_is_printed_beside_ours_for_its_weights(capsys):
+    out = {"block": "2.1", "variant": "paper", "scales": [0, 10, 20, 30, 40, 50], "n_images": 50000,
+           "accuracy": {"passing": [0.6375, 0.61, 0.6, 0.55, 0.5, 0.45]},
+           "config": {"arch": "resnet18", "weights": "IMAGENET1K_V1", "crop_as_released": False}}
+    lines = ablate.released_reference(out)
+    assert lines[0].endswith("0%: 63.75 vs 63.75; 10%: 61.00 vs 61.394; 20%: 60.00 vs 59.39; 30%: 55.00 vs 56.222; "
+                             "40%: 50.00 vs 51.686; 50%: 45.00 vs 44.292")
+    assert "other crops" in lines[1] and "--crop_as_released true" in lines[1]
+    same = ablate.released_reference({**out, "config": {**out["config"], "crop_as_released": True}})
+    assert "the same crops" in same[1]
+    assert ablate.released_reference({**out, "block": "3.1"})[0].split(": ", 1)[1].startswith("0%: 63.75 vs 63.493")
+    some = {**out, "scales": [0, 30], "accuracy": {"passing": [0.6, 0.5]}}  # a run with other crops: each beside its own
+    assert ablate.released_reference(some)[0].endswith("0%: 60.00 vs 63.75; 30%: 50.00 vs 56.222")
+    for other in ({**out, "config": {**out["config"], "weights": "random:0"}}, {**out, "variant": "heldout"}, {**out, "block": "1.1"},
+                  {**out, "config": {**out["config"], "arch": "resnet50"}}):
+        assert ablate.released_reference(other) == []
 
 
 def test_dataset_decodes_once_into_all_views(folder, monkeypatch):
@@ -626,3 +676,19 @@ def test_heldout_cells_are_counted_on_heldout_images_only(swept):
         assert out["screening"]["n_images"] == split["screen"]
         assert all(round(d["accuracy"] * split["screen"], 6) == int(round(d["accuracy"] * split["screen"])) for d in out["screening"]["draws"])
         assert set(out["test"]) >= {"difference", "ci", "p_below", "method"} and len(out["test"]["ci"]) == len(out["scales"]) - 1
+
+
+def test_the_crop_flag_reaches_the_loader_and_the_cells(folder, tmp_path, monkeypatch):
+    """--crop_as_released true in main: the views are made with the released crops (the loader) and every cell records
+    it (the sweep's key); the loader and the sweep are stubbed, so nothing is measured."""
+    for name in cli.flag_names(ablate.__file__):
+        monkeypatch.setattr(ablate, name, getattr(ablate, name))  # main's configure() rewrites them; restored after
+    got = {}
+    monkeypatch.setattr(ablate, "loader_cache", lambda *args: got.setdefault("loader", args) and None)
+    monkeypatch.setattr(ablate, "sweep_stage", lambda *args, **kw: got.setdefault("sweep", kw))
+    for flag in ("true", "false"):
+        got.clear()
+        monkeypatch.setattr(sys, "argv", ["ablate.py", "--data", folder, "--weights", "random", "--results", str(tmp_path / flag),
+                                          "--stages", "sweep", "--workers", "0", "--crop_as_released", flag])
+        ablate.main()
+        assert got["loader"][-1] is (flag == "true") and got["sweep"]["crop_as_released"] is (flag == "true")

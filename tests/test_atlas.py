@@ -177,3 +177,29 @@ def test_missing_pieces_say_how_long_they_take(atlas):
     cpu, gpu = atlas_py.fz_seconds(4672, 2560)
     assert atlas_py.duration(cpu) == "about 3.6 days" and atlas_py.duration(gpu) == "about 3 min"
     assert atlas_py.duration(124 * 2560 / 38) == "about 2.3 hours"
+
+
+def test_released_inputs_are_labelled_and_never_mixed(tmp_path):
+    """An atlas of inputs made with --post_as_released true needs the flag (and refuses them without it), names the
+    block outputs as read before the ReLU, and its commands for the missing FZs carry the flag."""
+    import torch
+
+    import results
+    res = tmp_path / "res"
+    config = {"arch": "resnet18", "layer": "layer2.0", "objective": "center", "weights": "random:0", "seed": 0, "steps": 2,
+              "lr": 0.05, "amp": "fp32", "pre_as_released": False, "batch": 2, "post_as_released": True}
+    results.save_pt({"images": torch.zeros(2, 3, 224, 224, dtype=torch.uint8), "channels": torch.tensor([0, 1]),
+                     "activation": torch.zeros(2), "config": config}, results.fz_file(res, "layer2.0", "center"))
+    p = subprocess.run([sys.executable, "atlas.py", "--results", res], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1 and "center.pt was made with --post_as_released true, this run is --post_as_released false" in p.stderr
+    assert "Traceback" not in p.stderr
+    run("atlas.py", "--results", res, "--post_as_released", "true")
+    page = open(res / "atlas" / "block_2.1.html").read()
+    assert "layer2.0 (sum, before ReLU)" in page and "layer2.1 (sum, before ReLU)" in page and "layer2.1.bn2 (sum" not in page
+    assert "read before their block's final ReLU" in page
+    assert "--post_as_released True" in html.unescape(page)  # the missing FZs' commands make them the same way
+    page = open(res / "atlas" / "block_2.0.html").read()  # a downsample In is what it was
+    assert "layer2.0 (sum, before ReLU)" in page and "layer2.0.downsample.1 (sum" not in page
+    results.save_json({"config": {"arch": "resnet18", "weights_id": "random:0"}, "blocks": {}}, results.criteria_file(res))
+    p = subprocess.run([sys.executable, "atlas.py", "--results", res, "--post_as_released", "true"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 1 and "criteria.json was made with --post_as_released false" in p.stderr  # the paper's reading

@@ -44,3 +44,10 @@ def test_benchmark_prints_its_figures(script, args, figures):
     out = bench(script, *args)
     for figure in figures:
         assert figure in out, (figure, out[-1500:])
+
+
+def test_bench_released_prints_its_table():
+    """bench_released.py (docs/differences.md's table) at a tiny size: three FZ runs of one block and its table row."""
+    out = bench("bench_released.py", "--blocks", "2.1", "--channels", "1", "--steps", "1")
+    assert re.search(r"\| 2\.1 \| \d / \d / \d \| \d\.\d\d \| \d\.\d\d \| \d of 1 \|", out), out[-1500:]
+    assert "seed noise (mean Jaccard" in out

@@ -117,7 +117,8 @@ def make_fz(folder, layer, channels, model=None, seed=0, **config):
           "config": {"layer": layer, "objective": "center", "weights": "random:0", "seed": seed, "steps": 2, "lr": 0.05,
                      "batch": 4, "amp": "fp32", "pre_as_released": False, "jitter": 0, **config}}
     if model is not None:
-        fz["activation"] = stream.read_center(net, model, stream.normalize(stream.to_float(images)), [layer])[layer][torch.arange(len(ch)), ch]
+        fz["activation"] = stream.read_center(net, model, stream.normalize(stream.to_float(images)), [layer],
+                                              fz["config"].get("post_as_released", False))[layer][torch.arange(len(ch)), ch]
     results.save_pt(fz, results.fz_file(folder, layer, "center"))
     return fz
 
@@ -161,6 +162,94 @@ def test_batched_measurement_matches_hooks(tmp_path, model, block):
         assert float(v["bn2_abs"][i]) == pytest.approx(abs(float(bn2.weight[c])))
         assert float(v["conv2_abs_mean"][i]) == pytest.approx(float(np.abs(conv2.weight[c].numpy()).mean()), rel=1e-6)
     assert v["passes"].tolist() == (criteria.eq1(v["pre_in"], v["pre_zoom_in"]) & criteria.eq2(v["post_in"], v["post_pre"])).tolist()
+
+
+def relu_inputs(model, x):
+    """The slow path of --post_as_released: {block output: its residual sum}, the input of the last call of each
+    block's ReLU module (a BasicBlock calls its one self.relu twice), cloned at hook time."""
+    calls, handles = {}, []
+    for name in net.residual:
+        relu = model.get_submodule(name).relu
+        handles.append(relu.register_forward_pre_hook(lambda m, inp, name=name: calls.setdefault(name, []).append(inp[0].clone())))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return {name: c[-1] for name, c in calls.items()}
+
+
+@pytest.mark.parametrize("block", ["1.1", "2.0", "3.1"])
+def test_released_reading_matches_relu_input_hooks(tmp_path, model, block):
+    """--post_as_released: the four values, Eq. 1, Eq. 2 and the mix ratio, recomputed from the ReLU's input (the sum)
+    where In or Post is a block output, and from plain hooks where it is a downsample BatchNorm or bn2."""
+    m, weights_id = model
+    In, Pre, Post = net.blocks[block]
+    chans = list(range(12))
+    fz_in = make_fz(tmp_path, In, chans, m, weights=weights_id, post_as_released=True)
+    fz_pre = make_fz(tmp_path, Pre, chans, m, weights=weights_id, post_as_released=True)
+    mix_if = (7.0, 3.0)
+    v = criteria.measure_block(net, m, block, criteria.load_fz(net, tmp_path, In), criteria.load_fz(net, tmp_path, Pre),
+                               torch.device("cpu"), 5, mix_if, post_as_released=True)
+
+    def read(x, layer):
+        got = relu_inputs(m, x) if net.where(layer)[1] == "post" else hooked(m, [layer], x)
+        fmap = got[layer]
+        return fmap[0, :, fmap.shape[2] // 2, fmap.shape[3] // 2]
+    want = {k: [] for k in ("pre_in", "pre_zoom_in", "post_in", "post_pre", "objective_in")}
+    for c in chans:
+        x_in, x_pre = fz_in["images"][c][None].float() / 255, fz_pre["images"][c][None].float() / 255
+        zoomed = TF.resize(TF.center_crop(x_in, [112, 112]), [224, 224], interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
+        want["pre_in"].append(read(stream.normalize(x_in), Pre)[c])
+        want["pre_zoom_in"].append(read(stream.normalize(zoomed), Pre)[c])
+        want["post_in"].append(read(stream.normalize(x_in), Post)[c])
+        want["post_pre"].append(read(stream.normalize(x_pre), Post)[c])
+        want["objective_in"].append(read(stream.normalize(x_in), In)[c])
+    want = {k: torch.stack(w).double().numpy() for k, w in want.items()}
+    for k, w in want.items():
+        assert np.allclose(v[k].double().numpy(), w, rtol=1e-4, atol=1e-4), k
+    assert (want["post_in"] < 0).any() or (want["post_pre"] < 0).any()  # the option changes values the ReLU would clip
+    pin, ppre = want["post_in"], want["post_pre"]
+    eq1 = np.maximum(want["pre_in"], 0) < want["pre_zoom_in"]
+    eq2 = np.array([b > 0 and 2 / 3 < a / b < 3 / 2 for a, b in zip(pin, ppre)])
+    mix = np.array([7.0 if b <= 0 else 3.0 if a <= 0 else a / b for a, b in zip(pin, ppre)])
+    assert v["eq1"].tolist() == eq1.tolist() and v["eq2"].tolist() == eq2.tolist()
+    assert v["passes"].tolist() == (eq1 & eq2).tolist()
+    assert np.allclose(v["mix"].numpy(), mix, rtol=1e-3, atol=1e-4)  # a ratio: small denominators magnify float32 rounding
+    assert criteria.objective_warning(block, In, v["objective_in"], v["stored_in"]) is None  # the stored objective is the sum too
+    # on the same images the two readings pass the same channels, with the same m (docs/differences.md says why)
+    paper = criteria.measure_block(net, m, block, criteria.load_fz(net, tmp_path, In), criteria.load_fz(net, tmp_path, Pre),
+                                   torch.device("cpu"), 5, mix_if)
+    assert paper["passes"].tolist() == v["passes"].tolist() and np.allclose(paper["mix"].numpy(), v["mix"].numpy())
+    assert not np.allclose(paper["post_in"].numpy(), v["post_in"].numpy())  # though the values differ
+
+
+def test_released_and_paper_fzs_are_never_mixed(tmp_path, model, monkeypatch, capsys, fixture_weights):
+    """FZs made with --post_as_released are refused by a criteria run without it, and the other way round; In and Pre
+    FZs made under different settings are refused as a pair."""
+    m, weights_id = model
+    make_fz(tmp_path, "layer2.0", [0, 1], m, weights=weights_id, post_as_released=True)
+    make_fz(tmp_path, "layer2.1.bn2", [0, 1], m, weights=weights_id, post_as_released=True)
+    make_fz(tmp_path, "layer3.0", [0, 1], m, weights=weights_id)  # the paper's reading (no key: files made before the option)
+    make_fz(tmp_path, "layer3.1.bn2", [0, 1], m, weights=weights_id)
+    make_fz(tmp_path, "layer1.0", [0, 1], m, weights=weights_id, post_as_released=True)
+    make_fz(tmp_path, "layer1.1.bn2", [0, 1], m, weights=weights_id, post_as_released=False)
+    mix_if = (criteria.MIX_IF_PRE_NONPOS, criteria.MIX_IF_IN_NONPOS)
+    cpu, blocks = torch.device("cpu"), ["1.1", "2.1", "3.1", "4.1"]
+    paper = criteria.run_criteria(net, m, weights_id, str(tmp_path), blocks, WEIGHTS, cpu, 4, mix_if)
+    released = criteria.run_criteria(net, m, weights_id, str(tmp_path), blocks, WEIGHTS, cpu, 4, mix_if, post_as_released=True)
+    assert list(paper["blocks"]) == ["3.1"] and list(released["blocks"]) == ["2.1"]
+    assert "made with --post_as_released true, this run is --post_as_released false" in paper["skipped"]["2.1"]
+    assert "made with --post_as_released false, this run is --post_as_released true" in released["skipped"]["3.1"]
+    assert "post_as_released" in paper["skipped"]["1.1"] and "post_as_released" in released["skipped"]["1.1"]
+    assert released["skipped"]["4.1"].endswith("--post_as_released True --weights random --results " + str(tmp_path))
+    assert "--post_as_released" not in paper["skipped"]["4.1"]  # the default is left out of the command
+    run_main(monkeypatch, "--weights", fixture_weights, "--results", str(tmp_path), "--blocks", "2.1", "--post_as_released", "true")
+    crit = json.load(open(results.criteria_file(tmp_path)))
+    assert crit["config"]["post_as_released"] is True and crit["blocks"]["2.1"]["measured"] == [0, 1]
+    assert "before the block's final ReLU" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="criteria.json was made with --post_as_released true, this run is --post_as_released false"):
+        results.read_criteria(str(tmp_path), net, post_as_released=False)
+    assert results.read_criteria(str(tmp_path), net, post_as_released=True)["config"]["post_as_released"] is True
 
 
 def test_run_refuses_mixed_configs_and_names_the_missing_fzs(tmp_path, model):
@@ -259,8 +348,7 @@ def test_end_to_end_with_fzs(tmp_path):
     assert "Stability of the passing channels across 2 FZ runs" in p.stdout
 
 
-CONSTANTS = {name: getattr(criteria, name) for name in ("WEIGHTS", "RESULTS", "BLOCKS", "RUNS", "DEVICE", "BATCH",
-                                                          "MIX_IF_PRE_NONPOS", "MIX_IF_IN_NONPOS")}
+CONSTANTS = {name: getattr(criteria, name) for name in cli.flag_names(criteria.__file__)}  # every flag, restored after each run
 
 
 def run_main(monkeypatch, *argv):

@@ -38,8 +38,9 @@ def model(fixture_model):
     return fixture_model
 
 
-def cfg(j, steps=6, pre_as_released=False):
-    return dict(steps=steps, lr=0.05, jitter=j, scales=fzs.SCALES, angles=fzs.ANGLES, size=224, pre_as_released=pre_as_released)
+def cfg(j, steps=6, pre_as_released=False, post_as_released=False):
+    return dict(steps=steps, lr=0.05, jitter=j, scales=fzs.SCALES, angles=fzs.ANGLES, size=224, pre_as_released=pre_as_released,
+                post_as_released=post_as_released)
 
 
 def lucent_render(model, layer, c, j, steps, seed, device=CPU):
@@ -109,6 +110,52 @@ def test_released_pre_option_reproduces_lucents_hooks(model):
     true_pre = render1(model, "layer2.1.bn2", c, 4, 6, 3)
     assert torch.equal(released, theirs)
     assert not torch.equal(true_pre, theirs)
+
+
+def relu_input_forward(model, layer):
+    """The independent slow path of --post_as_released for a block output: the full torchvision model, with a pre-hook
+    on the block's ReLU module that clones its input (the block calls its one self.relu twice: the last call's input
+    is the residual sum). The clone keeps its gradient; the in-place ReLU then changes only the original."""
+    full = torchvision.models.resnet18(weights=None)
+    full.load_state_dict(model.state_dict())
+    full.eval().requires_grad_(False)
+    relu = full.get_submodule(layer).relu
+
+    def forward(x):
+        got = []
+        handle = relu.register_forward_pre_hook(lambda m, inp: got.append(inp[0].clone()))
+        try:
+            full(x)
+        finally:
+            handle.remove()
+        assert len(got) == 2
+        return got[-1]
+    return forward
+
+
+def test_released_post_option_optimises_the_sum_before_the_relu(model):
+    layer, seed = "layer2.0", 5  # the In of block 2.1 and the Post of 2.0
+    _, image = fzs.fft_image([seed], 224, CPU)
+    with torch.no_grad():
+        sums = stream.read_center(net, model, stream.normalize(image()), [layer], post_as_released=True)[layer][0]
+    c = int((sums < -0.05).nonzero()[0])  # negative at the start: its post-ReLU objective has no gradient there
+    released = render1(model, layer, c, 4, 6, seed, post_as_released=True)
+    hooked = fzs.render(net, model, layer, [c], "center", cfg(4, post_as_released=True), [seed], seed, device=CPU, amp=None,
+                        forward=relu_input_forward(model, layer))
+    paper = render1(model, layer, c, 4, 6, seed)
+    assert torch.equal(released, hooked)
+    assert not torch.equal(released, paper) and (released.float() - paper.float()).abs().mean() > 1.0
+    # the stored objective is the sum too, and an aliased Pre (--pre_as_released) stays lucent's post-ReLU tensor
+    x = stream.to_float(released)
+    want = relu_input_forward(model, layer)(stream.normalize(x))[0, c, 14, 14]
+    assert torch.allclose(fzs.objective_on_images(net, model, layer, released, [c], "center", CPU, True)[0], want, atol=1e-5)
+    _, image = fzs.fft_image([3], 224, CPU)
+    with torch.no_grad():
+        sums = stream.read_center(net, model, stream.normalize(image()), ["layer2.1"], post_as_released=True)["layer2.1"][0]
+    c2 = int((sums < -0.05).nonzero()[0])  # the sum is negative: through the sum the image would move, through the ReLU not
+    both = render1(model, "layer2.1.bn2", c2, 4, 2, 3, pre_as_released=True, post_as_released=True)
+    assert torch.equal(both, render1(model, "layer2.1.bn2", c2, 4, 2, 3, pre_as_released=True))
+    assert not torch.equal(both, render1(model, "layer2.1", c2, 4, 2, 3, post_as_released=True))
 
 
 def test_parameterisation_equals_lucents():
@@ -351,7 +398,7 @@ def test_subset_equals_full_when_rounding_depends_on_the_batch_size(tmp_path, fi
     whose output depends on how many images share the batch. A subset run still gives the full run's images, because
     every batch is optimised whole."""
     planted = ("import sys, fzs, stream; orig = fzs.truncated\n"
-               "fzs.truncated = lambda net, model, layer: (lambda f: lambda x: f(x * (1 + 0.05 * x.shape[0])))(orig(net, model, layer))\n"
+               "fzs.truncated = lambda net, model, layer, *rest: (lambda f: lambda x: f(x * (1 + 0.05 * x.shape[0])))(orig(net, model, layer, *rest))\n"
                "sys.argv = ['fzs.py'] + sys.argv[1:]; fzs.main()")
     common = ["--layers", "layer1.1.bn2", "--steps", "3", "--batch", "4", "--weights", fixture_weights, "--png", "false",
               "--amp", "fp32"]
@@ -530,3 +577,37 @@ def test_latent_fzs_resume_and_refuse_another_crosscoder(latent_run, fixture_wei
     torch.save(cc, path)
     p = run("--layers", "2.1", "--channels", "0:4", *args, check=False)
     assert p.returncode != 0 and "zoom1 encoder only" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    for flag in ("--pre_as_released", "--post_as_released"):  # the crosscoder read the paper's Pre and Post: so do its FZs
+        p = run("--layers", "2.1", "--channels", "0:2", *args, flag, "true", check=False)
+        assert p.returncode != 0 and f"{flag} does not apply to --objectives latent" in p.stderr, p.stderr
+
+
+def test_a_file_made_under_one_post_reading_is_refused_under_the_other(tmp_path):
+    """The FZs of a block output differ with --post_as_released: a resume under the other setting is refused, and a file
+    from before the option (no key) is the paper's reading."""
+    base = {"arch": "resnet18", "layer": "layer2.0", "objective": "center", "weights": "random:0", "seed": 0, "steps": 2,
+            "lr": 0.05, "amp": "fp32", "pre_as_released": False, "batch": 4, "size": 224, "scales": fzs.SCALES,
+            "angles": fzs.ANGLES, "jitter": 4, "fold_bn": True, "device": "cpu"}
+    fz = {"images": torch.zeros(1, 3, 224, 224, dtype=torch.uint8), "channels": torch.tensor([0]), "activation": torch.zeros(1)}
+    results.save_pt({**fz, "config": {**base, "post_as_released": True}}, results.fz_file(tmp_path, "layer2.0", "center"))
+    with pytest.raises(SystemExit, match=r"made under another config \(post_as_released: True vs False\)"):
+        fzs.existing(net, str(tmp_path), "layer2.0", "center", {**base, "post_as_released": False})
+    assert fzs.existing(net, str(tmp_path), "layer2.0", "center", {**base, "post_as_released": True}) is not None
+    results.save_pt({**fz, "config": base}, results.fz_file(tmp_path, "layer2.0", "center"))  # made before the option
+    assert fzs.existing(net, str(tmp_path), "layer2.0", "center", {**base, "post_as_released": False}) is not None
+    with pytest.raises(SystemExit, match=r"post_as_released: False vs True"):
+        fzs.existing(net, str(tmp_path), "layer2.0", "center", {**base, "post_as_released": True})
+    assert "post_as_released" in results.FZ_MATCH_KEYS  # In and Pre FZs used together must agree on it
+
+
+def test_fzs_py_released_run_records_the_sum(tmp_path, model, fixture_weights):
+    """fzs.py --post_as_released true end to end: the file records the flag, and its stored objective is the block
+    output's sum on the stored image (the ReLU input, hooked on the full model), which can be negative."""
+    run("--layers", "layer2.0", "--channels", "0:4", "--batch", "4", "--steps", "1", "--weights", fixture_weights, "--amp", "fp32",
+        "--post_as_released", "true", "--results", str(tmp_path), "--png", "false")
+    fz = results.read_fz(str(tmp_path), "layer2.0", "center")
+    assert fz["config"]["post_as_released"] is True
+    x = stream.normalize(stream.to_float(fz["images"]))
+    want = relu_input_forward(model, "layer2.0")(x)[torch.arange(4), fz["channels"], 14, 14]
+    assert torch.allclose(fz["activation"], want, atol=1e-4), (fz["activation"], want)
+    assert (want < 0).any()  # so that a post-ReLU objective would not give the same numbers

@@ -98,6 +98,42 @@ def test_pre_is_bn2_not_the_post_sum(model):
         assert (ours < 0).any()  # Pre can be negative; Post cannot
 
 
+def relu_inputs(model, x):
+    """The independent slow path of --post_as_released: the full torchvision forward with a pre-hook on every block's
+    ReLU module that clones its input. A BasicBlock calls its one self.relu twice (after bn1, then on the sum), so a
+    block's pre-ReLU sum is the input of its last call; {block output layer: that input}."""
+    calls, handles = {}, []
+    for name in net.residual:
+        relu = model.get_submodule(name).relu
+        handles.append(relu.register_forward_pre_hook(lambda m, inp, name=name: calls.setdefault(name, []).append(inp[0].detach().clone())))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    assert all(len(c) == 2 for c in calls.values()) and len(calls) == len(net.residual)
+    return {name: c[-1] for name, c in calls.items()}
+
+
+def test_released_reading_is_the_sum_before_the_relu(model):
+    """--post_as_released: every block output (a Post, and the In of an x.1 block) is the residual sum before the final
+    ReLU; a downsample In and a Pre are what they were."""
+    x = stream.normalize(torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(2)))
+    sums, after = relu_inputs(model, x), hooked(model, x)
+    for block, names in net.blocks.items():
+        got = stream.features(net, model, x, list(names), post_as_released=True)
+        centers = stream.read_center(net, model, x, list(names), post_as_released=True)
+        for name in names:
+            role = net.where(name)[1]
+            want = sums[name] if role == "post" else after[name]
+            assert torch.allclose(got[name], want, atol=1e-5, rtol=1e-5), (block, name)
+            assert torch.allclose(stream.truncated(net, model, name, True)(x), want, atol=1e-5, rtol=1e-5), (block, name)
+            assert torch.allclose(centers[name], stream.center(want), atol=1e-5), (block, name)
+            if role == "post":  # the option changes something: the sum has negative values that the ReLU clips
+                assert (want < 0).any() and torch.allclose(torch.relu(want), after[name], atol=1e-5)
+    assert stream.part_of(net, "layer2.0", True) == (2, "sum") and stream.part_of(net, "layer2.0") == (2, "post")
+    assert stream.part_of(net, "layer2.0.downsample.1", True) == (2, "in") and stream.part_of(net, "layer2.1.bn2", True) == (3, "pre")
+
+
 def test_random_weights_are_deterministic_and_labelled():
     a, wid = stream.load_model(net.name, "random")
     b, _ = stream.load_model(net.name, "random")

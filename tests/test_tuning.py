@@ -19,6 +19,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 import arch
+import cli
 import imagenet
 import results
 import stats
@@ -190,3 +191,64 @@ def test_refusals_are_one_line(natural, tmp_path):
     assert p.returncode != 0 and "pass it with --weights /path/to/" in p.stderr and "Traceback" not in p.stderr
     p = run("--results", natural, "--weights", "random", "--fractions", "1", check=False)
     assert p.returncode != 0 and "--fractions" in p.stderr
+
+
+def relu_inputs(model, x):
+    """{block output: its residual sum}: the input of the last call of each block's ReLU module (a BasicBlock calls its
+    one self.relu twice), cloned at hook time: the independent path of --post_as_released."""
+    calls, handles = {}, []
+    for name in net.residual:
+        relu = model.get_submodule(name).relu
+        handles.append(relu.register_forward_pre_hook(lambda m, inp, name=name: calls.setdefault(name, []).append(inp[0].clone())))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return {name: c[-1] for name, c in calls.items()}
+
+
+def test_released_reading_equals_relu_input_hooks_and_is_never_mixed(natural, fixture_weights, fixture_model, tmp_path, monkeypatch):
+    folder = str(tmp_path / "res")
+    shutil.copytree(natural, folder)
+    args = ["--results", folder, "--weights", fixture_weights, *ARGS, "--tune_blocks", "2.1", "--sample", "0"]
+    p = run(*args, "--post_as_released", "true", check=False)  # criteria.json holds the paper's reading: refused at once
+    assert p.returncode != 0 and "criteria.json was made with --post_as_released false" in p.stderr and "Traceback" not in p.stderr
+    crit = json.load(open(results.criteria_file(folder)))
+    results.save_json({**crit, "config": {**crit["config"], "post_as_released": True}}, results.criteria_file(folder))
+    for name in cli.flag_names(tuning.__file__):
+        monkeypatch.setattr(tuning, name, getattr(tuning, name))  # main's configure() rewrites them; restored after
+    monkeypatch.setattr(sys, "argv", ["tuning.py", *args, "--post_as_released", "true"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        tuning.main()
+    curves = torch.load(os.path.join(folder, "tuning", "curves.pt"), weights_only=False)
+    summary = torch.load(os.path.join(folder, "natural", "summary.pt"), weights_only=False)
+    assert curves["config"]["post_as_released"] is True
+    g = 7
+    block, c = curves["units"][g]
+    negative = False
+    for r, layer in enumerate(net.blocks[block]):  # In = layer2.0 and Post = layer2.1: their sums; Pre: bn2
+        top = np.argsort(-np.load(os.path.join(folder, "natural", f"{layer}.npy")).astype(np.float32)[:, c], kind="stable")[:3]
+        views = torch.stack([imagenet.zoom_views(imagenet.decode_rgb(os.path.join(summary["root"], summary["paths"][i])), [1, 0.5])
+                             for i in top])
+        per_zoom = []
+        for z in range(3):
+            x = stream.normalize(stream.to_float(views[:, z]))
+            if net.where(layer)[1] == "post":
+                fmap = relu_inputs(fixture_model, x)[layer]
+            else:
+                seen = {}
+                h = fixture_model.get_submodule(layer).register_forward_hook(lambda _m, _i, out: seen.__setitem__("a", out.clone()))
+                with torch.no_grad():
+                    fixture_model(x)
+                h.remove()
+                fmap = seen["a"]
+            per_zoom.append(fmap[:, c, fmap.shape[2] // 2, fmap.shape[3] // 2])
+        expect = torch.stack(per_zoom, 1)
+        negative |= bool((expect < 0).any()) and net.where(layer)[1] == "post"
+        assert np.allclose(curves["curves"][g, r], expect.mean(0).numpy(), rtol=1e-4, atol=1e-4), (block, c, layer)
+    assert negative, "no block output of this unit went below zero: the test cannot tell the sum from the ReLU"
+    other = str(tmp_path / "other")  # a copy: this process still holds the lock of the first
+    shutil.copytree(folder, other)
+    os.remove(results.criteria_file(other))  # (it would be refused first)
+    p = run(*[other if a == folder else a for a in args], check=False)  # the values measured before the ReLU are not resumed after it
+    assert p.returncode != 0 and "post_as_released: True vs False" in p.stderr and "Traceback" not in p.stderr
