@@ -253,7 +253,7 @@ MUTANTS = [
      "return target, False", [f"{F}::test_released_post_option_optimises_the_sum_before_the_relu"]),
     ("released-alias-reads-sum", "fzs.py", 'return target, bool(cfg.get("post_as_released", False)) and target == layer',
      'return target, bool(cfg.get("post_as_released", False))', [f"{F}::test_released_post_option_optimises_the_sum_before_the_relu"]),
-    ("released-stored-objective-post", "fzs.py", "kind, device, POST_AS_RELEASED)  # the whole batch", "kind, device)  # the whole batch",
+    ("released-stored-objective-post", "fzs.py", "kind, device, POST_AS_RELEASED))  # the whole batch", "kind, device))  # the whole batch",
      [f"{F}::test_fzs_py_released_run_records_the_sum"]),
     ("released-criteria-reads-post", "criteria.py", "read = dict(bar=bar, post_as_released=post_as_released)", "read = dict(bar=bar)",
      [f"{C}::test_released_reading_matches_relu_input_hooks"]),
