@@ -438,7 +438,7 @@ def main():
     weights = WEIGHTS  # empty: the weights the inputs were made with; the default weights where there are none
     found = recorded_fz_weights(net, ([RESULTS] if single else []) + list(RUNS), blocks)
     if weights:  # it measures the blocks made with these weights (others are skipped), so some must be
-        check_named_weights(weights, list(found))
+        check_named_weights(weights, list(found), net.name)
     else:
         if len(found) > 1:
             die("the FZ files were made with different weights (" + ", ".join(f"{w} in {p}" for w, p in found.items())

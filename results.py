@@ -539,9 +539,12 @@ def weights_name(weights):
     return None
 
 
-def check_named_weights(weights, made_ids):
+def check_named_weights(weights, made_ids, arch_name=None):
     """Die, before any model is loaded (or downloaded), when --weights names weights that none of the inputs' ids
-    was made with; a checkpoint path or DEFAULT is checked once loaded."""
+    was made with; a checkpoint path or DEFAULT is checked once loaded. Inputs of another architecture than
+    `arch_name` are left to the architecture check, whose message names the --arch to pass."""
+    if arch_name and any(split_weights_id(m)[0] != arch_name for m in made_ids):
+        return
     name = weights_name(weights)
     if made_ids and name is not None and name not in {split_weights_id(m)[1] for m in made_ids}:
         die(f"the inputs were made with weights {', '.join(sorted(made_ids))}, not --weights {weights}: leave --weights "
