@@ -138,6 +138,18 @@ def fixture_model(fixture_weights):
     return stream.load_model(net.name, fixture_weights)[0]
 
 
+@pytest.fixture(autouse=True)
+def fixture_model_left_as_it_was(request):
+    """After every test that used the shared fixture model: it is still as loaded (Module.to and .train are in place, and
+    a channels_last or bf16 copy left behind changes the rounding of every later test that compares images bit for bit)."""
+    yield
+    if "fixture_model" in request.fixturenames:
+        m = request.getfixturevalue("fixture_model")
+        w = m.conv1.weight
+        assert w.is_contiguous() and w.dtype == torch.float32 and w.device.type == "cpu" and not m.training and \
+            not any(p.requires_grad for p in m.parameters()), "this test changed the shared fixture model in place: use a copy"
+
+
 @pytest.fixture(scope="session")
 def fixture_folder(tmp_path_factory, fixture_model):
     """(root, {relative path: label}) of the tiny labelled ImageNet folder."""

@@ -4,6 +4,7 @@ one (per-block scales, the encoder's blocks, TopK per sample, AuxK on dead laten
 giving the same bytes and a kill -9 resuming to the same bytes; the data stage against torchvision crops on PIL and
 forward hooks with clone on the fixture folder."""
 
+import copy
 import json
 import os
 import shutil
@@ -404,7 +405,7 @@ def test_data_stage_equals_torchvision_and_hooks(fixture_folder, fixture_weights
 def test_data_stage_resumes_after_an_interruption_to_the_same_arrays(fixture_folder, fixture_model, tmp_path, monkeypatch):
     root, labels = fixture_folder
     paths, ids, layers = sorted(labels)[:6], np.arange(6), list(net.blocks["2.1"])
-    model = fixture_model.to(memory_format=torch.channels_last)
+    model = copy.deepcopy(fixture_model).to(memory_format=torch.channels_last)  # a copy: Module.to is in place, and the fixture is shared
     config = {"weights": "fixture", "n": 6}
     args = (net, model, root, paths, ids, layers, [1.0, 0.5], torch.device("cpu"), 2, 0)
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
