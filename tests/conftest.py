@@ -54,14 +54,12 @@ def natural_like(rng, h, w):
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def build_fixture_model(seed=0):
-    """torchvision's ResNet18 with non-trivial BatchNorms and a head that spreads predictions over CLASSES."""
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(weights=None)
-    rng = np.random.default_rng(seed)
-    calib = torch.stack([EVAL(natural_like(rng, 256, 256)) for _ in range(24)])
+def nontrivial_batchnorms(model, calib, seed):
+    """Every BatchNorm of `model` made non-trivial: its running statistics are those of the calibration batch (cumulative
+    average, one training-mode pass), then its affine and statistics perturbed (seeded), a tenth of the weights negative.
+    Returns the seeded generator, where the perturbation left it."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:  # running statistics = the statistics of the calibration batch (cumulative average, one pass)
+    for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
     model.train()
@@ -77,6 +75,17 @@ def build_fixture_model(seed=0):
             bn.running_mean.add_(0.2 * torch.randn(n, generator=g) * bn.running_var.sqrt())
             bn.running_var.mul_(0.6 + torch.rand(n, generator=g))
             bn.momentum = 0.1
+    return g  # its draws go on (the ResNet fixture's head)
+
+
+def build_fixture_model(seed=0):
+    """torchvision's ResNet18 with non-trivial BatchNorms and a head that spreads predictions over CLASSES."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(weights=None)
+    rng = np.random.default_rng(seed)
+    calib = torch.stack([EVAL(natural_like(rng, 256, 256)) for _ in range(24)])
+    g = nontrivial_batchnorms(model, calib, seed)
+    with torch.no_grad():
         model.eval()
         # the head: standardised pooled features, projected on one random direction per class of CLASSES; the other
         # 990 classes are never predicted
@@ -195,6 +204,22 @@ def device(pytestconfig):
     return torch.device("cuda", 0) if pytestconfig.getoption("--device") == "cuda" else torch.device("cpu")
 
 
+def relu_inputs(model, x):
+    """The independent slow path of --post_as_released: the full torchvision forward with a pre-hook on every block's
+    ReLU module that clones its input. A BasicBlock calls its one self.relu twice (after bn1, then on the sum), so a
+    block's pre-ReLU sum is the input of its last call; {block output layer: that input}."""
+    calls, handles = {}, []
+    for name in net.residual:
+        relu = model.get_submodule(name).relu
+        handles.append(relu.register_forward_pre_hook(lambda m, inp, name=name: calls.setdefault(name, []).append(inp[0].detach().clone())))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    assert all(len(c) == 2 for c in calls.values()) and len(calls) == len(net.residual)
+    return {name: c[-1] for name, c in calls.items()}
+
+
 def build_cornet_fixture(seed=0):
     """CORnet-S (arch.CORnetS) with non-trivial BatchNorms: each BatchNorm's running statistics measured on generated
     images (every time step's own, so that the steps' BatchNorms differ), then perturbed, with some negative weights."""
@@ -202,23 +227,7 @@ def build_cornet_fixture(seed=0):
     model = arch.build(arch.CORNET)
     rng = np.random.default_rng(seed)
     calib = torch.stack([EVAL(natural_like(rng, 256, 256)) for _ in range(6)])
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(calib)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for bn in bns:
-            n = bn.num_features
-            sign = torch.where(torch.rand(n, generator=g) < 0.1, -1.0, 1.0)
-            bn.weight.copy_(sign * (0.5 + torch.rand(n, generator=g)))
-            bn.bias.copy_(0.2 * torch.randn(n, generator=g))
-            bn.running_mean.add_(0.2 * torch.randn(n, generator=g) * bn.running_var.sqrt())
-            bn.running_var.mul_(0.6 + torch.rand(n, generator=g))
-            bn.momentum = 0.1
+    nontrivial_batchnorms(model, calib, seed)
     return model.eval().requires_grad_(False)
 
 

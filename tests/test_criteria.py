@@ -20,6 +20,7 @@ import cli
 import criteria
 import results
 import stream
+from conftest import relu_inputs
 
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
@@ -162,20 +163,6 @@ def test_batched_measurement_matches_hooks(tmp_path, model, block):
         assert float(v["bn2_abs"][i]) == pytest.approx(abs(float(bn2.weight[c])))
         assert float(v["conv2_abs_mean"][i]) == pytest.approx(float(np.abs(conv2.weight[c].numpy()).mean()), rel=1e-6)
     assert v["passes"].tolist() == (criteria.eq1(v["pre_in"], v["pre_zoom_in"]) & criteria.eq2(v["post_in"], v["post_pre"])).tolist()
-
-
-def relu_inputs(model, x):
-    """The slow path of --post_as_released: {block output: its residual sum}, the input of the last call of each
-    block's ReLU module (a BasicBlock calls its one self.relu twice), cloned at hook time."""
-    calls, handles = {}, []
-    for name in net.residual:
-        relu = model.get_submodule(name).relu
-        handles.append(relu.register_forward_pre_hook(lambda m, inp, name=name: calls.setdefault(name, []).append(inp[0].clone())))
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return {name: c[-1] for name, c in calls.items()}
 
 
 @pytest.mark.parametrize("block", ["1.1", "2.0", "3.1"])

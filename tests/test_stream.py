@@ -12,6 +12,7 @@ import arch
 import cli
 import results
 import stream
+from conftest import relu_inputs
 
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
@@ -96,22 +97,6 @@ def test_pre_is_bn2_not_the_post_sum(model):
         assert torch.equal(referenced[pre], referenced[post])  # the aliasing docs/method.md warns about
         assert not torch.allclose(ours, copied[post], atol=1e-3)
         assert (ours < 0).any()  # Pre can be negative; Post cannot
-
-
-def relu_inputs(model, x):
-    """The independent slow path of --post_as_released: the full torchvision forward with a pre-hook on every block's
-    ReLU module that clones its input. A BasicBlock calls its one self.relu twice (after bn1, then on the sum), so a
-    block's pre-ReLU sum is the input of its last call; {block output layer: that input}."""
-    calls, handles = {}, []
-    for name in net.residual:
-        relu = model.get_submodule(name).relu
-        handles.append(relu.register_forward_pre_hook(lambda m, inp, name=name: calls.setdefault(name, []).append(inp[0].detach().clone())))
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    assert all(len(c) == 2 for c in calls.values()) and len(calls) == len(net.residual)
-    return {name: c[-1] for name, c in calls.items()}
 
 
 def test_released_reading_is_the_sum_before_the_relu(model):

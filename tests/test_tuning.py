@@ -25,6 +25,7 @@ import results
 import stats
 import stream
 import tuning
+from conftest import relu_inputs
 
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
@@ -191,20 +192,6 @@ def test_refusals_are_one_line(natural, tmp_path):
     assert p.returncode != 0 and "pass it with --weights /path/to/" in p.stderr and "Traceback" not in p.stderr
     p = run("--results", natural, "--weights", "random", "--fractions", "1", check=False)
     assert p.returncode != 0 and "--fractions" in p.stderr
-
-
-def relu_inputs(model, x):
-    """{block output: its residual sum}: the input of the last call of each block's ReLU module (a BasicBlock calls its
-    one self.relu twice), cloned at hook time: the independent path of --post_as_released."""
-    calls, handles = {}, []
-    for name in net.residual:
-        relu = model.get_submodule(name).relu
-        handles.append(relu.register_forward_pre_hook(lambda m, inp, name=name: calls.setdefault(name, []).append(inp[0].clone())))
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return {name: c[-1] for name, c in calls.items()}
 
 
 def test_released_reading_equals_relu_input_hooks_and_is_never_mixed(natural, fixture_weights, fixture_model, tmp_path, monkeypatch):
