@@ -480,16 +480,18 @@ def eval_views(image, scales, released_crop=False):
     return torch.stack(views)
 
 
-def zoom_views(image, fractions):
+def zoom_views(image, fractions, eval_view=True):
     """uint8 (2 k + 1, 3, 224, 224), k the fractions below 1: zoomed copies of one decoded PIL image's eval view (resize 256,
     center-crop 224), from the most zoomed out to the most zoomed in. For each crop fraction f < 1: zoom out f (the
     view shrunk to round(224 f) px, bilinear, centered on a canvas of the ImageNet mean colour) and zoom in 1/f (the
     center round(224 f) px of the view, bilinear resize to 224); f = 1 is the view itself. zooms(fractions) lists
-    the zoom factors in the same order."""
+    the zoom factors in the same order. eval_view=False: the image is the 224 x 224 view already (an FZ)."""
     import torchvision.transforms.functional as TF
     from PIL import Image
     bilinear = TF.InterpolationMode.BILINEAR
-    view = TF.center_crop(TF.resize(image, 256, interpolation=bilinear), 224)
+    view = TF.center_crop(TF.resize(image, 256, interpolation=bilinear), 224) if eval_view else image
+    if view.size != (224, 224):
+        raise ValueError(f"zoom_views: a view is 224 x 224, not {view.size[0]} x {view.size[1]}")
     fill = tuple(round(255 * m) for m in MEAN)
     out = []
     for f in sorted(f for f in fractions if f < 1):  # zoom out: 0.5x first

@@ -117,6 +117,23 @@ def tuning_file(results, ext="json"):
     return os.path.join(results, f"tuning.{ext}")
 
 
+def latency_dir(results):
+    return os.path.join(results, "latency")
+
+
+def latency_values(results):
+    """latency.py's measured values, saved while it runs (resume)."""
+    return os.path.join(results, "latency", "values.pt")
+
+
+def latency_curves(results):
+    return os.path.join(results, "latency", "curves.pt")
+
+
+def latency_file(results, ext="json"):
+    return os.path.join(results, f"latency.{ext}")
+
+
 def crosscoder_dir(results):
     return os.path.join(results, "crosscoder")
 

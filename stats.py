@@ -17,6 +17,12 @@ def mix_regions(m):
     return m <= EQ2_LOW, mix, m >= EQ2_HIGH
 
 
+def top_k(acts, k):
+    """(k, C) image indices of the k largest activations per channel, ties to the lower index (tuning.py's and
+    latency.py's top natural images of a unit)."""
+    return np.argsort(-acts.astype(np.float32), axis=0, kind="stable")[:k]
+
+
 # ----------------------------------------------------------------------------------------------------
 # The scale-invariance index of a curve over the zooms (tuning.py's channels, crosscoder.py's latents: one definition).
 
@@ -115,9 +121,8 @@ def bootstrap_differences(hits_passing, hits_random, replicates, seed, chunk=200
 
 
 # ----------------------------------------------------------------------------------------------------
-# The latency prediction's response measures (issue 26, CORnet-S): a unit's center response r(t, z) over the recurrent
-# steps t of its area and the zooms z, as an array (..., T, Z). Only these definitions exist so far; the stage that
-# measures r on CORnet-S and tests the prediction is not written yet (docs/architectures.md, "CORnet-S").
+# The latency prediction's response measures (latency.py, CORnet-S): a unit's center response r(t, z) over the
+# recurrent steps t of its area and the zooms z, as an array (..., T, Z).
 
 def onset(r):
     """L(z): the first step t at which r(t, z) reaches half of the maximum over every (t, z) of the unit; T (one past
@@ -139,3 +144,15 @@ def early_fraction(r):
     r = np.asarray(r, dtype=np.float64)
     top = r.max(axis=-2)
     return np.where(top > 0, r[..., 0, :] / np.where(top > 0, top, 1.0), np.nan)
+
+
+def small_minus_large(v, zoom):
+    """The mean of a per-zoom measure (..., Z) over the zoomed-out views (zoom < 1: the feature small) minus its mean over
+    the zoomed-in ones (zoom > 1: the feature large); NaNs left out of each mean. The prediction: an onset's is < 0."""
+    v, zoom = np.asarray(v, dtype=np.float64), np.asarray(zoom, dtype=np.float64)
+
+    def mean(part):
+        ok = np.isfinite(part)
+        n = ok.sum(-1)
+        return np.where(n > 0, np.where(ok, part, 0.0).sum(-1) / np.maximum(n, 1), np.nan)
+    return mean(v[..., zoom < 1]) - mean(v[..., zoom > 1])

@@ -59,7 +59,7 @@ from results import (
     weights_to_load,
     write_csv,
 )
-from stats import EQ2_HIGH, EQ2_LOW, invariance_index, mann_whitney, preferred_zoom
+from stats import EQ2_HIGH, EQ2_LOW, invariance_index, mann_whitney, preferred_zoom, top_k
 from stream import load_model, normalize, read_center, to_float
 
 RESULTS = "results"  # reads natural/ (ablate.py --stages natural) and criteria.json; writes tuning/, tuning.json, tuning.csv
@@ -82,11 +82,6 @@ POST_AS_RELEASED = False  # True: In (where it is a block output) and Post are r
 
 # ----------------------------------------------------------------------------------------------------
 # The image sets: each unit's own top-K, their union, the random sample.
-
-def top_k(acts, k):
-    """(k, C) image indices of the k largest activations per channel, ties to the lower index."""
-    return np.argsort(-acts.astype(np.float32), axis=0, kind="stable")[:k]
-
 
 def unit_sets(net, tops, blocks, k):
     """For every (block, channel): U = the union of the top-k images of In_c, Pre_c and Post_c (sorted, padded with

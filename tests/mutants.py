@@ -236,7 +236,7 @@ MUTANTS = [
      "return np.where(den != 0, num / np.where(den != 0, den, 1.0), np.inf)", [f"{TU}::test_analogues_and_index_on_planted_values"]),
     ("zoom-out-padded-black", "imagenet.py", "fill = tuple(round(255 * m) for m in MEAN)", "fill = (0, 0, 0)",
      [f"{TU}::test_zoom_views_equal_torchvision_on_pil"]),
-    ("top-k-lowest", "tuning.py", "return np.argsort(-acts.astype(np.float32), axis=0, kind=\"stable\")[:k]",
+    ("top-k-lowest", "stats.py", "return np.argsort(-acts.astype(np.float32), axis=0, kind=\"stable\")[:k]",
      "return np.argsort(acts.astype(np.float32), axis=0, kind=\"stable\")[:k]", [f"{TU}::test_unit_sets_are_unions_of_the_three_top_k"]),
     ("crops-alias-ignored", "cli.py", "            if getattr(args, name) is None:\n                setattr(args, name, text)\n",
      "            pass\n", [f"{A}::test_old_scales_flag_sets_the_crops_with_a_note"]),

@@ -234,6 +234,7 @@ import json  # noqa: E402
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
+import torchvision.transforms.functional as TF  # noqa: E402
 
 import cli  # noqa: E402
 import fzs  # noqa: E402
@@ -415,3 +416,33 @@ def test_fixture_through_ablate_and_tuning(tmp_path, cornet_weights):
         assert p.returncode == 0, (script, p.stderr[-1500:])
     one_line_error(run("ablate.py", "--weights", "random", "--results", res, "--stages", "sweep", "--data", data, "--workers", "0",
                        "--sets", "2.1:0:3"), "was made with --arch cornet_s")
+
+    # latency.py on V2 (its FZs and criteria at the reference step V2.0), and its figures
+    p = run("fzs.py", *a, "--layers", "V2.0", "--channels", "0:3", "--steps", "1", "--batch", "3", "--png", "false")
+    assert p.returncode == 0, p.stderr[-1500:]
+    assert run("criteria.py", *a, "--blocks", "V2.0").returncode == 0
+    p = run("latency.py", *a, "--areas", "V2", "--top_k", "2", "--fractions", "1,0.5", "--workers", "0", "--permutations", "10")
+    assert p.returncode == 0, p.stderr[-1500:]
+    lat = json.load(open(res / "latency.json"))
+    crit = json.load(open(res / "criteria.json"))["blocks"]["V2.0"]
+    assert lat["config"]["weights"].startswith("cornet_s:file:fixture_cornet_s.pth") and not lat["config"]["random_network"]
+    v2 = lat["areas"]["V2"]
+    assert v2["n_units"] == 128 and v2["n_passing"] == len(crit["passing"]) and v2["n_passing"] + v2["n_other"] == 3
+    curves = torch.load(res / "latency" / "curves.pt", weights_only=False)
+    model, summary = build_cornet_fixture(), torch.load(res / "natural" / "summary.pt", weights_only=False)
+    from imagenet import decode_rgb, zoom_views
+    fzs_of = {layer: torch.load(res / "fzs" / layer / "center.pt", weights_only=False) for layer in ("V2.norm_skip", "V2.norm3_0")}
+    top = np.argsort(-np.load(res / "natural" / "V2.output_0.npy").astype(np.float32), axis=0, kind="stable")[:2]
+    for c in (0, 2):  # every step and zoom recomputed: the unit's top-2 natural images (of Post_0), its In FZ, its Pre FZ
+        views = [torch.stack([zoom_views(decode_rgb(os.path.join(summary["root"], summary["paths"][i])), [1, 0.5]) for i in top[:, c]])]
+        views += [zoom_views(TF.to_pil_image(fzs_of[layer]["images"][c]), [1, 0.5], eval_view=False)[None] for layer in fzs_of]
+        for s, v in enumerate(views):  # (images, zooms, 3, 224, 224)
+            for z in range(3):
+                x = stream.normalize(v[:, z].float() / 255)
+                got = stream.read_center(net, model, x, ["V2.output_0", "V2.output_1"])
+                for t in range(2):
+                    want = float(got[f"V2.output_{t}"][:, c].mean())
+                    assert abs(curves["r"][c, s, 0, t, z] - want) <= 1e-4 * (1 + abs(want)), (c, s, t, z)
+    p = run("plot_latency.py", "--results", res)
+    assert p.returncode == 0 and (res / "figures" / "latency_onset.png").is_file() and (res / "figures" / "latency_responses.png").is_file()
+    one_line_error(run("latency.py", "--arch", "resnet18", "--results", res), "needs recurrent time steps")

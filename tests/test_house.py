@@ -10,7 +10,7 @@ import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the shared modules, bottom first: each may import only those before it in this order
 LAYERS = ("cli", "stats", "arch", "results", "imagenet", "stream", "figures")
-SCRIPTS = ("fzs", "criteria", "ablate", "tuning", "crosscoder", "plot_grids", "plot_ratios", "plot_spectrum", "plot_tuning", "plot_crosscoder", "atlas")
+SCRIPTS = ("fzs", "criteria", "ablate", "tuning", "crosscoder", "plot_grids", "plot_ratios", "plot_spectrum", "plot_tuning", "plot_crosscoder", "atlas", "latency", "plot_latency")
 
 
 def project_imports(path):

@@ -105,7 +105,8 @@ def test_plot_grids_with_no_fzs_names_the_command_and_draws_nothing(tmp_path):
 
 @pytest.mark.parametrize("script,makes", [("plot_spectrum.py", "python criteria.py"), ("plot_grids.py", "python criteria.py"),
                                           ("plot_tuning.py", "python tuning.py"), ("tuning.py", "python ablate.py --stages natural"),
-                                          ("criteria.py", "python fzs.py")])
+                                          ("criteria.py", "python fzs.py"), ("latency.py", "python ablate.py --stages natural"),
+                                          ("plot_latency.py", "python latency.py")])
 def test_a_missing_input_names_the_command_for_this_results_folder(tmp_path, script, makes):
     """Run on an empty folder, each script names the command that makes its input, with --results pointing at that folder
     (followed as printed, the command must not write into results/)."""
