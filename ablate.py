@@ -57,6 +57,7 @@ from results import (
     config_mismatch,
     criteria_file,
     fzs_command,
+    is_random,
     load_json,
     load_pt,
     lock_results,
@@ -683,6 +684,9 @@ def sweep_stage(net, model, weights_id, dataset, loader_for, device, device_name
                 out["config"]["holdout"] = holdout
             save_json(out, ablation_file(results, b, v))
             print_block(out)
+    top1 = int(cells[blocks[0], "none", 0].sum()) / n  # no channel ablated, the standard eval view: the same in every block
+    print(f"\nunablated top-1 of {weights_id} on these {n} images: {100 * top1:.2f}% (the 'none' column at 0%; with the real "
+          f"weights and the full validation set, compare it with the published figure)" + ("  ** random weights **" if is_random(weights_id) else ""))
 
 
 def nan_to_none(a):

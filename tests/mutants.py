@@ -30,6 +30,7 @@ ST = "tests/test_stats.py"
 CO = "tests/test_cornet.py"
 NC, DO = "tests/test_newcomer.py", "tests/test_docs.py"
 CC = "tests/test_crosscoder.py"
+LA = "tests/test_latency.py"
 
 MUTANTS = [
     # --- ImageNet labels, views and accuracy (docs/method.md sections 4 and 5)
@@ -456,6 +457,30 @@ MUTANTS = [
      [f"{CC}::test_data_stage_equals_torchvision_and_hooks"]),
     ("latent-fzs-of-another-crosscoder-mixed", "fzs.py", "why = config_mismatch(stored, cfg, FZ_KEYS + LATENT_KEYS)",
      "why = config_mismatch(stored, cfg, FZ_KEYS)", [f"{F}::test_latent_fzs_resume_and_refuse_another_crosscoder"]),
+    # --- The latency prediction on CORnet-S (latency.py, issue 26)
+    ("bypass-ablation-zeroes-the-branch", "latency.py", 'h = parts["post"] if bypass or t else area.nonlin3(parts["pre"])',
+     'h = parts["post"] if bypass or t else area.nonlin3(parts["in"])',
+     [f"{LA}::test_responses_equal_hooks_on_the_full_model_intact_and_bypass_zeroed", f"{LA}::test_planted_latency_is_found_and_its_reverse"]),
+    ("bypass-ablation-for-every-step", "latency.py", 'h = parts["post"] if bypass or t else area.nonlin3(parts["pre"])',
+     'h = parts["post"] if bypass else area.nonlin3(parts["pre"])', [f"{LA}::test_responses_equal_hooks_on_the_full_model_intact_and_bypass_zeroed"]),
+    ("latency-onset-on-the-zoom-axis", "latency.py", '"onset": onset(r).astype(np.float64)', '"onset": onset(np.swapaxes(r, -2, -1)).astype(np.float64)',
+     [f"{LA}::test_planted_latency_is_found_and_its_reverse"]),
+    ("latency-small-and-large-swapped", "stats.py", "return mean(v[..., zoom < 1]) - mean(v[..., zoom > 1])",
+     "return mean(v[..., zoom > 1]) - mean(v[..., zoom < 1])", [f"{LA}::test_planted_latency_is_found_and_its_reverse"]),
+    ("latency-zoom-one-counted-small", "stats.py", "return mean(v[..., zoom < 1]) - mean(v[..., zoom > 1])",
+     "return mean(v[..., zoom <= 1]) - mean(v[..., zoom > 1])", [f"{LA}::test_shift_is_small_zooms_minus_large_ones_leaving_zoom_one_out"]),
+    ("latency-columns-channel-major", "latency.py", "intact = [offset + min(t, T - 1) * C + c for t in range(tmax)]",
+     "intact = [offset + c * T + min(t, T - 1) for t in range(tmax)]", [f"{LA}::test_responses_equal_hooks_on_the_full_model_intact_and_bypass_zeroed"]),
+    ("latency-control-against-its-own-maximum", "latency.py", "intact = peak[:, :, :1]  #", "intact = peak  #",
+     [f"{LA}::test_planted_latency_is_found_and_its_reverse"]),
+    ("latency-top-images-of-in", "latency.py", "path = natural_array(RESULTS, ref[a][2])", "path = natural_array(RESULTS, ref[a][0])",
+     [f"{CO}::test_fixture_through_ablate_and_tuning"]),
+    ("latency-fz-slots-swapped", "latency.py", "for slot, layer in ((k, ref[a][0]), (k + 1, ref[a][1])):",
+     "for slot, layer in ((k, ref[a][1]), (k + 1, ref[a][0])):", [f"{CO}::test_fixture_through_ablate_and_tuning"]),
+    ("latency-resume-counts-before-the-batch", "latency.py", 'state["done"] = first + n  # the batch is in',
+     'state["done"] = first + n + 1  # the batch is in', [f"{LA}::test_an_interrupted_measurement_resumes_to_the_same_values"]),
+    ("unablated-top1-of-the-passing-set", "ablate.py", 'top1 = int(cells[blocks[0], "none", 0].sum()) / n',
+     'top1 = int(cells[blocks[0], "passing", 0].sum()) / n', [f"{CO}::test_fixture_through_ablate_and_tuning"]),
 ]
 
 

@@ -401,6 +401,7 @@ def test_fixture_through_ablate_and_tuning(tmp_path, cornet_weights):
             "--bootstrap", "10", "--permutations", "4", "--variants", "paper")
     assert p.returncode == 0, p.stderr[-1500:]
     assert "sweep: blocks V4.1" in p.stdout
+    assert "unablated top-1 of cornet_s:file:fixture_cornet_s.pth:sha256=" in p.stdout and "on these 8 images: 100.00%" in p.stdout
     natural = torch.load(res / "natural" / "summary.pt", weights_only=False)
     assert natural["config"]["arch"] == "cornet_s" and set(natural["mean"]) == set(net.layers)
     assert np.load(res / "natural" / "IT.output_1.npy").shape == (8, 512)
