@@ -374,12 +374,14 @@ def report(areas_out, random_net, seconds):
         print(f"  area {a} (criteria of block {s_out['block']}: {s_out['n_passing']} passing, {s_out['n_other']} other units)")
         for s, t in s_out["sets"].items():
             i, z = t["intact"], t["bypass_zeroed"]
-            pa, ot, ctl = i["passing"], i["other"], t["control"]["passing"]
-            print(f"    {s:8s} passing: shift {f(pa['mean_shift'], '+.3f')} (earlier {f(pa['share_earlier'])}, later "
-                  f"{f(pa['share_later'])}, p = {f(pa['p_earlier'], '.3g')}); other: {f(ot['mean_shift'], '+.3f')} "
-                  f"(p = {f(ot['p_earlier'], '.3g')}); AUC {f(i['passing_vs_other']['auc'])}, p = {f(i['passing_vs_other']['p'], '.3g')}; "
-                  f"bypass zeroed: passing shift {f(z['passing']['mean_shift'], '+.3f')}, early small-scale response "
-                  f"{f(ctl['early_small_intact'], '.3f')} -> {f(ctl['early_small_bypass_zeroed'], '.3f')} (p = {f(ctl['p_lowered'], '.3g')})")
+            line = f"    {s:8s}"
+            for g in ("passing", "other"):
+                x, ctl = i[g], t["control"][g]
+                line += (f" {g} ({x['n']}): shift {f(x['mean_shift'], '+.3f')} (earlier {f(x['share_earlier'])}, later "
+                         f"{f(x['share_later'])}, p = {f(x['p_earlier'], '.3g')}; bypass zeroed: {f(z[g]['mean_shift'], '+.3f')}, early "
+                         f"small-scale response {f(ctl['early_small_intact'], '.3f')} -> {f(ctl['early_small_bypass_zeroed'], '.3f')}, "
+                         f"p = {f(ctl['p_lowered'], '.3g')});")
+            print(line + f" passing vs other: AUC {f(i['passing_vs_other']['auc'])}, p = {f(i['passing_vs_other']['p'], '.3g')}")
     print(f"time: {seconds:.1f} s")
 
 

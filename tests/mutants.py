@@ -479,8 +479,8 @@ MUTANTS = [
      "for slot, layer in ((k, ref[a][1]), (k + 1, ref[a][0])):", [f"{CO}::test_fixture_through_ablate_and_tuning"]),
     ("latency-resume-counts-before-the-batch", "latency.py", 'state["done"] = first + n  # the batch is in',
      'state["done"] = first + n + 1  # the batch is in', [f"{LA}::test_an_interrupted_measurement_resumes_to_the_same_values"]),
-    ("unablated-top1-of-the-passing-set", "ablate.py", 'top1 = int(cells[blocks[0], "none", 0].sum()) / n',
-     'top1 = int(cells[blocks[0], "passing", 0].sum()) / n', [f"{CO}::test_fixture_through_ablate_and_tuning"]),
+    ("unablated-top1-as-a-fraction", "ablate.py", "on these {n} images: {100 * top1:.2f}%", "on these {n} images: {top1:.2f}%",
+     [f"{CO}::test_fixture_through_ablate_and_tuning"]),
 ]
 
 
