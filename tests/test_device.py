@@ -162,12 +162,13 @@ module.main()
 
 
 @pytest.mark.parametrize("script,extra", [("fzs.py", ["--layers", "layer1.0"]), ("criteria.py", []),
-                                          ("tuning.py", []), ("ablate.py", ["--fake", "4"])])
+                                          ("tuning.py", []), ("ablate.py", ["--fake", "4"]), ("latency.py", [])])
 def test_each_script_starts_on_a_faked_gpu(tmp_path, script, extra):
     """`python SCRIPT` on a machine with one GPU reaches the model load on cuda:0, with set_device given an index
     and TF32 off (fp32 measurements; fzs.py's default bf16 optimisation too)."""
     os.makedirs(tmp_path / "fzs", exist_ok=True)
-    results.save_pt({"config": {"arch": "resnet18"}}, str(tmp_path / "natural" / "summary.pt"))  # what tuning.py reads first
+    arch_name = "cornet_s" if script == "latency.py" else "resnet18"  # latency.py runs on CORnet-S only
+    results.save_pt({"config": {"arch": arch_name}}, str(tmp_path / "natural" / "summary.pt"))  # what tuning.py and latency.py read first
     extra = extra + (["--data", str(tmp_path / "val")] if script == "ablate.py" else [])
     p = subprocess.run([sys.executable, "-c", FAKED_GPU, script, *extra, "--results", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
