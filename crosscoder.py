@@ -54,6 +54,7 @@ from results import (
     lock_results,
     natural_summary,
     read_criteria,
+    read_made,
     read_summary,
     save_json,
     save_pt,
@@ -131,11 +132,8 @@ def data_stage(net, model, root, paths, ids, layers, fractions, device, batch, w
     truncated pass per zoom reading all the layers): float16 memmaps crosscoder/data/<layer>.npy (N, Z, C). Resumable
     as ablate.py's natural stage: partial arrays and a progress file, checked against `config`."""
     summary_path, progress_path = crosscoder_data(results), crosscoder_progress(results)
-    if os.path.isfile(summary_path):
-        old = load_pt(summary_path, "crosscoder data summary")
-        why = config_mismatch(old["config"], config, list(config))
-        if why:
-            die(f"{summary_path} was made under another config ({why}); use another --results or delete {os.path.dirname(summary_path)}")
+    old = read_made(summary_path, config, "crosscoder data summary")
+    if old is not None:
         return old
     Z, n = len(zooms(fractions)), len(ids)
     partial = {layer: os.path.join(os.path.dirname(progress_path), f".{layer}.npy.partial") for layer in layers}
@@ -273,12 +271,7 @@ def train(x, zoom, *, expansion, top_k, auxk, dead_steps, lr, epochs, batch, see
     dtype = DTYPES[precision]
     xt = torch.as_tensor(x.reshape(N, -1)).to(device=device, dtype=dtype)
     n_latents, k = expansion * C, min(top_k, expansion * C)
-    state = None
-    if os.path.isfile(path):
-        state = load_pt(path, "crosscoder checkpoint")
-        why = config_mismatch(state["config"], config, list(config))
-        if why:
-            die(f"{path} was made under another config ({why}); use another --results or delete it")
+    state = read_made(path, config, "crosscoder checkpoint")
     if state is None:
         p = init_params(n_latents, Z, C, encoder_columns(Z, C, one, encoder), x.reshape(N, -1).mean(0), seed, dtype)
         p = {name: v.detach().to(device).requires_grad_(True) for name, v in p.items()}
@@ -440,11 +433,8 @@ def crosscode_block(name, x, zoom, train_at, held_at, passing, opts, results, co
     mean = x[train_at].mean(0)
     cfg = {**config, "block": name, "n_train": len(train_at), "n_heldout": len(held_at), "zooms": list(zoom), "channels": C}
     path = crosscoder_model(results, name)
-    if os.path.isfile(path):  # trained before: under the same config it is read again, under another one refused
-        old = load_pt(path, "crosscoder")
-        why = config_mismatch(old["config"], cfg, list(cfg))
-        if why:
-            die(f"{path} was made under another config ({why}); use another --results or delete it")
+    old = read_made(path, cfg, "crosscoder")  # trained before: under the same config it is read again, under another one refused
+    if old is not None:
         params, log = old["params"], old["log"]
         print(f"crosscoder {name}: {path} is trained, read again")
     else:

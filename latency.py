@@ -44,17 +44,16 @@ from imagenet import decode_rgb, image_loader, resumable_pass, zoom_views, zooms
 from results import (
     FZ_MATCH_KEYS,
     check_made,
-    config_mismatch,
     fz_file,
     is_random,
     latency_curves,
     latency_file,
     latency_values,
-    load_pt,
     lock_results,
     natural_array,
     read_criteria,
     read_fz,
+    read_made,
     read_summary,
     save_json,
     save_pt,
@@ -154,14 +153,9 @@ def measure(model, areas, dataset, where, columns, shape, device, batch, workers
     natural images, K its In FZ, K + 1 its Pre FZ; NaN where it has none) at each zoom. where: (stimulus, unit, slot)
     rows sorted by stimulus. Resumable: the values so far go to state_path every `every` seconds and on Ctrl-C."""
     state = {"config": config, "done": 0, "values": np.full(shape, np.nan, dtype=np.float32)}
-    if os.path.isfile(state_path):
-        old = load_pt(state_path, "latency values")
-        why = config_mismatch(old["config"], config, list(config))
-        if why:
-            die(f"{state_path} was made under another config ({why}); use another --results or delete {os.path.dirname(state_path)}")
-        state = old
-        if state["done"] < len(dataset):
-            print(f"latency: resuming after {state['done']} of {len(dataset)} stimuli")
+    state = read_made(state_path, config, "latency values") or state
+    if 0 < state["done"] < len(dataset):
+        print(f"latency: resuming after {state['done']} of {len(dataset)} stimuli")
     Z = shape[-1]
 
     def step(state, batch):

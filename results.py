@@ -432,6 +432,18 @@ def config_mismatch(a, b, keys):
     return None
 
 
+def read_made(path, config, what):
+    """The result file (or saved state of an interrupted pass) at `path`, made under `config`; None when there is none.
+    One made under another config (any key of `config` differs) is refused, naming the key."""
+    if not os.path.isfile(path):
+        return None
+    old = load_pt(path, what)
+    why = config_mismatch(old["config"], config, list(config))
+    if why:
+        die(f"{path} was made under another config ({why}); use another --results or delete it")
+    return old
+
+
 # ----------------------------------------------------------------------------------------------------
 # The shared readers: a result file, checked against this run's architecture and weights.
 

@@ -41,14 +41,13 @@ from cli import configure, die, main_guard, pick_device, resolve_batch, use_devi
 from imagenet import ZoomFolder, image_loader, resumable_pass, zooms
 from results import (
     check_made,
-    config_mismatch,
     criteria_file,
     is_random,
-    load_pt,
     lock_results,
     natural_array,
     natural_summary,
     read_criteria,
+    read_made,
     read_summary,
     save_json,
     save_pt,
@@ -135,14 +134,9 @@ def measure_zoom_responses(net, model, root, paths, ids, sets, columns, sample_p
     e_pos, g_idx, slot_idx = e_pos[order], g_idx[order], slot_idx[order]
     state = {"config": config, "done": 0, "values": np.full((G, slots, 3, Z), np.nan, dtype=np.float32),
              "sample": np.zeros((len(sample_pos), Z, total), dtype=np.float32)}
-    if os.path.isfile(state_path):
-        old = load_pt(state_path, "tuning values")
-        why = config_mismatch(old["config"], config, list(config))
-        if why:
-            die(f"{state_path} was made under another config ({why}); use another --results or delete {os.path.dirname(state_path)}")
-        state = old
-        if state["done"] < len(ids):
-            print(f"tuning: resuming after {state['done']} of {len(ids)} images")
+    state = read_made(state_path, config, "tuning values") or state
+    if 0 < state["done"] < len(ids):
+        print(f"tuning: resuming after {state['done']} of {len(ids)} images")
     sample_slot = {int(p): s for s, p in enumerate(sample_pos)}
 
     def step(state, batch):
