@@ -307,7 +307,7 @@ def train(x, zoom, *, expansion, top_k, auxk, dead_steps, lr, epochs, batch, see
                     save()
                     last = time.time()
             mean = np.mean(state["running"], axis=0)
-            state["log"].append({"epoch": state["epoch"] + 1, "loss": float(mean[0]), "fve": float(mean[1]), "dead": float(mean[2])})
+            state["log"].append(log_entry(state["epoch"] + 1, *map(float, mean)))
             state["running"] = []
             state["epoch"], state["batch"] = state["epoch"] + 1, 0
     except BaseException:
@@ -315,7 +315,14 @@ def train(x, zoom, *, expansion, top_k, auxk, dead_steps, lr, epochs, batch, see
         raise
     finally:
         bar.close()
-    return {name: v.detach().float().cpu() for name, v in p.items()}, state["log"]
+    return {name: v.detach().float().cpu() for name, v in p.items()}, [log_entry(**e) for e in state["log"]]  # resumed or not: same bytes
+
+
+def log_entry(epoch, loss, fve, dead):
+    """One epoch of the training log, its keys this code's own strings. pickle writes a string once and then refers back
+    to it by identity, and keys read back from a checkpoint are other objects than these: a log partly read from a
+    checkpoint, kept as read, would save to other bytes than the uninterrupted run's (same values)."""
+    return {"epoch": epoch, "loss": loss, "fve": fve, "dead": dead}
 
 
 @torch.no_grad()

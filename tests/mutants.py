@@ -426,6 +426,8 @@ MUTANTS = [
      [f"{CC}::test_data_stage_equals_torchvision_and_hooks"]),
     ("cc-resume-without-adam-state", "crosscoder.py", '        opt.load_state_dict(state["opt"])\n', "",
      [f"{CC}::test_two_runs_give_the_same_bytes_and_a_kill_resumes_to_them"]),
+    ("cc-resume-log-as-read-back", "crosscoder.py", '[log_entry(**e) for e in state["log"]]  # resumed or not', 'state["log"]  # resumed or not',
+     [f"{CC}::test_training_stopped_at_a_chosen_step_resumes_to_the_same_bytes"]),
     ("cc-alignment-passing-swapped", "crosscoder.py", "hit = np.isin(channel, sorted(passing))", "hit = ~np.isin(channel, sorted(passing))",
      [f"{CC}::test_reading_on_a_hand_made_decoder"]),
     ("cc-type-other-never", "crosscoder.py", 'post_small = r["norms"][:, 2].max(-1) < post_min * r["norms"].max((1, 2))',
