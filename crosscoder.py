@@ -265,7 +265,7 @@ def apply_step(p, opt):
 def train(x, zoom, *, expansion, top_k, auxk, dead_steps, lr, epochs, batch, seed, encoder, precision, device, path, config,
           every, desc):
     """Train one block's crosscoder on x (N, 3, Z, C) float32 in scaled units; checkpoint to `path` every `every`
-    seconds and on any exception, and resume from it (under the same `config` only). Byte-reproducible on the CPU: the
+    seconds and on any exception (but inside a step's update), and resume from it (under the same `config` only). Byte-reproducible on the CPU: the
     batch order of epoch e is a permutation seeded by [seed, e], and the checkpoint holds every tensor of the state.
     Returns (params as float32 CPU tensors, training log)."""
     N, _, Z, C = x.shape
