@@ -237,8 +237,8 @@ def auxk_loss(p, pre, residual, dead, auxk):
 
 
 def train_step(p, opt, x, cols, k, since, dead_steps, auxk, Z, autocast_bf16):
-    """One Adam step on the batch x (scaled); returns (loss, mean FVE over the blocks, dead share) as floats, and the
-    updated steps-since-fired per latent."""
+    """The gradients of one step on the batch x (scaled), nothing else changed (apply_step takes the step); returns
+    (loss, mean FVE over the blocks, dead share) as floats, and the steps-since-fired per latent after this step."""
     with torch.autocast("cpu" if x.device.type == "cpu" else x.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
         codes, pre = encode(p, x, cols, k)
         x_hat = decode(p, codes)
@@ -248,21 +248,24 @@ def train_step(p, opt, x, cols, k, since, dead_steps, auxk, Z, autocast_bf16):
     loss = mse.mean() + AUXK_ALPHA * auxk_loss(p, pre, x - x_hat, dead, auxk)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    with torch.no_grad():  # unit-norm atoms: drop the gradient along each atom, step, renormalise (Gao et al.)
+    with torch.no_grad():  # unit-norm atoms: drop the gradient along each atom (apply_step steps, renormalises; Gao et al.)
         w, g = p["w_dec"], p["w_dec"].grad
         g -= (g * w).sum(1, keepdim=True) * w
+    fired = (codes > 0).any(0)
+    return loss.item(), 1 - mse.mean().item(), dead.float().mean().item(), torch.where(fired, torch.zeros_like(since), since + 1)
+
+
+def apply_step(p, opt):
+    """Adam's step on the gradients train_step left, then unit-norm atoms again (in place)."""
     opt.step()
     with torch.no_grad():
         p["w_dec"] /= p["w_dec"].norm(dim=1, keepdim=True).clamp_min(1e-12)
-    fired = (codes > 0).any(0)
-    since = torch.where(fired, torch.zeros_like(since), since + 1)
-    return loss.item(), 1 - mse.mean().item(), dead.float().mean().item(), since
 
 
 def train(x, zoom, *, expansion, top_k, auxk, dead_steps, lr, epochs, batch, seed, encoder, precision, device, path, config,
           every, desc):
     """Train one block's crosscoder on x (N, 3, Z, C) float32 in scaled units; checkpoint to `path` every `every`
-    seconds and on any exception, and resume from it (under the same `config` only). Byte-reproducible on the CPU: the
+    seconds and on any exception (but inside a step's update), and resume from it (under the same `config` only). Byte-reproducible on the CPU: the
     batch order of epoch e is a permutation seeded by [seed, e], and the checkpoint holds every tensor of the state.
     Returns (params as float32 CPU tensors, training log)."""
     N, _, Z, C = x.shape
@@ -291,31 +294,42 @@ def train(x, zoom, *, expansion, top_k, auxk, dead_steps, lr, epochs, batch, see
         save_pt(state, path)
 
     bar = tqdm(total=epochs * steps, initial=state["epoch"] * steps + state["batch"], unit="step", desc=desc, dynamic_ncols=True)
-    last = time.time()
+    last, whole = time.time(), True  # whole: no step half taken, the state in memory may be saved
     try:
         while state["epoch"] < epochs:
             order = torch.as_tensor(np.random.default_rng([seed, state["epoch"]]).permutation(N), device=device)
             while state["batch"] < steps:
                 b = state["batch"]
-                loss, fve, dead, since = train_step(p, opt, xt[order[b * batch:(b + 1) * batch]], cols, k, since, dead_steps, auxk,
+                loss, fve, dead, after = train_step(p, opt, xt[order[b * batch:(b + 1) * batch]], cols, k, since, dead_steps, auxk,
                                                     Z, precision == "bf16")
+                whole = False  # from Adam's step until the step is counted, a stop would save a step half taken
+                apply_step(p, opt)
+                since = after
                 state["running"].append((loss, fve, dead))  # in the state: a resumed epoch logs the same means
                 state["batch"] = b + 1  # the step is in: a kill from here on resumes after it
+                whole = True
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", fve=f"{fve:.3f}", dead=f"{dead:.2f}", refresh=False)
                 if time.time() - last >= every and not (state["batch"] == steps and state["epoch"] + 1 == epochs):
                     save()
                     last = time.time()
             mean = np.mean(state["running"], axis=0)
-            state["log"].append({"epoch": state["epoch"] + 1, "loss": float(mean[0]), "fve": float(mean[1]), "dead": float(mean[2])})
-            state["running"] = []
-            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+            entry = log_entry(state["epoch"] + 1, *map(float, mean))  # then one update (a stop cannot land inside it):
+            state.update(log=state["log"] + [entry], running=[], epoch=state["epoch"] + 1, batch=0)  # never half an epoch's end
     except BaseException:
-        save()
+        if whole:  # else the last checkpoint stands, before the step that was in flight
+            save()
         raise
     finally:
         bar.close()
-    return {name: v.detach().float().cpu() for name, v in p.items()}, state["log"]
+    return {name: v.detach().float().cpu() for name, v in p.items()}, [log_entry(**e) for e in state["log"]]  # resumed or not: same bytes
+
+
+def log_entry(epoch, loss, fve, dead):
+    """One epoch of the training log, its keys this code's own strings. pickle writes a string once and then refers back
+    to it by identity, and keys read back from a checkpoint are other objects than these: a log partly read from a
+    checkpoint, kept as read, would save to other bytes than the uninterrupted run's (same values)."""
+    return {"epoch": epoch, "loss": loss, "fve": fve, "dead": dead}
 
 
 @torch.no_grad()

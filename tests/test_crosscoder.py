@@ -284,6 +284,54 @@ def test_two_runs_give_the_same_bytes_and_a_kill_resumes_to_them(user_npz, train
     assert p.returncode == 1 and "was made under another config (epochs: 8 vs 9)" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("stop,where", [(2, "before"), (5, "before"), (11, "before"), (5, "inside"), (11, "inside")])
+def test_training_stopped_at_a_chosen_step_resumes_to_the_same_bytes(stop, where, tmp_path, monkeypatch, capsys):
+    """Deterministic, in process, where the kill -9 test above lands by luck of timing: training (4 steps an epoch, 3
+    epochs) stops with an exception at step `stop`: inside the first epoch (2), at the start of the second, after one
+    epoch is logged (5), in the last (11). Before the step (a Ctrl-C: the stop saves the state, no other checkpoint), or
+    inside it, after Adam's update and before the step is counted (a checkpoint after every step: the last one, before
+    the step in flight, must stand, as after a kill -9). The same call then resumes, and the block's file has the
+    uninterrupted run's bytes: parameters, Adam state, batch order, dead-latent counters, and also the log, whose dicts
+    must not keep the keys read back from the checkpoint (pickle shares a string by identity)."""
+    acts, _dec, _kinds = planted(n=256)
+    train_at, held_at = cc.split(len(acts), 0.2, 0)
+    opts = {"train": {**TRAIN, "epochs": 3, "encoder": "zoom1"}, **OPTS}
+    block = lambda folder, every: cc.crosscode_block("p", acts, ZOOM, train_at, held_at, None, opts, str(tmp_path / folder),  # noqa: E731
+                                                     {"t": 1}, every, torch.device("cpu"))
+    name = "train_step" if where == "before" else "apply_step"
+    real, calls = getattr(cc, name), []
+
+    def stops(*a):
+        calls.append(1)
+        if len(calls) == stop and where == "before":
+            raise KeyboardInterrupt
+        out = real(*a)
+        if len(calls) == stop:
+            raise KeyboardInterrupt
+        return out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole_summary, _ = block("whole", 1e9)
+        monkeypatch.setattr(cc, name, stops)
+        with pytest.raises(KeyboardInterrupt):
+            block("broken", 1e9 if where == "before" else 0.0)
+        monkeypatch.setattr(cc, name, real)
+        ckpt = torch.load(cc.crosscoder_checkpoint(str(tmp_path / "broken"), "p"), weights_only=False)
+        done = stop - 1  # steps counted; the checkpoint after the last of them ends its epoch only if the stop saved it
+        epoch, batch = (done // 4, done % 4) if where == "before" else ((done - 1) // 4, (done - 1) % 4 + 1)
+        assert (ckpt["epoch"], ckpt["batch"], len(ckpt["log"]), float(ckpt["opt"]["state"][0]["step"])) == (epoch, batch, epoch, done)
+        assert not os.path.isfile(cc.crosscoder_model(str(tmp_path / "broken"), "p"))
+        capsys.readouterr()
+        broken_summary, _ = block("broken", 1e9)
+    finally:
+        torch.set_num_threads(threads)
+    assert f"resuming at epoch {epoch + 1}, batch {batch}" in capsys.readouterr().out
+    files = [open(cc.crosscoder_model(str(tmp_path / f), "p"), "rb").read() for f in ("whole", "broken")]
+    assert files[0] == files[1] and broken_summary == whole_summary
+    assert not os.path.isfile(cc.crosscoder_checkpoint(str(tmp_path / "broken"), "p"))
+
+
 def test_plot_crosscoder_draws_every_figure(trained, tmp_path):
     folder = str(tmp_path / "r")
     shutil.copytree(trained[0], folder)
