@@ -224,12 +224,13 @@ def run_in_process(script, *args):
     """`python script *args` run in this process, for the tests that run the scripts many times (each process would
     spend seconds importing torch): sys.argv set, main() called, stdout and stderr captured, warnings written to stderr
     as Python's default filters would show them, and a SystemExit read as the process's exit status and last stderr
-    line (die's one-line error). What a process's end would undo is undone: the flags configure() rewrote get their
+    line (die's one-line error). Every flag starts at the value its line in the script assigns, as in a new process,
+    whatever an earlier main() in this process left; what a process's end would undo is undone: the flags get their
     values back, and the results locks main took are released (the kernel drops a process's flocks when it ends). An
     exception other than SystemExit (what a process would print as a traceback) propagates: the test fails.
     Returns an object with returncode, stdout and stderr, as subprocess.run gives."""
+    import ast
     import contextlib
-    import copy
     import importlib
     import io
     import types
@@ -238,7 +239,13 @@ def run_in_process(script, *args):
     import cli
     import results
     module = importlib.import_module(script.removesuffix(".py"))
-    flags = {name: copy.deepcopy(getattr(module, name)) for name in cli.flag_names(module.__file__)}
+    names = cli.flag_names(module.__file__)
+    flags = {name: getattr(module, name) for name in names}  # as they are now: put back after
+    with open(module.__file__) as f:
+        for node in ast.parse(f.read()).body:  # as a new process starts: every flag at the literal its line assigns
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", None) in names:
+                setattr(module, node.targets[0].id, ast.literal_eval(node.value))
+                names = {n: c for n, c in names.items() if n != node.targets[0].id}  # its first line (above FLAGS_END)
     held, argv = len(results._HELD_LOCKS), sys.argv
     out, err, rc, message = io.StringIO(), io.StringIO(), 0, None
     sys.argv = [script, *map(str, args)]
