@@ -288,7 +288,8 @@ def test_two_runs_give_the_same_bytes_and_a_kill_resumes_to_them(user_npz, train
 def test_plot_crosscoder_draws_every_figure(trained, tmp_path):
     folder = str(tmp_path / "r")
     shutil.copytree(trained[0], folder)
-    p = run_in_process("plot_crosscoder.py", "--results", folder)
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot_crosscoder.py"), "--results", folder], capture_output=True, text=True,
+                       cwd=ROOT)  # a real process: the data-stage test below runs the script in this process
     assert p.returncode == 0, p.stderr[-2000:]
     for name in ("crosscoder_profiles_planted", "crosscoder_norms_planted", "crosscoder_si"):
         for ext in ("png", "pdf"):
