@@ -18,7 +18,10 @@ if [ "$DEV" = cuda ]; then  # small for a GPU
   ABLATE_FAKE=10000; PYTEST_FILES="tests/test_device.py tests/test_fzs.py tests/test_stream.py tests/test_criteria.py tests/test_ablate.py"
 else  # tiny, for the CPU: the same steps, so that the check cannot rot before a GPU shows up
   CH=2; STEPS=2; FAKE=8; SWEEP_LAYERS=layer1.0,layer4.1; SWEEP_STEPS=2; BENCH_CH=1; BENCH_STEPS=2; PREC_CH=1; PREC_STEPS=1
-  ABLATE_FAKE=8; PYTEST_FILES="tests/test_device.py"
+  ABLATE_FAKE=8  # the device tests that run in this process: the suite runs all of test_device.py anyway, and the two
+  # deselected ones only launch the scripts again (seconds of imports each)
+  PYTEST_FILES="tests/test_device.py --deselect tests/test_device.py::test_each_script_starts_on_a_faked_gpu
+    --deselect tests/test_device.py::test_fzs_torchrun_with_too_many_ranks_stops_before_the_rendezvous"
 fi
 PARTS="${GPU_CHECK_PARTS:-machine tests pipeline merit}"
 failed=()

@@ -220,6 +220,59 @@ def relu_inputs(model, x):
     return {name: c[-1] for name, c in calls.items()}
 
 
+def run_in_process(script, *args):
+    """`python script *args` run in this process, for the tests that run the scripts many times (each process would
+    spend seconds importing torch): sys.argv set, main() called, stdout and stderr captured, warnings written to stderr
+    as Python's default filters would show them, and a SystemExit read as the process's exit status and last stderr
+    line (die's one-line error). Every flag starts at the value its line in the script assigns, as in a new process,
+    whatever an earlier main() in this process left; what a process's end would undo is undone: the flags get their
+    values back, and the results locks main took are released (the kernel drops a process's flocks when it ends). An
+    exception other than SystemExit (what a process would print as a traceback) propagates: the test fails.
+    Returns an object with returncode, stdout and stderr, as subprocess.run gives."""
+    import ast
+    import contextlib
+    import importlib
+    import io
+    import types
+    import warnings
+
+    import cli
+    import results
+    module = importlib.import_module(script.removesuffix(".py"))
+    names = cli.flag_names(module.__file__)
+    flags = {name: getattr(module, name) for name in names}  # as they are now: put back after
+    with open(module.__file__) as f:
+        for node in ast.parse(f.read()).body:  # as a new process starts: every flag at the literal its line assigns
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and getattr(node.targets[0], "id", None) in names:
+                setattr(module, node.targets[0].id, ast.literal_eval(node.value))
+                names = {n: c for n, c in names.items() if n != node.targets[0].id}  # its first line (above FLAGS_END)
+    held, argv = len(results._HELD_LOCKS), sys.argv
+    out, err, rc, message = io.StringIO(), io.StringIO(), 0, None
+    sys.argv = [script, *map(str, args)]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(record=True) as shown:
+            warnings.simplefilter("default")  # Python's default filters: once per place, these categories hidden
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            try:
+                module.main()
+            except SystemExit as e:
+                rc, message = (e.code, None) if isinstance(e.code, int) or e.code is None else (1, e.code)
+            finally:
+                for w in shown:
+                    err.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+        if message is not None:
+            err.write(f"{message}\n")
+    finally:
+        sys.argv = argv
+        for name, value in flags.items():
+            setattr(module, name, value)
+        for f in results._HELD_LOCKS[held:]:
+            f.close()
+        del results._HELD_LOCKS[held:]
+    return types.SimpleNamespace(returncode=rc or 0, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def build_cornet_fixture(seed=0):
     """CORnet-S (arch.CORnetS) with non-trivial BatchNorms: each BatchNorm's running statistics measured on generated
     images (every time step's own, so that the steps' BatchNorms differ), then perturbed, with some negative weights."""

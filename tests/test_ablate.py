@@ -22,6 +22,7 @@ import imagenet
 import results
 import stats
 import stream
+from conftest import run_in_process
 
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
@@ -360,6 +361,11 @@ def run_script(*argv):
     return subprocess.run([sys.executable, os.path.join(ROOT, "ablate.py"), *argv], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
+def run_here(*argv):
+    """run_script() in this process (conftest.run_in_process): for the reruns and refusals after the first real run."""
+    return run_in_process("ablate.py", *argv)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Values: the script on the fixture folder (conftest.py: non-trivial BatchNorms, labels = what the fixture model
 # predicts), every number checked against an independent recomputation: torchvision transforms on PIL, the full
@@ -484,7 +490,7 @@ def test_screening_accepts_some_and_rejects_others(swept):
     for op in ("<=", "<"):
         expect = [j for j, d in enumerate(diff) if (d <= bound if op == "<=" else d < bound)]
         assert 0 < len(expect) < len(diff)
-        r = run_script(*swept.base, "--n_trials", str(len(expect)), "--stages", "sweep", "--ablate_blocks", "2.1",
+        r = run_here(*swept.base, "--n_trials", str(len(expect)), "--stages", "sweep", "--ablate_blocks", "2.1",
                        "--screen_margin", f"2.1:{op}{bound}", "--variants", "paper,unscreened")
         assert r.returncode == 0, r.stderr
         out = json.load(open(os.path.join(swept.results, "ablation", "2.1.json")))
@@ -498,7 +504,7 @@ def test_screening_accepts_some_and_rejects_others(swept):
         assert (at_bound in expect) == (op == "<=")
     # A rule that a set could meet but none of the draws does: stops at the cap, saying how many it found.
     if values[0] > -round(100 * passing):  # some draw scored above 0%, so '< lowest' is meetable in principle
-        cap = run_script(*swept.base, "--n_trials", "1", "--stages", "sweep", "--ablate_blocks", "2.1",
+        cap = run_here(*swept.base, "--n_trials", "1", "--stages", "sweep", "--ablate_blocks", "2.1",
                          "--screen_margin", f"2.1:<{values[0]}", "--variants", "paper")
         assert cap.returncode == 1 and "Traceback" not in cap.stderr
         assert "block 2.1: found 0 of 1 accepted random sets in 8 draws" in cap.stderr, cap.stderr
@@ -514,7 +520,7 @@ def test_end_to_end_and_resume(swept):
     cells = os.listdir(os.path.join(results, "ablation", "3.1"))
     assert len(cells) == (1 + 1 + 8) + (1 + 1 + 3) * 2  # no scale: none, passing, 8 draws; then 2 scales x 5
     # A rerun computes nothing (no progress bar) and prints the same table.
-    again = run_script(*common, "--screen_margin", "2.1:<=100;3.1:<=100", "--stages", "sweep")
+    again = run_here(*common, "--screen_margin", "2.1:<=100;3.1:<=100", "--stages", "sweep")
     assert again.returncode == 0 and "screen0" not in again.stderr and "sweep:" not in again.stderr
     assert again.stdout.split("block 2.1")[1] == swept.stdout.split("block 2.1")[1]
 
@@ -524,18 +530,18 @@ def test_refusals_and_the_cap(folder, tmp_path):
     common = ["--data", folder, "--weights", "random:3", "--results", out, "--workers", "0", "--batch", "4",
               "--sets", "2.1:0:6;3.1:0:10", "--n_trials", "2", "--screen_draws", "3", "--crops", "10,50",
               "--screen_margin", "2.1:<=100;3.1:<=100", "--limit", "5"]
-    r = run_script(*common)
+    r = run_here(*common)
     assert r.returncode == 0, r.stderr
     # Cells made with another passing set are not mixed in.
-    other = run_script(*[a if a != "2.1:0:6;3.1:0:10" else "2.1:0:6;3.1:0:12" for a in common], "--stages", "sweep")
+    other = run_here(*[a if a != "2.1:0:6;3.1:0:10" else "2.1:0:6;3.1:0:12" for a in common], "--stages", "sweep")
     assert other.returncode != 0 and "made under another config" in other.stderr and "Traceback" not in other.stderr
     # A natural summary from other weights is refused.
-    bad = run_script(*[a if a != "random:3" else "random:4" for a in common], "--stages", "sweep")
+    bad = run_here(*[a if a != "random:3" else "random:4" for a in common], "--stages", "sweep")
     assert bad.returncode != 0 and "made with weights random:3, not --weights random:4" in bad.stderr and "Traceback" not in bad.stderr
     # Random weights: the passing set scores 0%, so the paper's rule (a random set must score below it) can never be
     # met. Said at once, with what to pass, instead of burning the whole cap of draws.
     for margin in ("2.1:<-100", "2.1:<0"):
-        never = run_script(*common[:-4], "--stages", "sweep", "--ablate_blocks", "2.1", "--screen_cap", "200",
+        never = run_here(*common[:-4], "--stages", "sweep", "--ablate_blocks", "2.1", "--screen_cap", "200",
                            "--screen_margin", margin, "--limit", "5")
         assert never.returncode == 1 and "Traceback" not in never.stderr
         assert "can never be met" in never.stderr and "--screen_margin '2.1:<=100'" in never.stderr
@@ -543,30 +549,30 @@ def test_refusals_and_the_cap(folder, tmp_path):
     # No --weights: the weights that the natural summary records (random:3), so the rerun is the same config; a
     # criteria.json that records other weights than the summary is refused.
     unnamed = [a for a in common if a not in ("--weights", "random:3")]
-    again = run_script(*unnamed, "--stages", "sweep")
+    again = run_here(*unnamed, "--stages", "sweep")
     assert again.returncode == 0 and "weights random:3" in again.stdout, again.stderr
     results.save_json({"config": {"arch": "resnet18", "weights_id": "random:4"}, "blocks": {}}, results.criteria_file(out))
-    mixed = run_script(*unnamed, "--stages", "sweep")
+    mixed = run_here(*unnamed, "--stages", "sweep")
     assert mixed.returncode != 0 and "different weights (random:3, random:4)" in mixed.stderr and "Traceback" not in mixed.stderr
 
 
 def test_old_scales_flag_sets_the_crops_with_a_note():
     """--scales was ablate.py's name for the crop percentages (fzs.py's --scales are lucent scale factors): it still
     works, says once that it is now --crops, and --help lists only --crops."""
-    old = run_script("--scales", "10,0", "--weights", "random")  # 0 is out of range: main read the value as the crops
+    old = run_here("--scales", "10,0", "--weights", "random")  # 0 is out of range: main read the value as the crops
     assert old.returncode == 1 and "Traceback" not in old.stderr
     assert old.stderr.count("note: --scales is now --crops (crop percentages of the scale transform)\n") == 1
     assert "error: crop 0 is out of range: --crops are percentages between 1 and 99" in old.stderr
-    new = run_script("--crops", "10,0", "--weights", "random")
+    new = run_here("--crops", "10,0", "--weights", "random")
     assert "error: crop 0 is out of range" in new.stderr and "note:" not in new.stderr
-    both = run_script("--crops", "0", "--scales", "10", "--weights", "random")  # the new name wins
+    both = run_here("--crops", "0", "--scales", "10", "--weights", "random")  # the new name wins
     assert "error: crop 0 is out of range" in both.stderr
-    usage = run_script("--help").stdout
+    usage = run_here("--help").stdout
     assert "--crops LIST" in usage and "--scales LIST" not in usage and "--n_trials" in usage
 
 
 def test_missing_data_folder_is_one_line(tmp_path):
-    missing = run_script("--data", str(tmp_path / "nowhere"), "--weights", "random")
+    missing = run_here("--data", str(tmp_path / "nowhere"), "--weights", "random")
     assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 

@@ -105,15 +105,12 @@ def test_truncated_reader_equals_hooks(name):
 
 
 def test_list_prints_the_table_units_and_cost():
-    import subprocess
-    import sys
-    p = subprocess.run([sys.executable, "arch.py", "--arch", "resnet50"], capture_output=True, text=True,
-                       cwd=stream.os.path.dirname(stream.__file__))
+    p = run_in_process("arch.py", "--arch", "resnet50")
     assert p.returncode == 0 and "resnet50: 16 residual blocks, 16 probed" in p.stdout
     assert "layer1.0.downsample.1    layer1.0.bn3" in p.stdout and "34,048 units" in p.stdout and "87.2 M image-steps" in p.stdout
-    bad = subprocess.run([sys.executable, "arch.py", "--arch", "resnet19"], capture_output=True, text=True,
-                         cwd=stream.os.path.dirname(stream.__file__))
+    bad = run_in_process("arch.py", "--arch", "resnet19")
     assert bad.returncode == 1 and "unknown architecture 'resnet19'" in bad.stderr and "Traceback" not in bad.stderr
+    assert arch.ARCH == "resnet18"  # the flag configure() rewrote has its value back
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -122,19 +119,12 @@ def test_list_prints_the_table_units_and_cost():
 
 import json  # noqa: E402
 import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from conftest import run_in_process  # noqa: E402
+
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*argv, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="2")
-    return subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
 
 
 def one_line_error(p, *words):
@@ -232,7 +222,7 @@ def test_passing_percent_by_relative_depth_across_architectures(tmp_path):
     r18, r50 = str(tmp_path / "r18"), str(tmp_path / "r50")
     planted_criteria(r18, "resnet18", {"1.1": 9.4, "2.1": 18.0, "4.1": 0.0})
     planted_criteria(r50, "resnet50", {"1.0": 2.0, "2.3": 7.0, "4.2": 1.0})
-    p = run("plot_spectrum.py", "--results", r18, "--across", f"{r18},{r50}")
+    p = run_in_process("plot_spectrum.py", "--results", r18, "--across", f"{r18},{r50}")
     assert p.returncode == 0, p.stderr[-1500:]
     assert os.path.isfile(os.path.join(r18, "figures", "across_archs.png"))
     import plot_spectrum
@@ -252,37 +242,37 @@ def test_tiny_resnet50_end_to_end_and_mixing_refused(tmp_path):
     ck, res, data = tmp_path / "r50.pth", tmp_path / "r50", tmp_path / "fake"
     torch.save(nontrivial_batchnorms(arch.build("resnet50"), seed=4).state_dict(), ck)
     a50 = ["--arch", "resnet50", "--weights", ck, "--results", res]
-    p = run("fzs.py", *a50, "--layers", "2.1", "--channels", "0:6", "--steps", "3", "--batch", "6", "--png", "false")
+    p = run_in_process("fzs.py", *a50, "--layers", "2.1", "--channels", "0:4", "--steps", "2", "--batch", "4", "--png", "false")
     assert p.returncode == 0, p.stderr[-1500:]
     for layer, jitter in (("layer2.0", 0), ("layer2.1.bn3", 4), ("layer2.1", 4)):  # In, Pre (bn3) and Post of resnet50's 2.1
         fz = torch.load(res / "fzs" / layer / "center.pt", weights_only=False)
         assert fz["config"]["arch"] == "resnet50" and fz["config"]["weights"].startswith("resnet50:file:r50.pth")
-        assert fz["images"].shape == (6, 3, 224, 224) and fz["config"]["jitter"] == jitter  # by the block the layer is in
-    p = run("criteria.py", *a50, "--blocks", "2.1", "--batch", "6")
+        assert fz["images"].shape == (4, 3, 224, 224) and fz["config"]["jitter"] == jitter  # by the block the layer is in
+    p = run_in_process("criteria.py", *a50, "--blocks", "2.1", "--batch", "4")
     assert p.returncode == 0, p.stderr[-1500:]
     assert "no published reference exists for weights resnet50:file:r50.pth" in p.stdout
     crit = json.load(open(res / "criteria.json"))
-    assert crit["config"]["arch"] == "resnet50" and crit["blocks"]["2.1"]["n_channels"] == 512 and crit["blocks"]["2.1"]["measured"] == list(range(6))
+    assert crit["config"]["arch"] == "resnet50" and crit["blocks"]["2.1"]["n_channels"] == 512 and crit["blocks"]["2.1"]["measured"] == list(range(4))
     assert "paper_overlap" not in crit["blocks"]["2.1"]
-    p = run("ablate.py", *a50, "--data", data, "--fake", "12", "--workers", "0", "--batch", "12", "--sets", "2.1:0:3",
+    p = run_in_process("ablate.py", *a50, "--data", data, "--fake", "6", "--workers", "0", "--batch", "6", "--sets", "2.1:0:3",
             "--scales", "20", "--n_trials", "2", "--screen_draws", "2", "--screen_cap", "20", "--screen_margin", "*:<=100",
             "--bootstrap", "10", "--permutations", "4", "--variants", "paper")
     assert p.returncode == 0, p.stderr[-1500:]
     assert "sweep: blocks 2.1" in p.stdout  # no --ablate_blocks: the blocks named in --sets
     natural = torch.load(res / "natural" / "summary.pt", weights_only=False)
     assert natural["config"]["arch"] == "resnet50" and natural["mean"]["layer3.5"].shape == (1024,)
-    assert np.load(res / "natural" / "layer4.2.npy").shape == (12, 2048)
+    assert np.load(res / "natural" / "layer4.2.npy").shape == (6, 2048)
     ab = json.load(open(res / "ablation" / "2.1.json"))
     assert ab["config"]["arch"] == "resnet50" and ab["config"]["passing"] == [0, 1, 2]
     assert ab["accuracy"]["none"][0] == 1.0  # the generated images are labelled with this model's own predictions
-    p = run("tuning.py", *a50, "--tune_blocks", "2.1", "--top_k", "4", "--sample", "4", "--fractions", "1,0.5", "--workers", "0",
+    p = run_in_process("tuning.py", *a50, "--tune_blocks", "2.1", "--top_k", "4", "--sample", "4", "--fractions", "1,0.5", "--workers", "0",
             "--permutations", "10")
     assert p.returncode == 0, p.stderr[-1500:]
     tuning = json.load(open(res / "tuning.json"))
     assert tuning["config"]["arch"] == "resnet50" and tuning["blocks"]["2.1"]["n_channels"] == 512
     for script, extra in (("plot_ratios.py", []), ("plot_spectrum.py", []), ("plot_grids.py", ["--channels", "2.1:0,1"]),
                           ("plot_tuning.py", [])):
-        p = run(script, "--arch", "resnet50", "--results", res, *extra)
+        p = run_in_process(script, "--arch", "resnet50", "--results", res, *extra)
         assert p.returncode == 0, (script, p.stderr[-1500:])
     assert os.path.isfile(res / "figures" / "ratios.png") and os.path.isfile(res / "figures" / "mix_hist.png")
 
@@ -290,9 +280,9 @@ def test_tiny_resnet50_end_to_end_and_mixing_refused(tmp_path):
     a18 = ["--weights", "random", "--results", res]
     for script, extra in (("fzs.py", ["--layers", "2.1", "--channels", "0:2", "--steps", "1"]), ("criteria.py", ["--blocks", "2.1"]),
                           ("ablate.py", ["--stages", "sweep", "--data", data, "--workers", "0", "--sets", "2.1:0:3"])):
-        one_line_error(run(script, *a18, *extra), "was made with --arch resnet50", "--arch resnet18")
-    one_line_error(run("tuning.py", *a18), "was made with --arch resnet50")
+        one_line_error(run_in_process(script, *a18, *extra), "was made with --arch resnet50", "--arch resnet18")
+    one_line_error(run_in_process("tuning.py", *a18), "was made with --arch resnet50")
     for script in ("plot_ratios.py", "plot_spectrum.py", "plot_grids.py", "plot_tuning.py"):
-        one_line_error(run(script, "--results", res), "was made with --arch resnet50")
-    p = run("fzs.py", "--arch", "resnet34", "--weights", "random", "--results", res, "--layers", "2.1", "--channels", "0:2", "--steps", "1")
+        one_line_error(run_in_process(script, "--results", res), "was made with --arch resnet50")
+    p = run_in_process("fzs.py", "--arch", "resnet34", "--weights", "random", "--results", res, "--layers", "2.1", "--channels", "0:2", "--steps", "1")
     one_line_error(p, "was made with --arch resnet50", "this run is --arch resnet34")

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from conftest import run_in_process
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -20,6 +22,13 @@ def run(*argv):
     env = dict(os.environ, OMP_NUM_THREADS="2")
     p = subprocess.run([sys.executable, *map(str, argv)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert p.returncode == 0, (argv[0], p.stderr[-1500:])
+    return p
+
+
+def run_here(script, *argv, check=True):
+    """run() in this process (conftest.run_in_process): for the refusals and the reruns on planted inputs."""
+    p = run_in_process(script, *argv)
+    assert p.returncode == 0 or not check, (script, p.stderr[-1500:])
     return p
 
 
@@ -106,10 +115,10 @@ def test_index_page_counts_and_links(atlas):
 
 
 def test_atlas_without_inputs_is_one_line_error(tmp_path):
-    p = subprocess.run([sys.executable, "atlas.py", "--results", tmp_path / "none"], capture_output=True, text=True, cwd=ROOT)
+    p = run_here("atlas.py", "--results", tmp_path / "none", check=False)
     assert p.returncode == 1 and p.stderr.strip() == f"error: results folder {str(tmp_path / 'none')!r} does not exist"
     (tmp_path / "empty").mkdir()
-    p = subprocess.run([sys.executable, "atlas.py", "--results", tmp_path / "empty"], capture_output=True, text=True, cwd=ROOT)
+    p = run_here("atlas.py", "--results", tmp_path / "empty", check=False)
     assert p.returncode == 1 and "holds no results" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -157,7 +166,7 @@ def test_convention_mix_values_shown_as_such_and_sorted_last(atlas, tmp_path):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    run("atlas.py", "--results", res)
+    run_here("atlas.py", "--results", res)
     page = res / "atlas" / "block_2.1.html"
     text = dom(page)
     assert "10 (Post(FZ Pre) \u2264 0)" in text and "0 (Post(FZ In) \u2264 0)" in text
@@ -190,10 +199,10 @@ def test_released_inputs_are_labelled_and_never_mixed(tmp_path):
               "lr": 0.05, "amp": "fp32", "pre_as_released": False, "batch": 2, "post_as_released": True}
     results.save_pt({"images": torch.zeros(2, 3, 224, 224, dtype=torch.uint8), "channels": torch.tensor([0, 1]),
                      "activation": torch.zeros(2), "config": config}, results.fz_file(res, "layer2.0", "center"))
-    p = subprocess.run([sys.executable, "atlas.py", "--results", res], capture_output=True, text=True, cwd=ROOT)
+    p = run_here("atlas.py", "--results", res, check=False)
     assert p.returncode == 1 and "center.pt was made with --post_as_released true, this run is --post_as_released false" in p.stderr
     assert "Traceback" not in p.stderr
-    run("atlas.py", "--results", res, "--post_as_released", "true")
+    run_here("atlas.py", "--results", res, "--post_as_released", "true")
     page = open(res / "atlas" / "block_2.1.html").read()
     assert "layer2.0 (sum, before ReLU)" in page and "layer2.1 (sum, before ReLU)" in page and "layer2.1.bn2 (sum" not in page
     assert "read before their block's final ReLU" in page
@@ -201,5 +210,5 @@ def test_released_inputs_are_labelled_and_never_mixed(tmp_path):
     page = open(res / "atlas" / "block_2.0.html").read()  # a downsample In is what it was
     assert "layer2.0 (sum, before ReLU)" in page and "layer2.0.downsample.1 (sum" not in page
     results.save_json({"config": {"arch": "resnet18", "weights_id": "random:0"}, "blocks": {}}, results.criteria_file(res))
-    p = subprocess.run([sys.executable, "atlas.py", "--results", res, "--post_as_released", "true"], capture_output=True, text=True, cwd=ROOT)
+    p = run_here("atlas.py", "--results", res, "--post_as_released", "true", check=False)
     assert p.returncode == 1 and "criteria.json was made with --post_as_released false" in p.stderr  # the paper's reading

@@ -20,7 +20,7 @@ import cli
 import criteria
 import results
 import stream
-from conftest import relu_inputs
+from conftest import relu_inputs, run_in_process
 
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
@@ -179,19 +179,18 @@ def test_released_reading_matches_relu_input_hooks(tmp_path, model, block):
                                torch.device("cpu"), 5, mix_if, post_as_released=True)
 
     def read(x, layer):
+        """Each image's own channel (image i is channel chans[i]'s FZ) at the center of layer, on the full model; the
+        eval-mode model treats the images of a batch independently, so one forward serves all twelve."""
         got = relu_inputs(m, x) if net.where(layer)[1] == "post" else hooked(m, [layer], x)
         fmap = got[layer]
-        return fmap[0, :, fmap.shape[2] // 2, fmap.shape[3] // 2]
-    want = {k: [] for k in ("pre_in", "pre_zoom_in", "post_in", "post_pre", "objective_in")}
-    for c in chans:
-        x_in, x_pre = fz_in["images"][c][None].float() / 255, fz_pre["images"][c][None].float() / 255
-        zoomed = TF.resize(TF.center_crop(x_in, [112, 112]), [224, 224], interpolation=TF.InterpolationMode.BILINEAR, antialias=False)
-        want["pre_in"].append(read(stream.normalize(x_in), Pre)[c])
-        want["pre_zoom_in"].append(read(stream.normalize(zoomed), Pre)[c])
-        want["post_in"].append(read(stream.normalize(x_in), Post)[c])
-        want["post_pre"].append(read(stream.normalize(x_pre), Post)[c])
-        want["objective_in"].append(read(stream.normalize(x_in), In)[c])
-    want = {k: torch.stack(w).double().numpy() for k, w in want.items()}
+        return fmap[torch.arange(len(chans)), chans, fmap.shape[2] // 2, fmap.shape[3] // 2]
+    x_in, x_pre = fz_in["images"][chans].float() / 255, fz_pre["images"][chans].float() / 255
+    zoomed = torch.cat([TF.resize(TF.center_crop(x[None], [112, 112]), [224, 224], interpolation=TF.InterpolationMode.BILINEAR,
+                                  antialias=False) for x in x_in])  # image by image, as the loop over channels did
+    want = {"pre_in": read(stream.normalize(x_in), Pre), "pre_zoom_in": read(stream.normalize(zoomed), Pre),
+            "post_in": read(stream.normalize(x_in), Post), "post_pre": read(stream.normalize(x_pre), Post),
+            "objective_in": read(stream.normalize(x_in), In)}
+    want = {k: w.double().numpy() for k, w in want.items()}
     for k, w in want.items():
         assert np.allclose(v[k].double().numpy(), w, rtol=1e-4, atol=1e-4), k
     assert (want["post_in"] < 0).any() or (want["post_pre"] < 0).any()  # the option changes values the ReLU would clip
@@ -293,8 +292,8 @@ def run_script(*args):
 def test_end_to_end_with_fzs(tmp_path):
     r0, r1 = str(tmp_path / "seed0"), str(tmp_path / "seed1")
     for folder, seed in ((r0, 0), (r1, 1)):
-        p = run_script("fzs.py", "--layers", "layer2.0,layer2.1.bn2", "--channels", "0:4", "--steps", "2", "--batch", "4",
-                       "--seed", str(seed), "--weights", WEIGHTS, "--results", folder, "--png", "false")
+        p = run_in_process("fzs.py", "--layers", "layer2.0,layer2.1.bn2", "--channels", "0:4", "--steps", "2", "--batch", "4",
+                           "--seed", str(seed), "--weights", WEIGHTS, "--results", folder, "--png", "false")  # criteria.py: a process
         assert p.returncode == 0, p.stderr[-2000:]
     p = run_script("criteria.py", "--weights", WEIGHTS, "--results", r0, "--blocks", "2.1,3.1", "--runs", f"{r0},{r1}", "--batch", "3")
     assert p.returncode == 0, p.stderr[-2000:]

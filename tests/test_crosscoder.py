@@ -22,6 +22,7 @@ from PIL import Image
 import arch
 import crosscoder as cc
 import plot_crosscoder
+from conftest import run_in_process
 
 net = arch.net("resnet18")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -336,7 +337,7 @@ def test_plot_crosscoder_draws_every_figure(trained, tmp_path):
     folder = str(tmp_path / "r")
     shutil.copytree(trained[0], folder)
     p = subprocess.run([sys.executable, os.path.join(ROOT, "plot_crosscoder.py"), "--results", folder], capture_output=True, text=True,
-                       cwd=ROOT)
+                       cwd=ROOT)  # a real process: the data-stage test below runs the script in this process
     assert p.returncode == 0, p.stderr[-2000:]
     for name in ("crosscoder_profiles_planted", "crosscoder_norms_planted", "crosscoder_si"):
         for ext in ("png", "pdf"):
@@ -381,8 +382,8 @@ def test_bad_activations_are_one_line(tmp_path, monkeypatch):
 
 def test_data_stage_equals_torchvision_and_hooks(fixture_folder, fixture_weights, fixture_model, tmp_path):
     folder = str(tmp_path / "res")
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "ablate.py"), "--data", fixture_folder[0], "--weights", fixture_weights,
-                        "--results", folder, "--stages", "natural", "--workers", "0", "--limit", "6"], capture_output=True, text=True, cwd=ROOT)
+    p = run_in_process("ablate.py", "--data", fixture_folder[0], "--weights", fixture_weights, "--results", folder, "--stages", "natural",
+                       "--workers", "0", "--limit", "6")
     assert p.returncode == 0, p.stderr[-2000:]
     run("--results", folder, "--weights", fixture_weights, "--blocks", "2.1", "--fractions", "1,0.5", "--data_batch", "4", *ARGS)
     summary = torch.load(os.path.join(folder, "natural", "summary.pt"), weights_only=False)
@@ -412,12 +413,10 @@ def test_data_stage_equals_torchvision_and_hooks(fixture_folder, fixture_weights
     assert set(d["blocks"]) == {"2.1"} and d["blocks"]["2.1"]["latents"] == 2 * 128
     saved = torch.load(os.path.join(folder, "crosscoder", "2.1.pt"), weights_only=False)
     assert saved["top9"].shape == (256, 6) and set(saved["top9"].ravel()) <= set(range(6))
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "plot_crosscoder.py"), "--results", folder], capture_output=True, text=True,
-                       cwd=ROOT)
+    p = run_in_process("plot_crosscoder.py", "--results", folder)
     assert p.returncode == 0, p.stderr[-2000:]
     assert os.path.getsize(os.path.join(folder, "figures", "crosscoder_top9_2.1.png")) > 10000
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "atlas.py"), "--results", folder, "--latents", "5"], capture_output=True,
-                       text=True, cwd=ROOT)
+    p = run_in_process("atlas.py", "--results", folder, "--latents", "5")
     assert p.returncode == 0, p.stderr[-2000:]
     page = open(os.path.join(folder, "atlas", "latents_2.1.html")).read()
     shown = plot_crosscoder.most_frequent(saved["types"], saved["frequency"], "summation", 5).tolist()
@@ -430,12 +429,10 @@ def test_data_stage_equals_torchvision_and_hooks(fixture_folder, fixture_weights
     assert page.count("class='missing' title='python fzs.py --layers 2.1 --objectives latent --channels ") == 5
     assert "Missing latent FZs are made by" in page
     made = shown[:2]
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "fzs.py"), "--layers", "2.1", "--objectives", "latent", "--channels",
-                        ",".join(map(str, made)), "--batch", "2", "--steps", "2", "--weights", fixture_weights, "--results", folder],
-                       capture_output=True, text=True, cwd=ROOT)
+    p = run_in_process("fzs.py", "--layers", "2.1", "--objectives", "latent", "--channels", ",".join(map(str, made)), "--batch", "2",
+                       "--steps", "2", "--weights", fixture_weights, "--results", folder)
     assert p.returncode == 0, p.stderr[-2000:]
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "atlas.py"), "--results", folder, "--latents", "5"], capture_output=True,
-                       text=True, cwd=ROOT)
+    p = run_in_process("atlas.py", "--results", folder, "--latents", "5")
     assert p.returncode == 0, p.stderr[-2000:]
     page = open(os.path.join(folder, "atlas", "latents_2.1.html")).read()
     for f in made:
@@ -443,8 +440,7 @@ def test_data_stage_equals_torchvision_and_hooks(fixture_folder, fixture_weights
     assert page.count("class='missing' title='python fzs.py --layers 2.1 --objectives latent --channels ") == 3
     assert "--steps 2" in page and "--batch 2" in page  # the command matches the FZs made, so that fzs.py adds to them
     torch.save({**saved, "log": saved["log"] + [{"retrained": True}]}, os.path.join(folder, "crosscoder", "2.1.pt"))  # another file
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "atlas.py"), "--results", folder, "--latents", "5"], capture_output=True,
-                       text=True, cwd=ROOT)
+    p = run_in_process("atlas.py", "--results", folder, "--latents", "5")
     assert p.returncode == 0, p.stderr[-2000:]
     page = open(os.path.join(folder, "atlas", "latents_2.1.html")).read()
     assert "fzs/layer2.1/latent/" not in page and "was made from another crosscoder file: delete it" in page  # not this file's latents

@@ -18,6 +18,7 @@ import cli
 import fzs
 import results
 import stream
+from conftest import run_in_process
 
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
@@ -27,6 +28,15 @@ CPU = torch.device("cpu")
 
 def run(*args, check=True, **kw):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "fzs.py"), *args], capture_output=True, text=True, cwd=ROOT, **kw)
+    if check:
+        assert p.returncode == 0, p.stderr[-2000:]
+    return p
+
+
+def run_here(*args, check=True):
+    """run() in this process (conftest.run_in_process): for the checks that launch fzs.py many times only to read a
+    one-line error or a message."""
+    p = run_in_process("fzs.py", *args)
     if check:
         assert p.returncode == 0, p.stderr[-2000:]
     return p
@@ -188,11 +198,10 @@ def test_transforms_equal_kornia_041_bit_for_bit():
             ours = fzs.rotation_matrix(float(a), hw, hw, 2)
             assert torch.equal(ours, theirs), (hw, a)
             assert torch.equal(fzs.warp_affine(x, ours), kornia.warp_affine(x, theirs, dsize=(hw, hw))), (hw, a)
-        for d in (2, 4, 8, 16):
-            for dx in range(d):
-                for dy in range(d):
-                    theirs = translate(x, torch.tensor([[dx, dy]]).float())
-                    assert torch.equal(fzs.warp_affine(x, fzs.translation_matrix(float(dx), float(dy), 2)), theirs), (hw, dx, dy)
+        for dx in range(16):  # jitter(16)'s offsets: those of jitter(2), (4) and (8) are among them (0 <= dx, dy < d)
+            for dy in range(16):
+                theirs = translate(x, torch.tensor([[dx, dy]]).float())
+                assert torch.equal(fzs.warp_affine(x, fzs.translation_matrix(float(dx), float(dy), 2)), theirs), (hw, dx, dy)
 
 
 def test_scripts_import_neither_kornia_nor_lucent():
@@ -342,7 +351,7 @@ def test_torchrun_split_equals_one_process(tmp_path):
     (["--layers", "layer1.0", "--channels", "0:4:0"], "the step must be at least 1"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, args, message):
-    p = run(*args, "--steps", "1", "--results", str(tmp_path), check=False)
+    p = run_here(*args, "--steps", "1", "--results", str(tmp_path), check=False)
     assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
 
@@ -351,7 +360,7 @@ def test_passing_with_no_passing_channel_says_so(tmp_path):
     results.save_json({"config": {"weights_id": "random:0"}, "blocks": {"2.1": {"passing": [], "layers": list(net.blocks["2.1"]),
                                                                                 "n_channels": 128}}},
                      str(tmp_path / "criteria.json"))
-    p = run("--layers", "layer2.0", "--channels", "passing", "--steps", "1", "--weights", "random", "--results", str(tmp_path))
+    p = run_here("--layers", "layer2.0", "--channels", "passing", "--steps", "1", "--weights", "random", "--results", str(tmp_path))
     assert "no channel of layer2.0 passes the criteria" in p.stdout and "--channels 0:8" in p.stdout
     assert "0 unit(s) to make" in p.stdout
 
@@ -386,7 +395,7 @@ def test_main_guard_message_is_the_scripts_own(capsys):
 
 
 def test_help_lists_every_constant():
-    out = run("--help").stdout
+    out = run_here("--help").stdout
     for name in ("--weights", "--layers", "--channels", "--objectives", "--steps", "--batch", "--seed", "--results",
                  "--device", "--pre_as_released", "--amp", "--jitter"):
         assert name in out
@@ -561,24 +570,24 @@ def test_latent_fzs_resume_and_refuse_another_crosscoder(latent_run, fixture_wei
     folder = str(tmp_path / "copy")
     shutil.copytree(latent_run[0], folder)
     args = ["--objectives", "latent", "--batch", "2", "--steps", "16", "--weights", fixture_weights, "--results", folder]
-    assert "0 unit(s) to make in 0 batch(es) of up to 2 (2 already made)" in run("--layers", "layer2.1", "--channels", "0:2", *args).stdout
+    assert "0 unit(s) to make in 0 batch(es) of up to 2 (2 already made)" in run_here("--layers", "layer2.1", "--channels", "0:2", *args).stdout
     for extra, message in ((["--layers", "3.1"], "no crosscoder of block 3.1"), (["--layers", "2.1", "--channels", "passing"], "not latents"),
                            (["--layers", "2.1", "--channels", "200"], "out of range")):
-        p = run(*extra, *args, check=False)
+        p = run_here(*extra, *args, check=False)
         assert p.returncode != 0 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
         assert "python crosscoder.py --blocks 3.1" in p.stderr or message != "no crosscoder of block 3.1"
     path = os.path.join(folder, "crosscoder", "2.1.pt")
     cc = torch.load(path, weights_only=False)
     cc["params"]["b_enc"] = cc["params"]["b_enc"] + 1.0  # another crosscoder file (retrained): its latents are other units
     torch.save(cc, path)
-    p = run("--layers", "2.1", "--channels", "0:4", *args, check=False)
+    p = run_here("--layers", "2.1", "--channels", "0:4", *args, check=False)
     assert p.returncode != 0 and "another config (crosscoder" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     cc["config"]["encoder"] = "all"  # an encoder reading every zoom: refused, not approximated
     torch.save(cc, path)
-    p = run("--layers", "2.1", "--channels", "0:4", *args, check=False)
+    p = run_here("--layers", "2.1", "--channels", "0:4", *args, check=False)
     assert p.returncode != 0 and "zoom1 encoder only" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     for flag in ("--pre_as_released", "--post_as_released"):  # the crosscoder read the paper's Pre and Post: so do its FZs
-        p = run("--layers", "2.1", "--channels", "0:2", *args, flag, "true", check=False)
+        p = run_here("--layers", "2.1", "--channels", "0:2", *args, flag, "true", check=False)
         assert p.returncode != 0 and f"{flag} does not apply to --objectives latent" in p.stderr, p.stderr
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import cli
 import results
+from conftest import run_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "*.py"))
@@ -94,8 +95,7 @@ def test_no_suggested_command_carries_an_unknown_weights_id(weights):
 
 
 def test_plot_grids_with_no_fzs_names_the_command_and_draws_nothing(tmp_path):
-    p = subprocess.run([sys.executable, "plot_grids.py", "--results", str(tmp_path), "--channels", "2.1:0,1,2,3;3.1:5"],
-                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    p = run_in_process("plot_grids.py", "--results", str(tmp_path), "--channels", "2.1:0,1,2,3;3.1:5")
     assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stderr
     assert p.stderr.startswith(f"error: no FZs in {tmp_path}/fzs for channels 2.1:0:4;3.1:5")
     assert (f"python fzs.py --layers layer2.0,layer2.1.bn2,layer2.1 --objectives center,channel --channels 0:4 --results "
@@ -112,8 +112,7 @@ def test_a_missing_input_names_the_command_for_this_results_folder(tmp_path, scr
     (followed as printed, the command must not write into results/)."""
     empty = str(tmp_path / "empty")
     os.makedirs(empty)
-    p = subprocess.run([sys.executable, script, "--results", empty], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "MPLBACKEND": "Agg"})
+    p = run_in_process(script, "--results", empty)
     assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
     suggested = p.stderr[p.stderr.index(makes):]
     assert f"--results {empty}" in suggested, p.stderr

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import results
+from conftest import run_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,6 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def script(name, *args, cwd=ROOT, check=True, **kw):
     p = subprocess.run([sys.executable, os.path.join(cwd, name), *map(str, args)], capture_output=True, text=True, cwd=cwd,
                        env={**os.environ, "OMP_NUM_THREADS": "2", "MPLBACKEND": "Agg"}, **kw)
+    if check:
+        assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def script_here(name, *args, check=True):
+    """script() in this process (conftest.run_in_process), for the runs whose point is not the process itself."""
+    p = run_in_process(name, *args)
     if check:
         assert p.returncode == 0, p.stderr[-3000:]
     return p
@@ -68,7 +77,7 @@ def test_criteria_and_ablate_refuse_a_folder_in_use(tmp_path, name, args, fixtur
     os.makedirs(os.path.join(folder, "fzs"))
     held = results.lock_results(folder, name)  # as if another process were running it
     try:
-        p = script(name, *[a.replace("{data}", fixture_folder[0]) for a in args], "--results", folder, check=False)
+        p = script_here(name, *[a.replace("{data}", fixture_folder[0]) for a in args], "--results", folder, check=False)
         assert p.returncode != 0 and f"is in use by another {name}" in p.stderr and "Traceback" not in p.stderr
     finally:
         held.close()
@@ -79,23 +88,23 @@ def test_a_rerun_finishes_a_merge_a_dead_process_left_half_done(tmp_path):
     are merged by the next run, whatever channels it asks for, and leave no .parts folder behind."""
     common = ["--layers", "layer1.0", "--steps", "2", "--batch", "2", "--weights", "random", "--png", "false"]
     done, other = str(tmp_path / "done"), str(tmp_path / "other")
-    script("fzs.py", *common, "--channels", "0:2", "--results", done)
-    script("fzs.py", *common, "--channels", "2:4", "--results", other)
+    script_here("fzs.py", *common, "--channels", "0:2", "--results", done)
+    script_here("fzs.py", *common, "--channels", "2:4", "--results", other)
     parts = os.path.join(done, "fzs", "layer1.0", "center.parts")
     os.makedirs(parts)
     os.replace(os.path.join(other, "fzs", "layer1.0", "center.pt"), os.path.join(parts, "0001-00000000.pt"))
     open(os.path.join(parts, ".0002-00000000.pt.x.tmp"), "w").close()  # a temp file a kill -9 left mid-write
-    out = script("fzs.py", *common, "--channels", "0:2", "--results", done).stdout
+    out = script_here("fzs.py", *common, "--channels", "0:2", "--results", done).stdout
     assert "0 unit(s) to make" in out and "(2 already made)" in out
     merged = torch.load(os.path.join(done, "fzs", "layer1.0", "center.pt"), weights_only=False)
     assert merged["channels"].tolist() == [0, 1, 2, 3] and not os.path.exists(parts)
-    out = script("fzs.py", *common, "--channels", "0:4", "--results", done).stdout
+    out = script_here("fzs.py", *common, "--channels", "0:4", "--results", done).stdout
     assert "0 unit(s) to make" in out and "(4 already made)" in out  # units merged earlier count as made
     # a leftover part holding units the rerun asks for: counted as made (not recomputed), then merged
-    script("fzs.py", *common, "--channels", "4:6", "--results", str(tmp_path / "third"))
+    script_here("fzs.py", *common, "--channels", "4:6", "--results", str(tmp_path / "third"))
     os.makedirs(parts)
     os.replace(os.path.join(tmp_path, "third", "fzs", "layer1.0", "center.pt"), os.path.join(parts, "0002-00000000.pt"))
-    out = script("fzs.py", *common, "--channels", "0:6", "--results", done).stdout
+    out = script_here("fzs.py", *common, "--channels", "0:6", "--results", done).stdout
     assert "0 unit(s) to make" in out and "(6 already made)" in out
     merged = torch.load(os.path.join(done, "fzs", "layer1.0", "center.pt"), weights_only=False)
     assert merged["channels"].tolist() == [0, 1, 2, 3, 4, 5] and not os.path.exists(parts)

@@ -25,7 +25,7 @@ import results
 import stats
 import stream
 import tuning
-from conftest import relu_inputs
+from conftest import relu_inputs, run_in_process
 
 net = arch.net("resnet18")  # the paper's tables (tests of other architectures make their own)
 
@@ -38,6 +38,11 @@ def run(*args, check=True):
     if check:
         assert p.returncode == 0, p.stderr[-3000:]
     return p
+
+
+def run_here(*args):
+    """run() in this process (conftest.run_in_process): for the refusals."""
+    return run_in_process("tuning.py", *args)
 
 
 def test_zoom_views_equal_torchvision_on_pil():
@@ -183,14 +188,14 @@ def test_end_to_end_and_resume_after_kill(natural, fixture_weights, tmp_path):
 
 
 def test_refusals_are_one_line(natural, tmp_path):
-    p = run("--results", str(tmp_path / "nothing"), "--weights", "random", check=False)
+    p = run_here("--results", str(tmp_path / "nothing"), "--weights", "random")
     assert p.returncode != 0 and "Traceback" not in p.stderr  # the command that makes it, into the folder asked for
     assert f"make it with python ablate.py --stages natural --data /path/to/imagenet/val --weights IMAGENET1K_V1 --results {tmp_path / 'nothing'}" in p.stderr
-    p = run("--results", natural, "--weights", "random", *ARGS, check=False)
+    p = run_here("--results", natural, "--weights", "random", *ARGS)
     assert p.returncode != 0 and "made with weights" in p.stderr and "not --weights random" in p.stderr and "Traceback" not in p.stderr
-    p = run("--results", natural, *ARGS, check=False)  # no --weights: the summary's, a checkpoint that its id cannot load
+    p = run_here("--results", natural, *ARGS)  # no --weights: the summary's, a checkpoint that its id cannot load
     assert p.returncode != 0 and "pass it with --weights /path/to/" in p.stderr and "Traceback" not in p.stderr
-    p = run("--results", natural, "--weights", "random", "--fractions", "1", check=False)
+    p = run_here("--results", natural, "--weights", "random", "--fractions", "1")
     assert p.returncode != 0 and "--fractions" in p.stderr
 
 
@@ -198,7 +203,7 @@ def test_released_reading_equals_relu_input_hooks_and_is_never_mixed(natural, fi
     folder = str(tmp_path / "res")
     shutil.copytree(natural, folder)
     args = ["--results", folder, "--weights", fixture_weights, *ARGS, "--tune_blocks", "2.1", "--sample", "0"]
-    p = run(*args, "--post_as_released", "true", check=False)  # criteria.json holds the paper's reading: refused at once
+    p = run_here(*args, "--post_as_released", "true")  # criteria.json holds the paper's reading: refused at once
     assert p.returncode != 0 and "criteria.json was made with --post_as_released false" in p.stderr and "Traceback" not in p.stderr
     crit = json.load(open(results.criteria_file(folder)))
     results.save_json({**crit, "config": {**crit["config"], "post_as_released": True}}, results.criteria_file(folder))
@@ -237,5 +242,5 @@ def test_released_reading_equals_relu_input_hooks_and_is_never_mixed(natural, fi
     other = str(tmp_path / "other")  # a copy: this process still holds the lock of the first
     shutil.copytree(folder, other)
     os.remove(results.criteria_file(other))  # (it would be refused first)
-    p = run(*[other if a == folder else a for a in args], check=False)  # the values measured before the ReLU are not resumed after it
+    p = run_here(*[other if a == folder else a for a in args])  # the values measured before the ReLU are not resumed after it
     assert p.returncode != 0 and "post_as_released: True vs False" in p.stderr and "Traceback" not in p.stderr
