@@ -56,12 +56,23 @@ for plot in plot_grids.py plot_ratios.py plot_spectrum.py plot_tuning.py; do
   step "pipeline: $plot" python "$plot" --results "$R"
 done
 
+# CORnet-S: its FZs, criteria and natural stage at the reference step, and the latency stage (on the CPU: V2 only)
+C="$OUT/cornet"; CW=(--arch cornet_s --weights random --results "$C" --device "$DEV")
+if [ "$DEV" = cuda ]; then CORNET_BLOCKS=V2.0,V4.0,IT.0; CORNET_AREAS=V2,V4,IT; else CORNET_BLOCKS=V2.0; CORNET_AREAS=V2; fi
+step "pipeline: cornet_s fzs.py" python fzs.py "${CW[@]}" --layers "$CORNET_BLOCKS" --channels "0:$CH" --batch "$CH" --steps "$STEPS" --png false
+step "pipeline: cornet_s criteria.py" python criteria.py "${CW[@]}" --blocks "$CORNET_BLOCKS"
+step "pipeline: cornet_s ablate.py --stages natural" python ablate.py "${CW[@]}" --stages natural --data "$OUT/val_cornet" --fake "$FAKE"
+step "pipeline: cornet_s latency.py" python latency.py --results "$C" --device "$DEV" --areas "$CORNET_AREAS" --top_k 4 --permutations 100
+step "pipeline: cornet_s plot_latency.py" python plot_latency.py --results "$C"
+
 step "merit: FZ engine against lucent's loop (bench_fzs.py)" python benchmarks/bench_fzs.py --device "$DEV" \
   --channels "$BENCH_CH" --steps "$BENCH_STEPS" --amps fp32,bf16
 step "merit: the sweep by layer, projected; host syncs per step (bench_sweep.py)" python benchmarks/bench_sweep.py \
   --device "$DEV" --layers "$SWEEP_LAYERS" --steps "$SWEEP_STEPS" $([ "$DEV" = cuda ] || echo --batch 2 --streams 1,2)
 step "merit: ablation, decode and compute apart (bench_ablate.py)" python benchmarks/bench_ablate.py --device "$DEV" \
   --fake "$ABLATE_FAKE" --fake_dir "$OUT/jpegs" --limit 0 --reference false $([ "$DEV" = cuda ] && echo --workers 16)
+step "merit: CORnet-S's FZ rate against resnet18's, projected (bench_archs.py)" python benchmarks/bench_archs.py --device "$DEV" \
+  --archs resnet18,cornet_s $([ "$DEV" = cuda ] && echo --batch 64 --steps 16 || echo --batch 1 --steps 1)
 step "merit: criteria.py on all seven blocks" python benchmarks/bench_criteria.py --device "$DEV" \
   $([ "$DEV" = cuda ] || echo --channels 1 --steps 1)
 step "merit: precision, fp32 / bf16 (and tf32 on a GPU) against seed noise (bench_precision.py)" \

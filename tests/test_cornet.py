@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import arch
 import stream
-from conftest import build_cornet_fixture, official_format
+from conftest import build_cornet_fixture, official_format, run_in_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 net = arch.net("cornet_s")
@@ -419,10 +419,10 @@ def test_fixture_through_ablate_and_tuning(tmp_path, cornet_weights):
                        "--sets", "2.1:0:3"), "was made with --arch cornet_s")
 
     # latency.py on V2 (its FZs and criteria at the reference step V2.0), and its figures
-    p = run("fzs.py", *a, "--layers", "V2.0", "--channels", "0:3", "--steps", "1", "--batch", "3", "--png", "false")
+    p = run_in_process("fzs.py", *a, "--layers", "V2.0", "--channels", "0:3", "--steps", "1", "--batch", "3", "--png", "false")
     assert p.returncode == 0, p.stderr[-1500:]
-    assert run("criteria.py", *a, "--blocks", "V2.0").returncode == 0
-    p = run("latency.py", *a, "--areas", "V2", "--top_k", "2", "--fractions", "1,0.5", "--workers", "0", "--permutations", "10")
+    assert run_in_process("criteria.py", *a, "--blocks", "V2.0").returncode == 0
+    p = run_in_process("latency.py", *a, "--areas", "V2", "--top_k", "2", "--fractions", "1,0.5", "--workers", "0", "--permutations", "10")
     assert p.returncode == 0, p.stderr[-1500:]
     lat = json.load(open(res / "latency.json"))
     crit = json.load(open(res / "criteria.json"))["blocks"]["V2.0"]
@@ -444,6 +444,6 @@ def test_fixture_through_ablate_and_tuning(tmp_path, cornet_weights):
                 for t in range(2):
                     want = float(got[f"V2.output_{t}"][:, c].mean())
                     assert abs(curves["r"][c, s, 0, t, z] - want) <= 1e-4 * (1 + abs(want)), (c, s, t, z)
-    p = run("plot_latency.py", "--results", res)
+    p = run_in_process("plot_latency.py", "--results", res)
     assert p.returncode == 0 and (res / "figures" / "latency_onset.png").is_file() and (res / "figures" / "latency_responses.png").is_file()
-    one_line_error(run("latency.py", "--arch", "resnet18", "--results", res), "needs recurrent time steps")
+    one_line_error(run_in_process("latency.py", "--arch", "resnet18", "--results", res), "needs recurrent time steps")

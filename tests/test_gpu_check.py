@@ -19,5 +19,6 @@ def test_gpu_check_runs_on_the_cpu_and_prints_every_figure_of_merit(tmp_path):
                    "projected full center sweep", "syncs/step",               # bench_sweep
                    "decoding alone",                                          # bench_ablate: decode and compute apart
                    "criteria.py, 7 blocks",                                   # bench_criteria
+                   "The latency prediction (a RANDOM network", "cornet_s              IT  IT.output_1",  # latency.py, bench_archs
                    "Jaccard fp32-bf16", "cells equal"):                       # bench_precision
         assert figure in out, figure
