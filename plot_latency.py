@@ -11,7 +11,6 @@
 Reads <RESULTS>/latency/curves.pt and latency.json (latency.py); writes <RESULTS>/figures/latency_*.
 """
 
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 import arch
 from cli import configure, die, main_guard
 from figures import save_figure, stamp
-from results import command, figure, latency_curves, latency_file, load_json, load_pt, weights_of
+from results import figure, latency_curves, latency_file, read_stage, weights_of
 
 RESULTS = "results"  # reads latency/curves.pt and latency.json; writes figures/latency_*
 ARCH = "cornet_s"  # the architecture latency.py ran on
@@ -140,15 +139,7 @@ def responses_figure(c, k, weights):
 def main():
     configure(globals())
     net = arch.net(ARCH)
-    path = latency_curves(RESULTS)
-    for p in (path, latency_file(RESULTS)):
-        if not os.path.isfile(p):
-            die(f"missing {p}: run {command('latency.py', '', net.name, None, RESULTS)} first")
-    c = load_pt(path, "latency curves")
-    net.check(c["config"], path)
-    summary = load_json(latency_file(RESULTS), "latency summary")
-    if summary["config"].get("weights") != c["config"].get("weights"):
-        die(f"{RESULTS}/latency.json and latency/curves.pt come from different runs: run python latency.py again")
+    c, summary = read_stage(RESULTS, net, latency_curves(RESULTS), latency_file(RESULTS), "latency.py")
     if EXAMPLES < 1:
         die(f"--examples must be at least 1, not {EXAMPLES}")
     weights = weights_of(c["config"])

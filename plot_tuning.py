@@ -12,7 +12,6 @@ Reads <RESULTS>/tuning/curves.pt, tuning.json (tuning.py) and criteria.json; wri
 """
 
 
-import os
 import textwrap
 
 import matplotlib.pyplot as plt
@@ -21,7 +20,7 @@ import numpy as np
 import arch
 from cli import configure, die, main_guard
 from figures import save_figure, stamp
-from results import command, figure, load_json, load_pt, read_criteria, tuning_curves, tuning_file, weights_of
+from results import figure, read_criteria, read_stage, tuning_curves, tuning_file, weights_of
 
 RESULTS = "results"  # reads tuning/curves.pt, tuning.json, criteria.json; writes figures/tuning_*
 ARCH = "resnet18"  # the torchvision ResNet the results were made with (python arch.py --arch NAME)
@@ -144,15 +143,7 @@ def zoom_figure(blocks, pairs, zoom, weights):
 def main():
     configure(globals())
     net = arch.net(ARCH)
-    curves_path = tuning_curves(RESULTS)
-    for path in (curves_path, tuning_file(RESULTS)):
-        if not os.path.isfile(path):
-            die(f"missing {path}: run {command('tuning.py', '', net.name, None, RESULTS)} first")
-    curves = load_pt(curves_path, "tuning curves")
-    net.check(curves["config"], curves_path)
-    summary = load_json(tuning_file(RESULTS), "tuning summary")
-    if summary["config"].get("weights") != curves["config"].get("weights"):
-        die(f"{RESULTS}/tuning.json and tuning/curves.pt come from different runs: run python tuning.py again")
+    curves, summary = read_stage(RESULTS, net, tuning_curves(RESULTS), tuning_file(RESULTS), "tuning.py")
     criteria = read_criteria(RESULTS, net) or {}
     weights = weights_of(curves["config"], *([criteria.get("config", {})] if criteria else []))
     units, zoom = [tuple(u) for u in curves["units"]], list(curves["zooms"])

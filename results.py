@@ -504,6 +504,20 @@ def read_summary(results, net, weights_id=None, required=True):
     return summary
 
 
+def read_stage(results, net, pt_path, json_path, script):
+    """A stage's two outputs (`script`'s .pt file of arrays and .json summary), for its plot script: (pt, json), each
+    checked against `net`; a missing one names the command that makes it, and two from different runs are refused."""
+    for path in (pt_path, json_path):
+        if not os.path.isfile(path):
+            die(f"missing {path}: run {command(script, '', net.name, None, results)} first")
+    arrays = load_pt(pt_path, f"{script} arrays")
+    net.check(arrays["config"], pt_path)
+    summary = load_json(json_path, f"{script} summary")
+    if summary["config"].get("weights") != arrays["config"].get("weights"):
+        die(f"{json_path} and {pt_path} come from different runs: run python {script} again")
+    return arrays, summary
+
+
 def check_fz_folder(results, net):
     """Die when results/fzs holds the FZs of a layer `net` does not have, made with another architecture (a ResNet's
     layers and CORnet-S's never share a name, so a per-file check would not see them), naming the file. Only the
