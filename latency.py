@@ -86,15 +86,18 @@ TIMES = {name: times for name, _, _, times in arch.CORNET_AREAS}  # an area's ti
 # ----------------------------------------------------------------------------------------------------
 # The responses: every step of each measured area, intact and with its t = 0 bypass zeroed.
 
-def area_steps(area, h, times, bypass=True):
-    """Post_t of an area's steps t = 0 .. times-1 from conv_input's output h (arch.cornet_step); bypass=False: the t = 0
-    skip summand (norm_skip's output) zeroed, so that Post_0 = ReLU(Pre_0), and the steps after run on from there."""
-    posts = []
-    for t in range(times):
-        parts = arch.cornet_step(area, h, t)
-        h = parts["post"] if bypass or t else area.nonlin3(parts["pre"])
-        posts.append(h)
-    return posts
+def area_steps(area, h, times, zeroed=True):
+    """(intact, zeroed): Post_t of an area's steps t = 0 .. times-1 from conv_input's output h (arch.cornet_step), and
+    with the t = 0 skip summand (norm_skip's output) zeroed, so that Post_0 = ReLU(Pre_0), the steps after running on
+    from there (both start from the same input, so step 0's branch is computed once); zeroed=False: [] for the second."""
+    first = arch.cornet_step(area, h, 0)
+    intact = [first["post"]]
+    off = [area.nonlin3(first["pre"])] if zeroed else []
+    for t in range(1, times):
+        intact.append(arch.cornet_step(area, intact[-1], t)["post"])
+        if zeroed:
+            off.append(arch.cornet_step(area, off[-1], t)["post"])
+    return intact, off
 
 
 @torch.no_grad()
@@ -106,9 +109,9 @@ def responses(model, x, areas):
     for name, _, _, times in arch.CORNET_AREAS:
         area = getattr(model, name)
         h = area.conv_input(h)
-        posts = area_steps(area, h, times)
+        posts, off = area_steps(area, h, times, zeroed=name in areas)
         if name in areas:
-            out += [center(p).float() for p in posts + area_steps(area, h, times, bypass=False)]
+            out += [center(p).float() for p in posts + off]
             if name == areas[-1]:
                 break
         h = posts[-1]
@@ -317,15 +320,12 @@ def main():
     r = response_curves(state["values"], steps)
 
     # 3 and 4. Per unit the onset, time to peak and early fraction; per area and stimulus set the test and the control.
-    areas_out, measures = {}, {key: np.full(r.shape[:3] + ((len(zoom),) if key in ("onset", "time_to_peak", "early_fraction") else ()), np.nan)
-                                for key in ("onset", "time_to_peak", "early_fraction", "onset_shift", "time_to_peak_shift",
-                                            "early_fraction_shift", "early_small")}
+    areas_out, per_area = {}, []
     group = np.full(len(units), "", dtype=object)
     for j, a in enumerate(areas):
-        rows = np.array([g for g, (aa, _) in enumerate(units) if aa == a])
+        rows = np.array([g for g, (aa, _) in enumerate(units) if aa == a])  # contiguous: unit_columns goes area by area
         m = unit_measures(r[rows][:, :, :, :TIMES[a]], zoom)
-        for key in measures:
-            measures[key][rows] = m[key]
+        per_area.append(m)
         block = criteria["blocks"][f"{a}.{REF_STEP}"]
         chans = np.array([units[g][1] for g in rows])
         measured = np.isin(chans, block.get("measured", range(block["n_channels"])))
@@ -335,6 +335,7 @@ def main():
         areas_out[a] = {"block": f"{a}.{REF_STEP}", "steps": TIMES[a], "n_units": len(rows), "n_passing": int(passing.sum()),
                         "n_other": int(other.sum()),
                         "sets": {s: area_test(m, i, passing, other, PERMUTATIONS, [SEED, j, i]) for i, s in enumerate(SETS)}}
+    measures = {key: np.concatenate([m[key] for m in per_area]) for key in per_area[0]}
     run_config = {**config, "permutations": PERMUTATIONS, "seed": SEED, "zooms": zoom, "random_network": random_net,
                   "device": device_name, "batch": batch, "versions": versions()}
     save_json({"config": run_config, "areas": areas_out}, latency_file(RESULTS))
